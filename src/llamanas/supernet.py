@@ -1,0 +1,167 @@
+"""The super-network: one loaded HF model whose sub-networks are switched on in place.
+
+Activating a sub-network copies no weights: each linear layer of the decoder becomes an
+``ElasticLinear`` that multiplies by a first-k slice (a view) of its weight, and skipped layers are
+left out of the decoder's ``ModuleList`` for the duration. Because slices are first-k, channels must
+be ordered by importance first (``importance.py``) so that a slice keeps the best ones.
+
+    supernet = SuperNet(model)
+    with supernet.subnet(cfg):
+        logits = model(input_ids).logits
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llamanas.families import family_of
+from llamanas.space import Arch, SearchSpace, SubnetConfig
+
+
+class ElasticLinear(nn.Linear):
+    """An ``nn.Linear`` that uses only its first ``active_out`` rows and ``active_in`` columns.
+
+    Made by changing the class of an existing ``nn.Linear`` in place, so parameter names, state dicts
+    and checkpoints are untouched.
+    """
+
+    active_in: int | None = None
+    active_out: int | None = None
+
+    @classmethod
+    def convert(cls, linear: nn.Linear) -> ElasticLinear:
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"Unsupported layer type {type(linear)}; expected nn.Linear.")
+        linear.__class__ = cls
+        linear.active_in = linear.active_out = None
+        return linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if self.active_out is not None:
+            w = w[: self.active_out]
+            b = b[: self.active_out] if b is not None else None
+        if self.active_in is not None:
+            w = w[:, : self.active_in]
+        return F.linear(x, w, b)
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    return model.get_decoder().layers
+
+
+class SuperNet:
+    """Wraps a loaded LLaMA-family model and switches sub-networks on it."""
+
+    def __init__(self, model, space: SearchSpace | None = None):
+        family_of(model.config)
+        self.model = model
+        self.arch = Arch.from_hf(model.config)
+        self.space = space or SearchSpace.from_arch(self.arch)
+        self._all_layers = decoder_layers(model)
+        self._layer_types = getattr(model.config, "layer_types", None)
+        for layer in self._all_layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for lin in (
+                attn.q_proj,
+                attn.k_proj,
+                attn.v_proj,
+                attn.o_proj,
+                mlp.gate_proj,
+                mlp.up_proj,
+                mlp.down_proj,
+            ):
+                if not isinstance(lin, ElasticLinear):
+                    ElasticLinear.convert(lin)
+        self.active: SubnetConfig = SubnetConfig.full(self.arch)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """All decoder layers, including those the active sub-network skips."""
+        return self._all_layers
+
+    def activate(self, cfg: SubnetConfig) -> None:
+        """Switch ``cfg`` on (cheap: sets slice sizes and swaps the layer list)."""
+        cfg.check(self.arch)
+        a = self.arch
+        full = cfg == SubnetConfig.full(a)
+        kept = []
+        for pos, (i, m, g) in enumerate(zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True)):
+            layer = self._all_layers[i]
+            attn, mlp = layer.self_attn, layer.mlp
+            q, kv = g * a.heads_per_group * a.head_dim, g * a.head_dim
+            attn.q_proj.active_out = None if q == a.num_heads * a.head_dim else q
+            attn.k_proj.active_out = attn.v_proj.active_out = None if g == a.num_kv_heads else kv
+            attn.o_proj.active_in = attn.q_proj.active_out
+            mlp.gate_proj.active_out = mlp.up_proj.active_out = None if m == a.intermediate_size else m
+            mlp.down_proj.active_in = mlp.gate_proj.active_out
+            # The KV cache is indexed by position among the layers that run.
+            attn.layer_idx = pos
+            kept.append(layer)
+        decoder = self.model.get_decoder()
+        decoder.layers = self._all_layers if full else nn.ModuleList(kept)
+        if self._layer_types is not None:
+            self.model.config.layer_types = [self._layer_types[i] for i in cfg.layers]
+        self.active = cfg
+
+    def reset(self) -> None:
+        """Back to the full network (required before saving or training the whole model)."""
+        self.activate(SubnetConfig.full(self.arch))
+        for i, layer in enumerate(self._all_layers):
+            layer.self_attn.layer_idx = i
+        if self._layer_types is not None:
+            self.model.config.layer_types = list(self._layer_types)
+
+    @contextmanager
+    def subnet(self, cfg: SubnetConfig):
+        previous = self.active
+        self.activate(cfg)
+        try:
+            yield self.model
+        finally:
+            self.activate(previous)
+            if previous == SubnetConfig.full(self.arch):
+                self.reset()
+
+    def num_params(self, cfg: SubnetConfig | None = None, embeddings: bool = True) -> int:
+        return (cfg or self.active).num_params(self.arch, embeddings=embeddings)
+
+
+SUPERNET_FILE = "llamanas_supernet.json"
+
+
+def load_supernet(
+    name: str,
+    space_file: str | None = None,
+    order: bool = True,
+    calibration: str | None = None,
+    dtype: str = "float32",
+):
+    """(SuperNet, tokenizer) for a model name, ordered by importance unless it already is.
+
+    A folder written by ``llamanas finetune`` carries ``llamanas_supernet.json``: its weights are
+    already ordered and its search space is the one it was trained for.
+    """
+    import json
+    from pathlib import Path
+
+    from llamanas.importance import order_model
+    from llamanas.models import load_model, resolve
+
+    model, tokenizer = load_model(name, dtype=dtype)
+    meta_path = Path(resolve(name)) / SUPERNET_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    arch = Arch.from_hf(model.config)
+    if space_file:
+        space = SearchSpace.from_file(space_file, arch)
+    elif "space" in meta:
+        space = SearchSpace.from_saved(meta["space"])
+    else:
+        space = SearchSpace.from_arch(arch)
+    if order and not meta.get("ordered", False):
+        order_model(model, tokenizer, calibration)
+    return SuperNet(model, space), tokenizer
