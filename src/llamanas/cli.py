@@ -58,6 +58,15 @@ NoOrderOpt = Annotated[
 ]
 
 
+@app.callback()
+def _quiet_libraries() -> None:
+    """Per-tensor loading bars of transformers are noise on the command line; ours show progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _subnet(spec: str | None, supernet):
     from llamanas.space import SubnetConfig
 

@@ -198,9 +198,11 @@ class SubnetConfig:
 
 def _round_size(frac: float, full: int) -> int:
     """A fraction of ``full`` rounded to a multiple of 64 where the size allows (else of 8, else 1)."""
+    if frac >= 1.0:
+        return full
     raw = frac * full
     for mult in (64, 8, 1):
-        if full >= 4 * mult and full % mult == 0:
+        if full >= 4 * mult:
             return int(max(mult, min(full, mult * round(raw / mult))))
     return max(1, int(round(raw)))
 

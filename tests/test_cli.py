@@ -1,0 +1,112 @@
+"""The command line on a tiny model folder, and its error messages."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from llamanas.cli import app
+from llamanas.errors import LlamanasError
+from llamanas.models import load_model
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=True)
+
+
+def test_space_prints_table_and_samples(tiny_dir):
+    r = run("space", "--model", tiny_dir)
+    assert r.exit_code == 0, r.output
+    assert "sub-networks" in r.output and "per_layer" in r.output
+    r = run("space", "--model", tiny_dir, "--sample", 3, "--seed", 5)
+    lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
+    assert len(lines) == 3 and all(set(x) == {"layers", "mlp", "kv_groups"} for x in lines)
+    again = run("space", "--model", tiny_dir, "--sample", 3, "--seed", 5)
+    assert again.output == r.output
+
+
+def test_measure_json(tiny_dir):
+    sub = '{"layers": [0, 1], "mlp": [48, 48], "kv_groups": [1, 1]}'
+    r = run("measure", "--model", tiny_dir, "--subnet", sub, "--json", "--repeats", 2, "--gen-tokens", 4)
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert (
+        m["params"]
+        < json.loads(run("measure", "--model", tiny_dir, "--json", "--no-timing").stdout)["params"]
+    )
+    assert m["latency_ms"] > 0 and m["throughput_tok_s"] > 0
+    assert m["bytes"] == 4 * m["params"]
+
+
+def test_extract_cli_roundtrip(tiny_dir, tmp_path):
+    sub = tmp_path / "sub.json"
+    sub.write_text('{"layers": [0, 2, 3], "mlp": [96, 24, 48], "kv_groups": [2, 1, 2]}')
+    out = tmp_path / "small"
+    r = run("extract", "--model", tiny_dir, "--subnet", sub, "--out", out)
+    assert r.exit_code == 0, r.output
+    model, tok = load_model(str(out))
+    assert model.config.num_hidden_layers == 3
+    assert tok("w1 w2")["input_ids"] == [3, 4]
+    ids = torch.tensor([[3, 4, 5, 6]])
+    assert model(ids).logits.shape == (1, 4, 128)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("space", "--model", "/no/such/dir"), "not found"),
+        (("space", "--model", "not-a-hub-id"), "not found"),
+        (("measure", "--subnet", "{bad json"), "not valid JSON"),
+        (("measure", "--repeats", 0), "--repeats must be >= 1"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(args, message, tiny_dir):
+    args = [a if a != "--subnet" else a for a in args]
+    if args[0] == "measure":
+        args = [*args, "--model", tiny_dir]
+    r = run(*args)
+    assert r.exit_code != 0
+    assert isinstance(r.exception, LlamanasError) and message in str(r.exception)
+
+
+def test_unsupported_architecture(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(
+        LlamanasError, match="Model type 'gpt2' .* not supported. Supported model types: llama"
+    ):
+        load_model(str(tmp_path / "gpt2"))
+
+
+def test_corrupt_checkpoint(tiny_dir):
+    (tiny_dir / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    with pytest.raises(LlamanasError, match="Cannot load model .*corrupt"):
+        load_model(str(tiny_dir))
+
+
+def test_subnet_that_does_not_fit(tiny_dir):
+    r = run(
+        "extract",
+        "--model",
+        tiny_dir,
+        "--subnet",
+        '{"layers": [0], "mlp": [4096], "kv_groups": [1]}',
+        "--out",
+        tiny_dir / "x",
+    )
+    assert "exceeds the model's intermediate size 96" in str(r.exception)
+
+
+def test_main_prints_error_line(tiny_dir, capsys, monkeypatch):
+    from llamanas import cli
+
+    monkeypatch.setattr("sys.argv", ["llamanas", "space", "--model", "/no/such"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Model '/no/such' not found.") and err.count("\n") == 1

@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import llamanas  # noqa: F401 - registers the llamanas_* model types
+from llamanas.extract import extract
+from llamanas.space import SubnetConfig
+from llamanas.supernet import SuperNet
+from tests.conftest import tiny_model
+
+
+def _weights_bytes(path):
+    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+
+
+def test_extracted_logits_equal_supernet(family, ids, tmp_path):
+    model = tiny_model(family)
+    sn = SuperNet(model)
+    rng = np.random.default_rng(1)
+    full_dir = extract(sn, SubnetConfig.full(sn.arch), tmp_path / "full")
+    for k in range(3):
+        cfg = sn.space.sample(rng)
+        path = extract(sn, cfg, tmp_path / f"sub{k}")
+        loaded = AutoModelForCausalLM.from_pretrained(path).eval()
+        with sn.subnet(cfg):
+            expected = model(ids).logits
+        torch.testing.assert_close(loaded(ids).logits, expected, rtol=0, atol=1e-4)
+        assert sum(p.numel() for p in loaded.parameters()) == cfg.num_params(sn.arch)
+        assert _weights_bytes(path) < _weights_bytes(full_dir) or cfg == SubnetConfig.full(sn.arch)
+        info = json.loads((path / "llamanas_subnet.json").read_text())
+        assert SubnetConfig.from_dict(info["subnet"]) == cfg
+
+
+def test_uniform_subnet_is_a_plain_checkpoint(family, ids, tmp_path):
+    model = tiny_model(family)
+    sn = SuperNet(model)
+    cfg = SubnetConfig((0, 2, 3), (48, 48, 48), (1, 1, 1))
+    path = extract(sn, cfg, tmp_path / "u")
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == family
+    assert config["num_hidden_layers"] == 3 and config["intermediate_size"] == 48
+    assert config["num_key_value_heads"] == 1 and config["num_attention_heads"] == 2
+    assert "layer_intermediate_sizes" not in config
+    # loads with transformers' own class, no llamanas code involved
+    import transformers
+
+    from llamanas.families import FAMILIES
+
+    cls = getattr(transformers, FAMILIES[family].model_class)
+    loaded = cls.from_pretrained(path).eval()
+    with sn.subnet(cfg):
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-4)
+
+
+def test_nonuniform_uses_registered_type(tmp_path, ids):
+    sn = SuperNet(tiny_model("llama"))
+    cfg = SubnetConfig((0, 1, 3), (24, 96, 48), (2, 1, 2))
+    path = extract(sn, cfg, tmp_path / "n")
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "llamanas_llama"
+    assert config["layer_intermediate_sizes"] == [24, 96, 48]
+    assert config["layer_num_key_value_heads"] == [2, 1, 2]
+
+
+def test_extract_leaves_supernet_state(ids, tmp_path):
+    sn = SuperNet(tiny_model("llama"))
+    cfg = SubnetConfig((0, 3), (24, 48), (1, 1))
+    other = SubnetConfig((1, 2), (96, 96), (2, 2))
+    sn.activate(other)
+    extract(sn, cfg, tmp_path / "x")
+    assert sn.active == other and len(sn.model.model.layers) == 2
+
+
+def test_extract_rejects_bad_config(tmp_path):
+    from llamanas.errors import LlamanasError
+
+    sn = SuperNet(tiny_model("llama"))
+    with pytest.raises(LlamanasError, match="Layer 9 does not exist"):
+        extract(sn, SubnetConfig((0, 9), (24, 24), (1, 1)), tmp_path / "bad")

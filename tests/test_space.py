@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+
+from llamanas.errors import LlamanasError
+from llamanas.space import Arch, SearchSpace, SubnetConfig
+from tests.conftest import tiny_model
+
+ARCH = Arch(
+    num_layers=6, hidden_size=64, intermediate_size=256, num_heads=4, num_kv_heads=2, head_dim=16,
+    vocab_size=128, tie_word_embeddings=True,
+)  # fmt: skip
+
+
+def test_default_space_choices():
+    sp = SearchSpace.from_arch(ARCH)
+    assert sp.mlp_choices[0] == (64, 128, 192, 256)
+    assert sp.kv_choices[0] == (1, 2)
+    assert sp.min_depth == 3
+
+
+def test_mlp_rounding_to_64():
+    arch = Arch(**{**ARCH.__dict__, "intermediate_size": 1536})
+    assert SearchSpace.from_arch(arch).mlp_choices[0] == (384, 768, 1152, 1536)
+    arch = Arch(**{**ARCH.__dict__, "intermediate_size": 100})  # too small for multiples of 64
+    assert SearchSpace.from_arch(arch).mlp_choices[0] == (24, 48, 72, 100)
+
+
+def test_subnet_json_roundtrip_and_validation():
+    cfg = SubnetConfig((0, 2, 5), (64, 256, 128), (1, 2, 2))
+    assert SubnetConfig.from_json(cfg.to_json()) == cfg
+    assert SubnetConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(LlamanasError, match="one value per kept layer"):
+        SubnetConfig((0, 1), (64,), (1, 1))
+    with pytest.raises(LlamanasError, match="ascending"):
+        SubnetConfig((2, 1), (64, 64), (1, 1))
+    with pytest.raises(LlamanasError, match="Unknown sub-network config keys"):
+        SubnetConfig.from_dict({**cfg.to_dict(), "heads": [1]})
+    with pytest.raises(LlamanasError, match="not valid JSON"):
+        SubnetConfig.from_json("{oops")
+    with pytest.raises(LlamanasError, match="Layer 7 does not exist"):
+        SubnetConfig((0, 7), (64, 64), (1, 1)).check(ARCH)
+    with pytest.raises(LlamanasError, match="exceeds"):
+        SubnetConfig((0,), (512,), (1,)).check(ARCH)
+
+
+def test_vector_roundtrip_and_sampling():
+    sp = SearchSpace.from_arch(ARCH)
+    rng = np.random.default_rng(0)
+    xl, xu = sp.bounds()
+    assert len(xl) == len(sp.variable_names) == 3 * ARCH.num_layers
+    seen = set()
+    for _ in range(50):
+        cfg = sp.sample(rng)
+        sp.validate(cfg)
+        x = sp.encode(cfg)
+        assert (x >= xl).all() and (x <= xu).all()
+        assert sp.decode(x) == cfg
+        seen.add(cfg.key())
+    assert len(seen) > 40  # sampling explores
+
+
+def test_sampling_is_seeded():
+    sp = SearchSpace.from_arch(ARCH)
+    a = [sp.sample(np.random.default_rng(3)).key() for _ in range(3)]
+    b = [sp.sample(np.random.default_rng(3)).key() for _ in range(3)]
+    assert a == b
+
+
+def test_repair_enforces_min_depth_and_always_keep():
+    sp = SearchSpace.from_dict({"min_depth": 4, "always_keep": [5]}, ARCH)
+    x = np.zeros(3 * ARCH.num_layers, dtype=int)
+    cfg = sp.decode(x)
+    assert cfg.depth == 4 and 5 in cfg.layers
+    sp.validate(cfg)
+
+
+def test_space_size_counts_exactly():
+    arch = Arch(**{**ARCH.__dict__, "num_layers": 3})
+    sp = SearchSpace.from_dict({"min_depth": 2, "mlp_choices": [0.5, 1.0], "kv_groups": [2]}, arch)
+    # depth 2: C(3,2) * 2^2 ; depth 3: 2^3
+    assert sp.size() == 3 * 4 + 8
+    # brute force over vectors gives the same count of distinct configs
+    import itertools
+
+    xl, xu = sp.bounds()
+    configs = {
+        sp.decode(np.array(x)).key()
+        for x in itertools.product(*[range(lo, hi + 1) for lo, hi in zip(xl, xu)])
+    }
+    assert len(configs) == sp.size()
+
+
+def test_first_n_mode():
+    sp = SearchSpace.from_dict({"mode": "first_n", "depth_choices": [4, 6]}, ARCH)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        cfg = sp.sample(rng)
+        assert cfg.layers == tuple(range(cfg.depth)) and cfg.depth in (4, 6)
+        assert sp.decode(sp.encode(cfg)) == cfg
+    with pytest.raises(LlamanasError, match="first_n"):
+        sp.validate(SubnetConfig((0, 1, 2, 4), (256,) * 4, (2,) * 4))
+    assert sp.size() == 8**4 + 8**6
+
+
+def test_space_file_errors(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("mlp_choices: [0.5, 2048]\n")
+    with pytest.raises(LlamanasError, match="exceeds"):
+        SearchSpace.from_file(bad, ARCH)
+    bad.write_text("depth: 3\n")
+    with pytest.raises(LlamanasError, match="Unknown search-space keys"):
+        SearchSpace.from_file(bad, ARCH)
+    bad.write_text("mode: deep\n")
+    with pytest.raises(LlamanasError, match="Unknown search-space mode 'deep'"):
+        SearchSpace.from_file(bad, ARCH)
+    with pytest.raises(LlamanasError, match="does not exist"):
+        SearchSpace.from_file(tmp_path / "nope.yaml", ARCH)
+    good = tmp_path / "s.json"
+    good.write_text('{"mlp_choices": [128, 256], "layers": {"0": {"mlp_choices": [256]}}}')
+    sp = SearchSpace.from_file(good, ARCH)
+    assert sp.mlp_choices[0] == (256,) and sp.mlp_choices[1] == (128, 256)
+
+
+def test_space_saved_roundtrip():
+    sp = SearchSpace.from_dict({"mode": "first_n", "depth_choices": [4, 6], "kv_groups": [2]}, ARCH)
+    assert SearchSpace.from_saved(sp.to_dict()) == sp
+
+
+def test_num_params_matches_real_model(family):
+    model = tiny_model(family)
+    arch = Arch.from_hf(model.config)
+    full = SubnetConfig.full(arch)
+    assert full.num_params(arch) == sum(p.numel() for p in model.parameters())
+
+
+def test_smallest_and_largest():
+    sp = SearchSpace.from_arch(ARCH)
+    small, large = sp.smallest(), sp.largest()
+    assert large == SubnetConfig.full(ARCH)
+    assert small.depth == sp.min_depth and set(small.mlp) == {64} and set(small.kv_groups) == {1}
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = sp.sample(rng).num_params(ARCH)
+        assert small.num_params(ARCH) <= n <= large.num_params(ARCH)
