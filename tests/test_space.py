@@ -85,7 +85,7 @@ def test_space_size_counts_exactly():
     xl, xu = sp.bounds()
     configs = {
         sp.decode(np.array(x)).key()
-        for x in itertools.product(*[range(lo, hi + 1) for lo, hi in zip(xl, xu)])
+        for x in itertools.product(*[range(lo, hi + 1) for lo, hi in zip(xl, xu, strict=True)])
     }
     assert len(configs) == sp.size()
 
