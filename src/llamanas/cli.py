@@ -256,6 +256,22 @@ def extract(
 
 
 @app.command()
+def demo(
+    model: ModelOpt = "default",
+    task: Annotated[
+        str, typer.Option(help="Task to evaluate on (one with signal on your model).")
+    ] = "arc_easy",
+    limit: Annotated[int, typer.Option(help="Items of the validation split (seeded subset).")] = 100,
+    subnets: Annotated[int, typer.Option(help="Random sub-networks to compare with the full model.")] = 3,
+    seed: int = 0,
+):
+    """The main job in a few minutes: the full model and random sub-networks, size vs speed vs accuracy."""
+    from llamanas.demo import DemoArgs, run_demo
+
+    run_demo(DemoArgs(model=model, task=task, limit=limit, subnets=subnets, seed=seed), out)
+
+
+@app.command()
 def tasks():
     """List the available evaluation tasks."""
     from llamanas.tasks import TASKS
