@@ -33,7 +33,7 @@ def run_demo(args: DemoArgs, console) -> list[dict]:
         supernet, tokenizer = load_supernet(args.model)
     rng = np.random.default_rng(args.seed)
     configs = [("full", SubnetConfig.full(supernet.arch))]
-    configs += [(f"random #{k + 1}", supernet.space.sample(rng)) for k in range(args.subnets)]
+    configs += [(f"random{k + 1}", supernet.space.sample(rng)) for k in range(args.subnets)]
     prepared = prepare(
         tokenizer,
         [args.task],
@@ -74,8 +74,7 @@ def run_demo(args: DemoArgs, console) -> list[dict]:
             f"{m['macs_per_token'] / 1e6:.1f}",
             f"{m['latency_ms']:.1f}",
             f"{m['throughput_tok_s']:.1f}",
-            f"{acc:.3f}" + (" (chance)" if at_chance else ""),
-            f"{se:.3f}",
+            f"{acc:.3f} ± {se:.3f}" + (" ~chance" if at_chance else ""),
         )
     console.print(table)
     console.print(
