@@ -280,6 +280,211 @@ def tasks():
         print(name)
 
 
+# --- quantization, baselines and the report (issue 5) ------------------------------------------------
+
+
+def _task_list(tasks: str | None) -> list[str]:
+    names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
+    if tasks is not None and not names:
+        raise LlamanasError(f"--tasks needs at least one task name; got {tasks!r}.")
+    return names
+
+
+@app.command()
+def quantize(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Checkpoint folder to quantize (e.g. from `llamanas extract`); with --front: "
+            "the super-network (default: the run's model).",
+        ),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="int8 (per-channel) or int4 (group-wise), weight-only.")
+    ] = "int8",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the quantized checkpoint (not with --front).")
+    ] = None,
+    front: Annotated[
+        Path | None,
+        typer.Option(
+            help="A search run folder: quantize and re-evaluate every sub-network of its front, writing "
+            "RUN_DIR/front_<method>.json."
+        ),
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="Tasks to evaluate before and after (default: none; with --front: the run's)."),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Data split (default: the task's, or the run's).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Evaluate a seeded random subset of N items per task.")
+    ] = None,
+    num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the --limit subset.")] = None,
+    group_size: Annotated[int, typer.Option(help="INT4 group size (columns sharing one scale).")] = 64,
+    timing: Annotated[
+        bool, typer.Option(help="Measure latency before and after (--no-timing: skip).")
+    ] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+):
+    """Quantize a checkpoint's decoder linears to INT8/INT4 (embeddings and head stay 16-bit) and report size,
+    accuracy and latency before and after; or, with --front, re-evaluate a search's front after quantization."""
+    from llamanas.quantize import check_method, quantize_checkpoint, quantize_front
+
+    check_method(method)
+    if limit is not None and limit < 1:
+        raise LlamanasError(f"--limit must be >= 1; got {limit}.")
+    task_list = _task_list(tasks)
+    if front is not None:
+        if out_dir is not None:
+            raise LlamanasError(
+                "--out is not used with --front (the result goes to RUN_DIR/front_<method>.json)."
+            )
+        path = quantize_front(
+            front,
+            method,
+            model=model,
+            tasks=task_list or None,
+            split=split,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            seed=seed,
+            group_size=group_size,
+            timing=timing,
+            progress=True,
+        )
+        console.print(f"wrote {path}")
+        return
+    if model is None or out_dir is None:
+        raise LlamanasError("Give --model CHECKPOINT and --out DIR (or --front RUN_DIR).")
+    with console.status(f"Quantizing {model} to {method}"):
+        c = quantize_checkpoint(
+            model,
+            method,
+            out_dir,
+            tasks=task_list,
+            group_size=group_size,
+            split=split,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            seed=seed or 0,
+            timing=timing,
+        )
+    if json_out:
+        print(json.dumps(c.to_dict()))
+        return
+    table = Table(title=f"{model} -> {method} ({out_dir})")
+    for col in ("", "before (16-bit)", f"after ({method})"):
+        table.add_column(col, justify="right" if col else "left")
+    b, a = c.before, c.after
+    table.add_row("weight MiB", f"{b.bytes / 2**20:.2f}", f"{a.bytes / 2**20:.2f} (x{c.size_ratio:.3f})")
+    if a.file_bytes:
+        table.add_row("file MiB", "", f"{a.file_bytes / 2**20:.2f}")
+    if b.latency_ms is not None:
+        table.add_row(f"prefill ms ({c.dtype})", f"{b.latency_ms:.1f}", f"{a.latency_ms:.1f}")
+        table.add_row("generation tok/s", f"{b.throughput_tok_s:.1f}", f"{a.throughput_tok_s:.1f}")
+    for task, r in a.results.items():
+        for metric, v in r["metrics"].items():
+            before = b.results.get(task, {}).get("metrics", {}).get(metric)
+            table.add_row(f"{task} {metric}", f"{before:.4f}" if before is not None else "", f"{v:.4f}")
+    out.print(table)
+
+
+@app.command()
+def baselines(
+    tasks: Annotated[str, typer.Option(help="Comma-separated tasks, e.g. arc_easy,piqa.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for baselines.json and baselines.csv.")],
+    model: ModelOpt = "default",
+    sizes: Annotated[
+        str, typer.Option(help="Target sizes as fractions of the model's parameters, e.g. 0.9,0.8,0.7.")
+    ] = "0.9,0.8,0.7",
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated: depth, shortgpt, width.")
+    ] = "depth,shortgpt,width",
+    supernet: Annotated[
+        str | None,
+        typer.Option(help="A fine-tuned super-network folder: run the same baselines on its weights too."),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Data split (default: each task's test split).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Evaluate a seeded random subset of N items per task.")
+    ] = None,
+    num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --limit subset.")] = 0,
+    calibration: Annotated[
+        str | None,
+        typer.Option(help="Calibration text for importance and block influence (default: built in)."),
+    ] = None,
+):
+    """Evaluate pruning baselines at matched size: depth truncation, ShortGPT layer removal, uniform MLP width."""
+    from llamanas.baselines import run_baselines
+
+    task_list = _task_list(tasks)
+    try:
+        size_list = [float(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise LlamanasError(
+            f"--sizes must be comma-separated fractions like 0.9,0.8,0.7; got {sizes!r}."
+        ) from None
+    bad = [s for s in size_list if not 0 < s <= 1]
+    if not size_list or bad:
+        raise LlamanasError(f"--sizes must be fractions in (0, 1]; got {sizes!r}.")
+    if limit is not None and limit < 1:
+        raise LlamanasError(f"--limit must be >= 1; got {limit}.")
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    with console.status("Evaluating baselines"):
+        run = run_baselines(
+            model,
+            task_list,
+            size_list,
+            out_dir,
+            supernet_dir=supernet,
+            methods=method_list,
+            split=split,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            seed=seed,
+            calibration=calibration,
+        )
+    table = Table(title=f"Baselines of {model}")
+    for col in ("source", "method", "target", "params", "fraction", *task_list):
+        table.add_column(col, justify="left" if col in ("source", "method") else "right")
+    for r in run.rows:
+        accs = [
+            f"{r.results[t]['metrics'].get('acc', float('nan')):.4f}" if t in r.results else ""
+            for t in task_list
+        ]
+        table.add_row(
+            r.source,
+            r.method,
+            f"{r.target:.2f}",
+            f"{r.params:,}" if r.params else r.note[:40],
+            f"{r.fraction:.3f}" if r.fraction else "",
+            *accs,
+        )
+    out.print(table)
+    console.print(f"wrote {out_dir / 'baselines.json'} and baselines.csv")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A search run folder (from `llamanas search`).")],
+    baselines_dir: Annotated[
+        Path | None, typer.Option("--baselines", help="A folder written by `llamanas baselines`.")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: RUN_DIR).")] = None,
+    png: Annotated[bool, typer.Option(help="Also write PNG figures (--no-png: HTML only).")] = True,
+):
+    """Write one self-contained HTML report (offline, interactive) and PNG figures of a search run."""
+    from llamanas.report import report as report_fn
+
+    path = report_fn(run_dir, baselines_dir, out_dir, png=png)
+    console.print(f"wrote {path}")
+
+
 def main() -> None:
     try:
         app()

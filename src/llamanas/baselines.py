@@ -1,0 +1,371 @@
+"""Pruning baselines at matched size, on the same model and evaluator as the search.
+
+- ``depth``: depth truncation, keep the first N layers.
+- ``shortgpt``: layer removal by Block Influence (ShortGPT, Men et al. 2024): drop the layers whose output is
+  most similar to their input, ``BI = 1 - mean cos(h_in, h_out)`` over calibration tokens.
+- ``width``: uniform structured width pruning of every MLP by activation importance (Minitron style: the
+  channels are ordered by ``importance.py`` and every layer keeps the same first-k channels).
+
+Each baseline is a ``SubnetConfig`` chosen for a target fraction of the full model's parameters: the
+largest config (most layers / widest MLP) whose ``num_params`` does not exceed the target, so a
+baseline is never compared at a size larger than the one asked for. Running them on a fine-tuned
+super-network folder as well (``supernet=``) keeps the comparison fair to the NAS sub-networks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from llamanas.errors import LlamanasError
+from llamanas.space import Arch, SubnetConfig
+
+METHODS = ("depth", "shortgpt", "width")
+DEFAULT_WIDTH_MULTIPLE = 8  # MLP widths in multiples of 8: vector-friendly, and < 1% from the target size
+
+
+def _check_target(target: float) -> float:
+    if not 0 < target <= 1:
+        raise LlamanasError(f"Target size fraction must lie in (0, 1]; got {target}.")
+    return float(target)
+
+
+def _budget(arch: Arch, target: float) -> int:
+    return int(_check_target(target) * SubnetConfig.full(arch).num_params(arch))
+
+
+def _too_small(method: str, target: float, smallest: SubnetConfig, arch: Arch) -> LlamanasError:
+    frac = smallest.num_params(arch) / SubnetConfig.full(arch).num_params(arch)
+    return LlamanasError(
+        f"{method}: no sub-network fits {target:.0%} of the parameters; the smallest it can make has {frac:.1%}."
+    )
+
+
+def _keep(arch: Arch, layers: Sequence[int], mlp: int | None = None) -> SubnetConfig:
+    n = len(layers)
+    return SubnetConfig(tuple(layers), (mlp or arch.intermediate_size,) * n, (arch.num_kv_heads,) * n)
+
+
+def depth_truncation(arch: Arch, target: float) -> SubnetConfig:
+    """The first N layers at full width, with the largest N whose size is within the target."""
+    budget = _budget(arch, target)
+    for n in range(arch.num_layers, 0, -1):
+        cfg = _keep(arch, range(n))
+        if cfg.num_params(arch) <= budget:
+            return cfg
+    raise _too_small("depth", target, _keep(arch, [0]), arch)
+
+
+def shortgpt(arch: Arch, block_influence: Sequence[float], target: float) -> SubnetConfig:
+    """Remove layers in increasing order of Block Influence until the size is within the target."""
+    if len(block_influence) != arch.num_layers:
+        raise LlamanasError(
+            f"Block influence has {len(block_influence)} values; the model has {arch.num_layers} layers."
+        )
+    budget = _budget(arch, target)
+    # Stable order: ties drop the later layer first (later layers are the usual redundant ones).
+    order = iter(sorted(range(arch.num_layers), key=lambda i: (block_influence[i], -i)))
+    kept = list(range(arch.num_layers))
+    while True:
+        cfg = _keep(arch, kept)
+        if cfg.num_params(arch) <= budget:
+            return cfg
+        if len(kept) == 1:
+            raise _too_small("shortgpt", target, cfg, arch)
+        kept.remove(next(order))
+
+
+def uniform_width(arch: Arch, target: float, multiple: int = DEFAULT_WIDTH_MULTIPLE) -> SubnetConfig:
+    """Every layer kept, every MLP cut to the same width (a multiple of ``multiple``) within the target."""
+    if multiple < 1:
+        raise LlamanasError(f"Width multiple must be >= 1; got {multiple}.")
+    budget = _budget(arch, target)
+    layers = range(arch.num_layers)
+    full = arch.intermediate_size
+    widths = [full] + list(range((full - 1) // multiple * multiple, 0, -multiple))
+    for m in widths:
+        cfg = _keep(arch, layers, m)
+        if cfg.num_params(arch) <= budget:
+            return cfg
+    raise _too_small("width", target, _keep(arch, layers, min(widths)), arch)
+
+
+@torch.inference_mode()
+def block_influence(model, batches: Sequence[torch.Tensor]) -> list[float]:
+    """ShortGPT's Block Influence of every decoder layer: 1 - mean over tokens of cos(input, output)."""
+    layers = model.get_decoder().layers
+    sums = [0.0] * len(layers)
+    count = [0] * len(layers)
+
+    def hook(i):
+        def fn(_module, args, kwargs, output):
+            h_in = args[0] if args else kwargs["hidden_states"]
+            h_out = output[0] if isinstance(output, tuple) else output
+            cos = torch.nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)  # [B, T]
+            sums[i] += float(cos.sum())
+            count[i] += cos.numel()
+
+        return fn
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        for ids in batches:
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    if not count[0]:
+        raise LlamanasError("Block influence needs calibration text; got none.")
+    return [1.0 - s / c for s, c in zip(sums, count, strict=True)]
+
+
+@dataclass
+class BaselineSpec:
+    """One baseline to evaluate: how it was made, at which target, and the resulting config."""
+
+    method: str  # "base" | "depth" | "shortgpt" | "width"
+    target: float
+    config: SubnetConfig | None
+    source: str = "base"  # "base" (the model as given) or "supernet" (the fine-tuned super-network)
+    note: str = ""  # why there is no config (target too small)
+
+
+def baseline_configs(
+    arch: Arch,
+    sizes: Sequence[float],
+    bi: Sequence[float] | None,
+    methods: Sequence[str] = METHODS,
+    source: str = "base",
+    width_multiple: int = DEFAULT_WIDTH_MULTIPLE,
+) -> list[BaselineSpec]:
+    """The full model plus each method at each size; infeasible ones carry a note instead of a config."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise LlamanasError(f"Unknown baseline methods {unknown}. Allowed: {', '.join(METHODS)}.")
+    specs = [BaselineSpec("base", 1.0, SubnetConfig.full(arch), source)]
+    for target in sizes:
+        _check_target(target)
+        for method in methods:
+            try:
+                if method == "depth":
+                    cfg = depth_truncation(arch, target)
+                elif method == "shortgpt":
+                    if bi is None:
+                        raise LlamanasError("shortgpt needs block influence scores.")
+                    cfg = shortgpt(arch, bi, target)
+                else:
+                    cfg = uniform_width(arch, target, width_multiple)
+                specs.append(BaselineSpec(method, float(target), cfg, source))
+            except LlamanasError as e:
+                specs.append(BaselineSpec(method, float(target), None, source, note=str(e)))
+    return specs
+
+
+@dataclass
+class BaselineResult:
+    """A baseline after evaluation (``results``: task -> TaskResult.to_dict())."""
+
+    method: str
+    source: str
+    target: float
+    config: dict | None
+    params: int | None
+    fraction: float | None
+    results: dict[str, dict] = field(default_factory=dict)
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BaselineRun:
+    """Everything ``llamanas baselines`` writes to ``baselines.json``."""
+
+    model: str
+    supernet: str | None
+    tasks: list[str]
+    split: str | None
+    limit: int | None
+    num_fewshot: int | None
+    seed: int
+    sizes: list[float]
+    full_params: int
+    block_influence: dict[str, list[float]]  # source -> per-layer BI
+    rows: list[BaselineResult]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BaselineRun:
+        d = dict(d)
+        d["rows"] = [BaselineResult(**r) for r in d.get("rows", [])]
+        return cls(**d)
+
+
+def evaluate_specs(
+    supernet,
+    tokenizer,
+    specs: Sequence[BaselineSpec],
+    tasks: Sequence[str],
+    eval_kwargs: dict,
+    evaluate_fn: Callable,
+) -> list[BaselineResult]:
+    """Evaluate each spec's sub-network in place on the super-network (no weights copied)."""
+    arch = supernet.arch
+    full = SubnetConfig.full(arch).num_params(arch)
+    rows = []
+    for spec in specs:
+        if spec.config is None:
+            rows.append(
+                BaselineResult(spec.method, spec.source, spec.target, None, None, None, note=spec.note)
+            )
+            continue
+        with supernet.subnet(spec.config):
+            results = evaluate_fn(supernet.model, tokenizer, list(tasks), **eval_kwargs)
+        params = spec.config.num_params(arch)
+        rows.append(
+            BaselineResult(
+                spec.method,
+                spec.source,
+                spec.target,
+                spec.config.to_dict(),
+                params,
+                params / full,
+                {k: r.to_dict() for k, r in results.items()},
+            )
+        )
+    return rows
+
+
+def run_baselines(
+    model: str,
+    tasks: Sequence[str],
+    sizes: Sequence[float] = (0.9, 0.8, 0.7),
+    out_dir: str | Path | None = None,
+    *,
+    supernet_dir: str | None = None,
+    methods: Sequence[str] = METHODS,
+    split: str | None = None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    seed: int = 0,
+    calibration: str | None = None,
+    num_samples: int = 32,
+    seq_len: int = 128,
+    width_multiple: int = DEFAULT_WIDTH_MULTIPLE,
+    loader: Callable | None = None,
+    evaluate_fn: Callable | None = None,
+) -> BaselineRun:
+    """Build and evaluate the baselines on ``model`` (and on ``supernet_dir`` when given).
+
+    ``loader(name) -> (SuperNet, tokenizer)`` defaults to ``load_supernet`` (which orders the channels
+    by importance, as the width baseline needs); tests pass fakes for ``loader`` and ``evaluate_fn``.
+    """
+    from llamanas.importance import calibration_batches, calibration_texts
+
+    if not tasks:
+        raise LlamanasError("Baselines need at least one task.")
+    if not sizes:
+        raise LlamanasError("Baselines need at least one size fraction, e.g. 0.9,0.8,0.7.")
+    if loader is None:
+        from llamanas.supernet import load_supernet
+
+        loader = lambda name: load_supernet(name, calibration=calibration)  # noqa: E731
+    if evaluate_fn is None:
+        from llamanas.evaluate import evaluate as evaluate_fn
+    eval_kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
+    sources = [("base", model)] + ([("supernet", supernet_dir)] if supernet_dir else [])
+    rows: list[BaselineResult] = []
+    bis: dict[str, list[float]] = {}
+    full_params = 0
+    for source, name in sources:
+        supernet, tokenizer = loader(name)
+        if full_params and SubnetConfig.full(supernet.arch).num_params(supernet.arch) != full_params:
+            raise LlamanasError(f"The super-network {name!r} does not have the shape of the model {model!r}.")
+        full_params = SubnetConfig.full(supernet.arch).num_params(supernet.arch)
+        bi = None
+        if "shortgpt" in methods:
+            batches = calibration_batches(tokenizer, calibration_texts(calibration), num_samples, seq_len)
+            supernet.reset()
+            bi = block_influence(supernet.model, batches)
+            bis[source] = bi
+        specs = baseline_configs(supernet.arch, sizes, bi, methods, source, width_multiple)
+        rows += evaluate_specs(supernet, tokenizer, specs, tasks, eval_kwargs, evaluate_fn)
+        del supernet
+    run = BaselineRun(
+        model=model,
+        supernet=supernet_dir,
+        tasks=list(tasks),
+        split=split,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        seed=seed,
+        sizes=[float(s) for s in sizes],
+        full_params=full_params,
+        block_influence=bis,
+        rows=rows,
+    )
+    if out_dir is not None:
+        write_baselines(run, out_dir)
+    return run
+
+
+BASELINES_FILE = "baselines.json"
+
+
+def write_baselines(run: BaselineRun, out_dir: str | Path) -> Path:
+    """``baselines.json`` (everything) and ``baselines.csv`` (one row per baseline, one column per metric)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / BASELINES_FILE).write_text(json.dumps(run.to_dict(), indent=2))
+    metric_cols: list[str] = []
+    for r in run.rows:
+        for task, res in r.results.items():
+            for metric in res.get("metrics", {}):
+                for col in (f"{task}/{metric}", f"{task}/{metric}_stderr"):
+                    if col not in metric_cols:
+                        metric_cols.append(col)
+    head = ["source", "method", "target", "params", "fraction", "depth", "mlp", "layers", "note"]
+    with open(out / "baselines.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(head + metric_cols)
+        for r in run.rows:
+            cfg = r.config or {}
+            vals: dict[str, object] = {}
+            for task, res in r.results.items():
+                for metric, v in res.get("metrics", {}).items():
+                    vals[f"{task}/{metric}"] = v
+                    vals[f"{task}/{metric}_stderr"] = res.get("stderr", {}).get(metric, "")
+            mlp = sorted(set(cfg.get("mlp", [])))
+            w.writerow(
+                [
+                    r.source,
+                    r.method,
+                    r.target,
+                    r.params if r.params is not None else "",
+                    f"{r.fraction:.6f}" if r.fraction is not None else "",
+                    len(cfg.get("layers", [])) or "",
+                    mlp[0] if len(mlp) == 1 else " ".join(map(str, mlp)),
+                    " ".join(map(str, cfg.get("layers", []))),
+                    r.note,
+                ]
+                + [vals.get(c, "") for c in metric_cols]
+            )
+    return out / BASELINES_FILE
+
+
+def read_baselines(path: str | Path) -> BaselineRun:
+    """Read ``baselines.json`` from a folder or the file itself."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / BASELINES_FILE
+    if not p.is_file():
+        raise LlamanasError(f"No baselines file at {str(path)!r} (expected {BASELINES_FILE}).")
+    return BaselineRun.from_dict(json.loads(p.read_text()))

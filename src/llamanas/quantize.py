@@ -1,0 +1,817 @@
+"""Weight-only quantization of extracted sub-networks: INT8 / INT4 and per-layer precision policies.
+
+The LLaMA-NAS paper quantizes every linear layer of the decoder to INT8 with bitsandbytes (LLM.int8) and
+keeps the embeddings and the LM head in 16 bits. bitsandbytes needs CUDA, so on CPU we use our own
+weight-only format, kept deliberately simple so it saves, reloads and is counted exactly:
+
+- INT8: per-output-channel symmetric, ``w ~ q * scale`` with ``q`` in -127..127 (int8) and one float16
+  scale per row.
+- INT4: group-wise asymmetric, ``w ~ q * scale + min`` with ``q`` in 0..15 packed two per byte (uint8) and a
+  float16 scale and minimum per group of ``group_size`` input columns (4.5 bits a weight at group 64,
+  like llama.cpp's Q4_1).
+
+Why not torchao: with torch 2.13 on CPU, torchao 0.18's ``Int8WeightOnlyConfig`` works, but
+``Int4WeightOnlyConfig`` needs the ``mslk`` kernel package, and its tensor subclasses do not go through our
+safetensors checkpoints. PyTorch's own CPU kernels (``aten._weight_int8pack_mm``,
+``aten._weight_int4pack_mm_for_cpu``) are used when the activations are bfloat16, the only dtype in which
+they beat a plain matmul on CPU; for float32 activations the weight is de-quantized on the fly, which is
+as fast as the float32 matmul for prefill but saves memory, not time.
+
+A precision policy gives each decoder layer 16, 8 or 4 bits (``apply_precision``, ``policy_bytes``) for a
+joint search of architecture and precision.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llamanas.errors import LlamanasError
+from llamanas.space import Arch, SubnetConfig
+
+METHODS = {"int8": 8, "int4": 4}
+BITS_CHOICES = (16, 8, 4)
+DEFAULT_GROUP_SIZE = 64
+BACKENDS = ("auto", "cpu", "bnb")
+KEEP_BYTES = 2  # the tensors left unquantized (embeddings, norms, head, 16-bit layers) are stored in float16
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+QUANT_FILE = "llamanas_quant.json"
+WEIGHTS_FILE = "quantized.safetensors"  # not model.safetensors: plain from_pretrained must fail loudly
+FORMAT_VERSION = 1
+_INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # what aten._weight_int4pack_mm_for_cpu accepts
+
+
+def effective_group_size(in_features: int, group_size: int) -> int:
+    """The INT4 group used for a layer: ``group_size`` if it divides ``in_features``, else the largest
+    power of two below it that does, else the whole row (so every layer can be quantized)."""
+    if group_size < 1:
+        raise LlamanasError(f"group_size must be >= 1; got {group_size}.")
+    g = group_size
+    while g >= 8:
+        if in_features % g == 0:
+            return g
+        g //= 2
+    return in_features
+
+
+def linear_bytes(in_features: int, out_features: int, bits: int, group_size: int = DEFAULT_GROUP_SIZE) -> int:
+    """Stored bytes of one linear weight (without bias) at ``bits`` (16, 8 or 4), scales included."""
+    if bits == 16:
+        return KEEP_BYTES * in_features * out_features
+    if bits == 8:
+        return out_features * in_features + 2 * out_features  # int8 weights + float16 scale per row
+    if bits == 4:
+        groups = in_features // effective_group_size(in_features, group_size)
+        return out_features * math.ceil(in_features / 2) + 4 * out_features * groups  # + scale, min
+    raise LlamanasError(
+        f"Unknown weight precision {bits} bits. Allowed: {', '.join(map(str, BITS_CHOICES))}."
+    )
+
+
+class QuantLinear(nn.Module):
+    """A linear layer whose weight is stored as INT8 or packed INT4 and de-quantized in ``forward``.
+
+    Buffers (all in the state dict): ``qweight`` (int8 [out, in] or uint8 [out, ceil(in/2)]), ``scale``
+    (float16 [out] or [out, groups]), ``zero`` (INT4 only: the group minimum), ``bias`` (optional).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int,
+        group_size: int = DEFAULT_GROUP_SIZE,
+        bias: bool = False,
+        device=None,
+    ):
+        super().__init__()
+        if bits not in METHODS.values():
+            raise LlamanasError(f"QuantLinear supports 8 or 4 bits; got {bits}.")
+        self.in_features, self.out_features, self.bits = in_features, out_features, bits
+        self.group_size = effective_group_size(in_features, group_size) if bits == 4 else in_features
+        groups = in_features // self.group_size
+        if bits == 8:
+            qshape, sshape = (out_features, in_features), (out_features,)
+            self.register_buffer("qweight", torch.zeros(qshape, dtype=torch.int8, device=device))
+        else:
+            qshape, sshape = (out_features, math.ceil(in_features / 2)), (out_features, groups)
+            self.register_buffer("qweight", torch.zeros(qshape, dtype=torch.uint8, device=device))
+            self.register_buffer("zero", torch.zeros(sshape, dtype=torch.float16, device=device))
+        self.register_buffer("scale", torch.ones(sshape, dtype=torch.float16, device=device))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float16, device=device))
+        else:
+            self.bias = None
+        self._kernel_cache: dict = {}  # packed weights for the CPU kernels (not saved; rebuilt on demand)
+
+    def extra_repr(self) -> str:
+        g = f", group_size={self.group_size}" if self.bits == 4 else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{g}"
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, bits: int, group_size: int = DEFAULT_GROUP_SIZE) -> QuantLinear:
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"Unsupported layer type {type(linear)}; expected nn.Linear.")
+        if getattr(linear, "active_in", None) is not None or getattr(linear, "active_out", None) is not None:
+            raise LlamanasError(
+                "Cannot quantize a super-network layer with an active slice; extract the sub-network first."
+            )
+        w = linear.weight.detach().float()  # [out, in]
+        q = cls(
+            linear.in_features,
+            linear.out_features,
+            bits,
+            group_size,
+            bias=linear.bias is not None,
+            device=w.device,
+        )
+        if bits == 8:
+            scale = (w.abs().amax(dim=1) / 127).half()
+            scale[scale == 0] = 1  # an all-zero row: any scale reproduces it
+            s = scale.float()[:, None]
+            q.qweight.copy_(torch.round(w / s).clamp(-127, 127).to(torch.int8))
+            q.scale.copy_(scale)
+        else:
+            out, inn, g = w.shape[0], w.shape[1], q.group_size
+            wg = w.reshape(out, inn // g, g)
+            lo = wg.amin(-1).half()
+            scale = ((wg.amax(-1) - lo.float()) / 15).half()
+            scale[scale == 0] = 1  # a constant group: q = 0 and the minimum reproduce it
+            codes = torch.round((wg - lo.float()[..., None]) / scale.float()[..., None]).clamp(0, 15)
+            q.qweight.copy_(_pack4(codes.reshape(out, inn).to(torch.uint8)))
+            q.scale.copy_(scale)
+            q.zero.copy_(lo)
+        if linear.bias is not None:
+            q.bias.copy_(linear.bias.detach().half())
+        return q
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The de-quantized weight [out, in]."""
+        if self.bits == 8:
+            return self.qweight.to(dtype) * self.scale.to(dtype)[:, None]
+        codes = _unpack4(self.qweight, self.in_features).to(dtype)
+        out, g = self.out_features, self.group_size
+        codes = codes.reshape(out, -1, g) * self.scale.to(dtype)[..., None] + self.zero.to(dtype)[..., None]
+        return codes.reshape(out, self.in_features)
+
+    def storage_bytes(self) -> int:
+        b = linear_bytes(self.in_features, self.out_features, self.bits, self.group_size)
+        return b + (KEEP_BYTES * self.out_features if self.bias is not None else 0)
+
+    def _use_kernel(self, x: torch.Tensor) -> bool:
+        # The aten CPU kernels only pay off with bfloat16 activations (measured: float32 runs a slow path).
+        if x.device.type != "cpu" or x.dtype != torch.bfloat16:
+            return False
+        if self.bits == 8:
+            return True
+        return (
+            self.group_size in _INT4_KERNEL_GROUPS
+            and self.out_features % 16 == 0
+            and self.in_features % self.group_size == 0
+        )
+
+    def _kernel_weights(self, dtype: torch.dtype):
+        key = (self.bits, dtype, self.qweight.data_ptr())
+        if key not in self._kernel_cache:
+            self._kernel_cache.clear()
+            if self.bits == 8:
+                self._kernel_cache[key] = (self.qweight.contiguous(), self.scale.to(dtype).contiguous())
+            else:
+                codes = _unpack4(self.qweight, self.in_features).to(torch.int32).contiguous()
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+                # The kernel computes (q - 8) * scale + zero', so zero' = min + 8 * scale; [groups, out, 2].
+                s = self.scale.float()
+                sz = torch.stack([s.T, (self.zero.float() + 8 * s).T], dim=-1).to(dtype).contiguous()
+                self._kernel_cache[key] = (packed, sz)
+        return self._kernel_cache[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        if self._use_kernel(x):
+            shape = x.shape
+            x2 = x.reshape(-1, self.in_features).contiguous()  # [tokens, in]
+            w, s = self._kernel_weights(x.dtype)
+            if self.bits == 8:
+                y = torch.ops.aten._weight_int8pack_mm(x2, w, s)
+            else:
+                y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, w, self.group_size, s)
+            y = y.reshape(*shape[:-1], self.out_features)
+            return y + bias if bias is not None else y
+        return F.linear(x, self.dequantize(x.dtype), bias)
+
+
+def _pack4(codes: torch.Tensor) -> torch.Tensor:
+    """uint8 [out, in] codes in 0..15 -> [out, ceil(in/2)], even column in the low nibble."""
+    if codes.shape[1] % 2:
+        codes = F.pad(codes, (0, 1))
+    return codes[:, 0::2] | (codes[:, 1::2] << 4)
+
+
+def _unpack4(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    lo, hi = packed & 0x0F, packed >> 4
+    return torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)[:, :in_features]
+
+
+# --- applying a precision to a model -------------------------------------------------------------
+
+
+def _check_bits(layer_bits: Sequence[int], num_layers: int) -> list[int]:
+    bits = [int(b) for b in layer_bits]
+    if len(bits) != num_layers:
+        raise LlamanasError(
+            f"The precision policy has {len(bits)} values; the model has {num_layers} decoder layers."
+        )
+    bad = sorted({b for b in bits if b not in BITS_CHOICES})
+    if bad:
+        raise LlamanasError(
+            f"Unknown weight precision {bad} bits. Allowed: {', '.join(map(str, BITS_CHOICES))}."
+        )
+    return bits
+
+
+def _method_name(bits: Sequence[int]) -> str:
+    kinds = set(bits)
+    if kinds == {8}:
+        return "int8"
+    if kinds == {4}:
+        return "int4"
+    if kinds == {16}:
+        return "fp16"
+    return "mixed"
+
+
+def check_method(method: str) -> int:
+    if method not in METHODS:
+        raise LlamanasError(f"Unknown quantization method {method!r}. Allowed: {', '.join(METHODS)}.")
+    return METHODS[method]
+
+
+@torch.no_grad()
+def apply_precision(model, layer_bits: Sequence[int], group_size: int = DEFAULT_GROUP_SIZE):
+    """Quantize each decoder layer's seven linears to its bits (16 = left as is), in place.
+
+    Embeddings, norms and the LM head are not touched (the paper keeps them in 16 bits). The policy is
+    recorded on ``model.config.llamanas_quant`` so ``save_quantized`` and ``model_bytes`` know it.
+    """
+    layers = model.get_decoder().layers
+    bits = _check_bits(layer_bits, len(layers))
+    for layer, b in zip(layers, bits, strict=True):
+        if b == 16:
+            continue
+        for parent in (layer.self_attn, layer.mlp):
+            for name in LINEARS:
+                lin = getattr(parent, name, None)
+                if isinstance(lin, QuantLinear):
+                    raise LlamanasError("The model is already quantized; quantize the unquantized model.")
+                if lin is not None:
+                    setattr(parent, name, QuantLinear.from_linear(lin, b, group_size))
+    model.config.llamanas_quant = {
+        "format": FORMAT_VERSION,
+        "method": _method_name(bits),
+        "layer_bits": bits,
+        "group_size": group_size,
+    }
+    return model
+
+
+def quantize_model(model, method: str = "int8", group_size: int = DEFAULT_GROUP_SIZE, backend: str = "auto"):
+    """Quantize every decoder linear of ``model`` to INT8 or INT4 (in place; returns the model).
+
+    ``backend``: ``cpu`` is our weight-only format (saves and reloads); ``bnb`` is bitsandbytes LLM.int8
+    (CUDA, INT8 only, as in the paper; not saved by ``save_quantized``); ``auto`` picks ``bnb`` for INT8 on
+    a CUDA model when bitsandbytes is installed, else ``cpu``.
+    """
+    bits = check_method(method)
+    if backend not in BACKENDS:
+        raise LlamanasError(f"Unknown quantization backend {backend!r}. Allowed: {', '.join(BACKENDS)}.")
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if backend == "auto":
+        backend = "bnb" if bits == 8 and on_cuda and _has_bnb() else "cpu"
+    if backend == "bnb":
+        if bits != 8:
+            raise LlamanasError(
+                "The bnb backend does INT8 (LLM.int8) only; use --method int8 or backend cpu."
+            )
+        return quantize_bnb_int8(model)
+    return apply_precision(model, [bits] * len(model.get_decoder().layers), group_size)
+
+
+def _has_bnb() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+@torch.no_grad()
+def quantize_bnb_int8(model, threshold: float = 6.0):
+    """LLM.int8 (bitsandbytes) on every decoder linear, as in the paper; needs CUDA. Untested on CPU CI."""
+    if not torch.cuda.is_available():
+        raise LlamanasError("bitsandbytes LLM.int8 needs a CUDA GPU; use backend 'cpu' on this machine.")
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise LlamanasError("The bnb backend needs bitsandbytes: pip install bitsandbytes.") from None
+    model.half().cuda()
+    for layer in model.get_decoder().layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for name in LINEARS:
+                lin = getattr(parent, name, None)
+                if lin is None:
+                    continue
+                new = bnb.nn.Linear8bitLt(
+                    lin.in_features,
+                    lin.out_features,
+                    bias=lin.bias is not None,
+                    has_fp16_weights=False,
+                    threshold=threshold,
+                )
+                new.weight = bnb.nn.Int8Params(
+                    lin.weight.data.cpu(), requires_grad=False, has_fp16_weights=False
+                )
+                if lin.bias is not None:
+                    new.bias = nn.Parameter(lin.bias.data.cpu(), requires_grad=False)
+                setattr(parent, name, new.cuda())  # .cuda() quantizes the weight
+    bits = [8] * len(model.get_decoder().layers)
+    model.config.llamanas_quant = {
+        "format": FORMAT_VERSION,
+        "method": "int8",
+        "layer_bits": bits,
+        "backend": "bnb",
+    }
+    return model
+
+
+# --- sizes --------------------------------------------------------------------------------------
+
+
+def model_bytes(model) -> int:
+    """Stored bytes of a (quantized or not) model: quantized linears at their size, everything else at
+    16 bits, tied weights once. For an unquantized model this is its float16 size (the paper's baseline)."""
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            total += module.storage_bytes()
+            continue
+        for t in list(module.parameters(recurse=False)):
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += KEEP_BYTES * t.numel()
+    return total
+
+
+def policy_bytes(
+    arch: Arch,
+    cfg: SubnetConfig | None = None,
+    layer_bits: Sequence[int] | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
+) -> int:
+    """Bytes of sub-network ``cfg`` (default: the full model) with one precision per kept layer
+    (default: all 16). Equals ``model_bytes`` of the extracted model after ``apply_precision``."""
+    cfg = cfg or SubnetConfig.full(arch)
+    bits = _check_bits(layer_bits if layer_bits is not None else [16] * cfg.depth, cfg.depth)
+    h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
+    total = KEEP_BYTES * h  # final norm
+    total += KEEP_BYTES * arch.vocab_size * h * (1 if arch.tie_word_embeddings else 2)
+    for m, g, b in zip(cfg.mlp, cfg.kv_groups, bits, strict=True):
+        q, kv = g * rep * hd, g * hd
+        shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, m), (h, m), (m, h)]  # (in, out)
+        total += sum(linear_bytes(i, o, b, group_size) for i, o in shapes)
+        if arch.attention_bias:
+            total += KEEP_BYTES * (q + 2 * kv)
+        if arch.mlp_bias:
+            total += KEEP_BYTES * (2 * m + h)
+        total += KEEP_BYTES * 2 * h  # two RMSNorms
+    return total
+
+
+# --- save and load ------------------------------------------------------------------------------
+
+
+def _state_for_saving(model) -> dict[str, torch.Tensor]:
+    """The state dict with float tensors in float16 and the tied head left out (safetensors refuses
+    shared tensors)."""
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    out = {}
+    for name, t in model.state_dict().items():
+        if tied and name == "lm_head.weight":
+            continue
+        t = t.detach().cpu()
+        if t.is_floating_point() and t.dtype != torch.float16:
+            t = t.half()
+        out[name] = t.contiguous()
+    return out
+
+
+def save_quantized(model, out_dir: str | Path, tokenizer=None, metadata: dict | None = None) -> Path:
+    """Write a model quantized by ``apply_precision``/``quantize_model`` to ``out_dir``.
+
+    Files: ``config.json`` (the plain HF config), ``quantized.safetensors``, ``llamanas_quant.json`` (the
+    policy, byte counts and ``metadata``), and the tokenizer when given. Reload with ``load_quantized``.
+    """
+    from safetensors.torch import save_file
+
+    info = getattr(model.config, "llamanas_quant", None)
+    if not info:
+        raise LlamanasError("The model is not quantized; call quantize_model or apply_precision first.")
+    if info.get("backend") == "bnb":
+        raise LlamanasError("bitsandbytes models are not saved by llamanas; use backend 'cpu' to save.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    saved = config.llamanas_quant
+    del config.llamanas_quant  # keep config.json a plain HF config
+    try:
+        config.save_pretrained(out)
+    finally:
+        config.llamanas_quant = saved
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    save_file(_state_for_saving(model), str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    info = dict(saved, bytes=model_bytes(model), **(metadata or {}))
+    (out / QUANT_FILE).write_text(json.dumps(info, indent=2))
+    return out
+
+
+def is_quantized_dir(path: str | Path) -> bool:
+    return (Path(path) / QUANT_FILE).is_file()
+
+
+def load_quantized(path: str | Path, dtype: str | torch.dtype = "float32"):
+    """(model, tokenizer or None) from a folder written by ``save_quantized``.
+
+    ``dtype`` is the compute dtype of the unquantized tensors and activations: float32 (default, the
+    CPU reference) or bfloat16 (uses PyTorch's packed INT8/INT4 CPU kernels).
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import llamanas.extract  # noqa: F401 - registers the per-layer model types
+    from llamanas.models import DTYPES
+
+    p = Path(path)
+    if not is_quantized_dir(p):
+        raise LlamanasError(f"{str(path)!r} is not a quantized checkpoint (no {QUANT_FILE} in it).")
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise LlamanasError(f"Unknown dtype {dtype!r}. Available: {', '.join(DTYPES)}.")
+        dtype = DTYPES[dtype]
+    info = json.loads((p / QUANT_FILE).read_text())
+    if info.get("format") != FORMAT_VERSION:
+        raise LlamanasError(
+            f"{path}: quantized format {info.get('format')!r} unsupported; this reads {FORMAT_VERSION}."
+        )
+    config = AutoConfig.from_pretrained(p)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    bits = _check_bits(info["layer_bits"], len(model.get_decoder().layers))
+    group_size = int(info.get("group_size", DEFAULT_GROUP_SIZE))
+    for layer, b in zip(model.get_decoder().layers, bits, strict=True):
+        if b == 16:
+            continue
+        for parent in (layer.self_attn, layer.mlp):
+            for name in LINEARS:
+                lin = getattr(parent, name, None)
+                if lin is not None:
+                    shell = QuantLinear(
+                        lin.in_features,
+                        lin.out_features,
+                        b,
+                        group_size,
+                        bias=lin.bias is not None,
+                        device="meta",
+                    )
+                    setattr(parent, name, shell)
+    state = load_file(str(p / WEIGHTS_FILE))
+    # Quantized codes and their scales keep their stored dtypes; every other float tensor becomes ``dtype``.
+    quant_keys = {
+        f"{n}.{b}"
+        for n, m in model.named_modules()
+        if isinstance(m, QuantLinear)
+        for b in ("scale", "zero", "bias")
+    }
+    state = {
+        k: (v.to(dtype) if v.is_floating_point() and k not in quant_keys else v) for k, v in state.items()
+    }
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise LlamanasError(
+            f"{path}: checkpoint mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    _rebuild_rotary(model)
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise LlamanasError(f"{path}: tensors not in the checkpoint: {leftover[:5]}.")
+    model.config.llamanas_quant = {
+        k: info[k] for k in ("format", "method", "layer_bits", "group_size") if k in info
+    }
+    model.eval()
+    tokenizer = None
+    if (p / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(p)
+    return model, tokenizer
+
+
+def _rebuild_rotary(model) -> None:
+    """Rotary ``inv_freq`` buffers are not saved; recreate them on the CPU after a meta-device build."""
+    for module in model.modules():
+        inv = getattr(module, "inv_freq", None)
+        if isinstance(inv, torch.Tensor) and inv.is_meta:
+            fresh = type(module)(config=model.config)
+            module.register_buffer("inv_freq", fresh.inv_freq, persistent=False)
+            if hasattr(module, "original_inv_freq"):
+                module.original_inv_freq = fresh.inv_freq
+            if hasattr(fresh, "attention_scaling"):
+                module.attention_scaling = fresh.attention_scaling
+
+
+# --- before/after comparison ---------------------------------------------------------------------
+
+
+@dataclass
+class QuantPoint:
+    """One model's size, speed and accuracy (``results``: task -> TaskResult.to_dict()).
+
+    ``bytes`` counts every unquantized tensor at 16 bits (``model_bytes``), so "before" is the float16
+    model the paper compares with, whatever dtype the model was loaded in.
+    """
+
+    label: str
+    bits: str
+    params: int
+    bytes: int
+    file_bytes: int | None = None
+    latency_ms: float | None = None
+    throughput_tok_s: float | None = None
+    results: dict[str, dict] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class QuantComparison:
+    """Before and after quantization of the same model, on the same evaluator and machine."""
+
+    method: str
+    group_size: int
+    before: QuantPoint
+    after: QuantPoint
+    dtype: str = "float32"
+    threads: int | None = None
+
+    @property
+    def size_ratio(self) -> float:
+        return self.after.bytes / self.before.bytes
+
+    def accuracy_delta(self) -> dict[str, float]:
+        """after - before, per "task/metric"."""
+        out = {}
+        for task, r in self.after.results.items():
+            for metric, v in r.get("metrics", {}).items():
+                b = self.before.results.get(task, {}).get("metrics", {}).get(metric)
+                if b is not None:
+                    out[f"{task}/{metric}"] = v - b
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size_ratio"] = self.size_ratio
+        d["accuracy_delta"] = self.accuracy_delta()
+        return d
+
+
+def _num_params(model) -> int:
+    """Parameters as the unquantized model had them (quantized linears count in_features * out_features)."""
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            total += module.in_features * module.out_features + (
+                module.out_features if module.bias is not None else 0
+            )
+            continue
+        for t in module.parameters(recurse=False):
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel()
+    return total
+
+
+def _point(
+    model, tokenizer, label, bits, tasks, eval_kwargs, timing, evaluate_fn, timing_kwargs
+) -> QuantPoint:
+    point = QuantPoint(label=label, bits=bits, params=_num_params(model), bytes=model_bytes(model))
+    if tasks:
+        results = evaluate_fn(model, tokenizer, list(tasks), **eval_kwargs)
+        point.results = {k: r.to_dict() for k, r in results.items()}
+    if timing:
+        from llamanas.measure import time_model
+
+        model.generation_config.pad_token_id = 0
+        point.latency_ms, _, point.throughput_tok_s = time_model(model, **timing_kwargs)
+    return point
+
+
+def compare_quantization(
+    model,
+    tokenizer,
+    method: str = "int8",
+    tasks: Sequence[str] = (),
+    *,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    split: str | None = None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    seed: int = 0,
+    timing: bool = True,
+    timing_kwargs: dict | None = None,
+    out_dir: str | Path | None = None,
+    evaluate_fn: Callable | None = None,
+) -> tuple[QuantComparison, nn.Module]:
+    """Evaluate and time ``model``, quantize it (in place), evaluate and time again.
+
+    Returns the comparison and the quantized model; with ``out_dir`` the quantized model is also saved
+    (with ``comparison.json``) and ``after.file_bytes`` is its weights file's size.
+    """
+    check_method(method)
+    if evaluate_fn is None and tasks:
+        from llamanas.evaluate import evaluate as evaluate_fn
+    eval_kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
+    timing_kwargs = timing_kwargs or {}
+    before = _point(model, tokenizer, "before", "16", tasks, eval_kwargs, timing, evaluate_fn, timing_kwargs)
+    quantize_model(model, method, group_size, backend="cpu")
+    after = _point(model, tokenizer, "after", method, tasks, eval_kwargs, timing, evaluate_fn, timing_kwargs)
+    comparison = QuantComparison(
+        method,
+        group_size,
+        before,
+        after,
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        threads=torch.get_num_threads() if timing else None,
+    )
+    if out_dir is not None:
+        path = save_quantized(model, out_dir, tokenizer, metadata={"comparison": comparison.to_dict()})
+        comparison.after.file_bytes = (path / WEIGHTS_FILE).stat().st_size
+        (path / "comparison.json").write_text(json.dumps(comparison.to_dict(), indent=2))
+    return comparison, model
+
+
+def quantize_checkpoint(model_dir: str | Path, method: str, out_dir: str | Path, **kwargs) -> QuantComparison:
+    """Quantize an extracted checkpoint folder (CLI ``llamanas quantize``): load, compare, save."""
+    from llamanas.models import load_model
+
+    check_method(method)
+    model, tokenizer = load_model(str(model_dir))
+    comparison, model = compare_quantization(model, tokenizer, method, out_dir=out_dir, **kwargs)
+    src = Path(model_dir)
+    extracted_info = src / "llamanas_subnet.json"
+    if extracted_info.is_file():
+        shutil.copy(extracted_info, Path(out_dir) / extracted_info.name)
+    return comparison
+
+
+# --- the front after quantization ---------------------------------------------------------------
+
+
+def quantize_front(
+    run_dir: str | Path,
+    method: str = "int8",
+    *,
+    model: str | None = None,
+    tasks: Sequence[str] | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    seed: int | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    timing: bool = False,
+    supernet=None,
+    tokenizer=None,
+    evaluate_fn: Callable | None = None,
+    progress: bool = False,
+) -> Path:
+    """Re-evaluate every sub-network of a search's front after quantization; writes
+    ``front_<method>.json`` in the run folder beside ``front.json`` (the paper's "front moves left").
+
+    The model, tasks and evaluation settings default to those recorded in the run's ``run.json``; pass a
+    loaded ``supernet``/``tokenizer`` to skip loading.
+    """
+    from llamanas.extract import build_extracted
+
+    check_method(method)
+    run = Path(run_dir)
+    points = read_front(run)
+    settings = read_run_settings(run)
+    tasks = list(tasks or settings.get("tasks") or [])
+    if not tasks:
+        raise LlamanasError(f"{run}: no tasks recorded in run.json; pass tasks=[...] (--tasks).")
+    kw = dict(
+        split=split if split is not None else settings.get("split"),
+        limit=limit if limit is not None else settings.get("limit"),
+        num_fewshot=num_fewshot if num_fewshot is not None else settings.get("num_fewshot"),
+        seed=seed if seed is not None else settings.get("seed", 0),
+    )
+    fingerprint_ok = None
+    if supernet is None:
+        from llamanas.models import fingerprint
+        from llamanas.supernet import load_supernet
+
+        name = model or settings.get("model")
+        if not name:
+            raise LlamanasError(f"{run}: no model recorded in run.json; pass model=... (--model).")
+        supernet, tokenizer = load_supernet(
+            name, order=settings.get("order", True), dtype=settings.get("dtype", "float32")
+        )
+        if "fingerprint" in settings:
+            # The search's weights (after ordering) must be the ones we quantize, or the points differ.
+            fingerprint_ok = fingerprint(supernet.model) == settings["fingerprint"]
+    if evaluate_fn is None:
+        from llamanas.evaluate import evaluate as evaluate_fn
+    out_points = []
+    iterator = points
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(points, desc=f"front -> {method}")
+    for p in iterator:
+        cfg = SubnetConfig.from_dict(p["config"])
+        previous = supernet.active
+        supernet.reset()
+        try:
+            small = build_extracted(supernet.model, cfg)
+        finally:
+            supernet.activate(previous)
+        bytes_16 = model_bytes(small)
+        quantize_model(small, method, group_size, backend="cpu")
+        results = evaluate_fn(small, tokenizer, tasks, **kw)
+        entry = {
+            "config": cfg.to_dict(),
+            "params": cfg.num_params(supernet.arch),
+            "bytes_fp16": bytes_16,
+            "bytes": model_bytes(small),
+            "results": {k: r.to_dict() for k, r in results.items()},
+            "original": {k: v for k, v in p.items() if k != "config"},
+        }
+        if timing:
+            from llamanas.measure import time_model
+
+            small.generation_config.pad_token_id = 0
+            entry["latency_ms"], _, entry["throughput_tok_s"] = time_model(small)
+        out_points.append(entry)
+        del small
+    path = run / f"front_{method}.json"
+    payload = {
+        "method": method,
+        "group_size": group_size,
+        "tasks": tasks,
+        **kw,
+        "fingerprint_matches_run": fingerprint_ok,
+        "points": out_points,
+    }
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def read_run_settings(run: Path) -> dict:
+    """The search settings of a run: ``run.json``'s ``args`` (model, tasks, split, limit, ...) plus its
+    ``fingerprint``; {} when there is no run.json."""
+    f = Path(run) / "run.json"
+    if not f.is_file():
+        return {}
+    d = json.loads(f.read_text())
+    out = dict(d.get("args") or {})
+    if "fingerprint" in d:
+        out["fingerprint"] = d["fingerprint"]
+    return out
+
+
+def read_front(run: Path) -> list[dict]:
+    """The members of a run's ``front.json``: dicts with ``id``, ``values``, ``measured`` and ``config``."""
+    f = Path(run) / "front.json"
+    if not f.is_file():
+        raise LlamanasError(f"{run}: no front.json in the run folder (has the search finished a batch?).")
+    d = json.loads(f.read_text())
+    members = d.get("members") if isinstance(d, dict) else None
+    if not isinstance(members, list):
+        raise LlamanasError(f"{f}: expected an object with a 'members' list (written by llamanas search).")
+    for i, m in enumerate(members):
+        if not isinstance(m, dict) or not isinstance(m.get("config"), dict):
+            raise LlamanasError(f"{f}: member {i} has no 'config' (a sub-network config object).")
+    return members

@@ -1,0 +1,211 @@
+"""Pruning baselines at matched size: depth truncation, ShortGPT block influence, uniform MLP width."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+from conftest import tiny_model, tiny_tokenizer
+
+from llamanas.baselines import (
+    baseline_configs,
+    block_influence,
+    depth_truncation,
+    read_baselines,
+    run_baselines,
+    shortgpt,
+    uniform_width,
+)
+from llamanas.errors import LlamanasError
+from llamanas.space import Arch, SubnetConfig
+from llamanas.supernet import SuperNet
+
+# SmolLM2-135M's shape: 30 layers, tied 49152 x 576 embeddings (a fifth of the parameters).
+SMOL = Arch(
+    num_layers=30,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_heads=9,
+    num_kv_heads=3,
+    head_dim=64,
+    vocab_size=49152,
+    tie_word_embeddings=True,
+)
+TARGETS = (0.95, 0.9, 0.8, 0.7, 0.5)
+
+
+def _full(arch):
+    return SubnetConfig.full(arch).num_params(arch)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_depth_is_the_largest_prefix_within_the_target(target):
+    cfg = depth_truncation(SMOL, target)
+    assert cfg.layers == tuple(range(cfg.depth)) and set(cfg.mlp) == {1536} and set(cfg.kv_groups) == {3}
+    assert cfg.num_params(SMOL) <= target * _full(SMOL)
+    if cfg.depth < 30:  # one more layer would exceed the target
+        longer = SubnetConfig(tuple(range(cfg.depth + 1)), (1536,) * (cfg.depth + 1), (3,) * (cfg.depth + 1))
+        assert longer.num_params(SMOL) > target * _full(SMOL)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_width_is_the_widest_uniform_mlp_within_the_target(target):
+    cfg = uniform_width(SMOL, target)
+    assert cfg.depth == 30 and len(set(cfg.mlp)) == 1 and cfg.mlp[0] % 8 == 0
+    budget = target * _full(SMOL)
+    assert cfg.num_params(SMOL) <= budget
+    wider = SubnetConfig(cfg.layers, (cfg.mlp[0] + 8,) * 30, cfg.kv_groups)
+    assert wider.num_params(SMOL) > budget
+    # Closeness: the gap is less than one step of 8 channels in every layer (30 x 3 x 576 x 8 params).
+    assert budget - cfg.num_params(SMOL) < 30 * 3 * 576 * 8
+
+
+def test_width_at_70_percent_of_smollm2():
+    # Removing 30% (40.6M of 134.5M) from the 79.6M MLP parameters leaves ~49% of the MLP width.
+    assert uniform_width(SMOL, 0.7).mlp[0] == 752
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_shortgpt_drops_lowest_influence_layers_within_the_target(target):
+    bi = [((i * 7) % 30) / 30 for i in range(30)]  # a permutation of distinct scores
+    cfg = shortgpt(SMOL, bi, target)
+    dropped = sorted(set(range(30)) - set(cfg.layers))
+    assert cfg.num_params(SMOL) <= target * _full(SMOL)
+    assert len(dropped) == 30 - depth_truncation(SMOL, target).depth  # same number of layers as truncation
+    lowest = sorted(range(30), key=lambda i: bi[i])[: len(dropped)]
+    assert dropped == sorted(lowest)
+
+
+def test_infeasible_target_is_a_clear_error_and_a_note():
+    with pytest.raises(
+        LlamanasError, match=r"depth: no sub-network fits 10% .* smallest it can make has 2[0-9]\.\d%"
+    ):
+        depth_truncation(SMOL, 0.1)
+    with pytest.raises(LlamanasError, match="width: no sub-network fits 10%"):
+        uniform_width(SMOL, 0.1)
+    with pytest.raises(LlamanasError, match=r"must lie in \(0, 1\]; got 1.5"):
+        depth_truncation(SMOL, 1.5)
+    specs = baseline_configs(SMOL, [0.9, 0.1], [0.5] * 30)
+    assert [s.method for s in specs] == ["base", "depth", "shortgpt", "width", "depth", "shortgpt", "width"]
+    assert all(s.config is not None for s in specs[:4])
+    assert all(s.config is None and "no sub-network fits" in s.note for s in specs[4:])
+    with pytest.raises(LlamanasError, match=r"Unknown baseline methods \['magnitude'\]"):
+        baseline_configs(SMOL, [0.9], None, methods=["depth", "magnitude"])
+
+
+def _batches(n=3, seq=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, 128, (2, seq), generator=g) for _ in range(n)]
+
+
+def test_block_influence_finds_the_layer_that_does_nothing():
+    model = tiny_model("llama", layers=4)
+    with torch.no_grad():  # layer 2 adds zero to the residual stream: its output equals its input
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+    bi = block_influence(model, _batches())
+    assert len(bi) == 4
+    assert bi[2] == pytest.approx(0.0, abs=1e-9)
+    assert min(b for i, b in enumerate(bi) if i != 2) > 1e-3
+    arch = Arch.from_hf(model.config)
+    target = SubnetConfig((0, 1, 2), (96,) * 3, (2,) * 3).num_params(arch) / _full(arch)
+    assert shortgpt(arch, bi, target).layers == (0, 1, 3)
+    assert depth_truncation(arch, target).layers == (0, 1, 2)
+
+
+def test_block_influence_works_on_a_supernet_with_elastic_layers():
+    model = tiny_model("mistral", layers=3)
+    sn = SuperNet(model)
+    bi = block_influence(sn.model, _batches(1))
+    assert len(bi) == 3 and all(0 < b < 2 for b in bi)
+
+
+@dataclass
+class FakeResult:
+    metrics: dict
+    stderr: dict
+    chance: float = 0.25
+
+    def to_dict(self):
+        return {
+            "metrics": self.metrics,
+            "stderr": self.stderr,
+            "chance": self.chance,
+            "n": 50,
+            "split": "validation",
+        }
+
+
+def test_run_baselines_writes_json_and_csv(tmp_path):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n\n".join(" ".join(f"w{(i * j) % 120}" for j in range(40)) for i in range(1, 6)))
+    loaded = []
+
+    def loader(name):
+        model = tiny_model("llama", layers=4, seed=0 if name == "base-model" else 1)
+        loaded.append(name)
+        return SuperNet(model), tiny_tokenizer()
+
+    calls = []
+
+    def evaluate_fn(model, tokenizer, tasks, **kw):
+        depth = len(model.get_decoder().layers)
+        width = model.get_decoder().layers[0].mlp.gate_proj.active_out or 96
+        calls.append((depth, width, kw))
+        return {t: FakeResult({"acc": 0.25 + 0.05 * depth + width / 1e4}, {"acc": 0.01}) for t in tasks}
+
+    run = run_baselines(
+        "base-model",
+        ["taskA", "taskB"],
+        [0.9, 0.75],
+        tmp_path / "out",
+        supernet_dir="tuned",
+        split="validation",
+        limit=20,
+        calibration=str(calib),
+        num_samples=4,
+        seq_len=16,
+        loader=loader,
+        evaluate_fn=evaluate_fn,
+    )
+    assert loaded == ["base-model", "tuned"]
+    assert len(run.rows) == 2 * (1 + 3 * 2)
+    assert {r.source for r in run.rows} == {"base", "supernet"} and set(run.block_influence) == {
+        "base",
+        "supernet",
+    }
+    assert all(kw == {"split": "validation", "limit": 20, "num_fewshot": None, "seed": 0} for *_, kw in calls)
+    full = run.full_params
+    for r in run.rows:
+        assert r.params <= r.target * full and r.fraction == pytest.approx(r.params / full)
+        assert set(r.results) == {"taskA", "taskB"}
+    base = [r for r in run.rows if r.method == "base"]
+    assert [r.params for r in base] == [full, full]
+    width = next(r for r in run.rows if r.method == "width" and r.target == 0.75)
+    assert (len(width.config["layers"]), width.config["mlp"][0]) in {(d, w) for d, w, _ in calls}
+    # Files: JSON round trip and a CSV row per baseline with one column per task metric.
+    again = read_baselines(tmp_path / "out")
+    assert again.to_dict() == json.loads(json.dumps(run.to_dict()))
+    with open(tmp_path / "out" / "baselines.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(run.rows)
+    assert {"taskA/acc", "taskA/acc_stderr", "taskB/acc"} <= set(rows[0])
+    assert float(rows[0]["taskA/acc"]) == pytest.approx(run.rows[0].results["taskA"]["metrics"]["acc"])
+
+
+def test_read_baselines_missing_file_is_clear(tmp_path):
+    with pytest.raises(LlamanasError, match="No baselines file"):
+        read_baselines(tmp_path)
+
+
+def test_cli_baselines_rejects_bad_sizes():
+    from typer.testing import CliRunner
+
+    from llamanas.cli import app
+
+    r = CliRunner().invoke(app, ["baselines", "--tasks", "arc_easy", "--out", "/tmp/x", "--sizes", "0.9,1.5"])
+    assert r.exit_code != 0
+    assert isinstance(r.exception, LlamanasError) and "1.5" in str(r.exception)
