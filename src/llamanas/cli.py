@@ -280,6 +280,143 @@ def tasks():
         print(name)
 
 
+@app.command(
+    epilog="Several GPUs: `accelerate launch -m llamanas.cli finetune --data DATA --out DIR ...` "
+    "(one process per GPU; --batch-size is per process). Re-running the same command resumes from the "
+    "last checkpoint in --out."
+)
+def finetune(
+    data: Annotated[
+        str,
+        typer.Option(help="Alpaca-format JSON/JSONL file (instruction/input/output) or a hub dataset id."),
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Output folder: the super-network, loss curves, checkpoints.")
+    ],
+    model: ModelOpt = "default",
+    space: SpaceOpt = None,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="full (plain fine-tuning) | alternate (full network and one sampled sub-network on "
+            "alternating steps, the paper) | sandwich (largest, smallest and --num-random sampled "
+            "sub-networks every step)."
+        ),
+    ] = "alternate",
+    schedule: Annotated[
+        str,
+        typer.Option(
+            help="Which sub-networks are sampled when: uniform | progressive (OFA shrinking) | delayed "
+            "(DεpS: full network only at first) | complexity (more steps for high-loss sizes)."
+        ),
+    ] = "uniform",
+    distill: Annotated[
+        bool, typer.Option(help="Sub-networks learn from the full network's logits (in-place KD).")
+    ] = False,
+    distill_temperature: Annotated[float, typer.Option(help="Softmax temperature of --distill.")] = 1.0,
+    num_random: Annotated[int, typer.Option(help="Random sub-networks per step with sandwich.")] = 2,
+    lora: Annotated[
+        bool, typer.Option(help="Train LoRA adapters (peft) instead of all weights; merged at the end.")
+    ] = False,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scale = alpha / r).")] = 32,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Examples per micro-batch (per process).")] = 8,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    max_length: Annotated[int, typer.Option(help="Tokens per example (longer ones are truncated).")] = 256,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate (default 2e-5, or 2e-4 with --lora).")
+    ] = None,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    warmup: Annotated[
+        float, typer.Option(help="Fraction of steps with linear warm-up (then cosine decay).")
+    ] = 0.05,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping (0: none).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of data order, sampling and held-out split.")] = 0,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: only at the end).")] = 100,
+    keep_checkpoint: Annotated[
+        bool, typer.Option(help="Keep the last checkpoint (with optimizer state) after training.")
+    ] = False,
+    eval_size: Annotated[
+        int, typer.Option(help="Held-out examples for the final losses of largest/smallest (0: none).")
+    ] = 64,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 autocast on CUDA with bf16, else fp32) | fp32 | bf16.")
+    ] = "auto",
+    calibration: Annotated[
+        str | None,
+        typer.Option(help="Text for importance ordering (default: --data when it is a file)."),
+    ] = None,
+    num_buckets: Annotated[
+        int, typer.Option(help="Size buckets for loss curves and the complexity schedule.")
+    ] = 4,
+    delay_fraction: Annotated[
+        float, typer.Option(help="delayed: fraction of steps that train only the full network.")
+    ] = 0.3,
+    progressive_stages: Annotated[
+        int, typer.Option(help="progressive: how many times the sampled space widens.")
+    ] = 4,
+    complexity_power: Annotated[
+        float, typer.Option(help="complexity: bucket probability ∝ (loss / lowest loss) ** power.")
+    ] = 2.0,
+):
+    """Fine-tune a model once into a super-network whose sub-networks are all good (InstaTune).
+
+    Channels are ordered by importance first, then the full network and sampled sub-networks are
+    trained together on instruction data (loss on the response tokens). The output folder is an HF
+    checkpoint with `llamanas_supernet.json` (search space, training record), `losses.csv` and
+    `losses.png`; pass it to any other command as `--model`.
+    """
+    from llamanas.tune import TuneArgs
+    from llamanas.tune import finetune as finetune_fn
+
+    args = TuneArgs(
+        data=data,
+        out=str(out_dir),
+        model=model,
+        space=space,
+        strategy=strategy,
+        schedule=schedule,
+        distill=distill,
+        distill_temperature=distill_temperature,
+        num_random=num_random,
+        lora=lora,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        steps=steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        save_every=save_every,
+        keep_checkpoint=keep_checkpoint,
+        eval_size=eval_size,
+        precision=precision,
+        calibration=calibration,
+        num_buckets=num_buckets,
+        delay_fraction=delay_fraction,
+        progressive_stages=progressive_stages,
+        complexity_power=complexity_power,
+    )
+    result = finetune_fn(args)
+    if not result.main_process:
+        return
+    rec = result.record
+    held = rec["final_losses"]["held_out"]
+    summary = ", ".join(f"{k} {v:.3f}" for k, v in held.items())
+    console.print(
+        f"wrote {result.out} ({rec['steps']} steps, {rec['tokens']:,} tokens, {rec['wall_time_s']:.0f} s"
+        + (f"; held-out loss {summary}" if summary else "")
+        + ")"
+    )
+
+
 # --- quantization, baselines and the report (issue 5) ------------------------------------------------
 
 

@@ -1,0 +1,214 @@
+"""Does InstaTune make sub-networks good? ARC-Easy accuracy of five fixed sub-networks in three super-networks.
+
+    python bench/bench_instatune.py --steps 150 --limit 570 --lr 5e-5 --out runs/bench_instatune
+
+Super-networks, all from the same importance-ordered model:
+  ordering  importance ordering only, no training;
+  full-ft   plain fine-tuning of the full network on Alpaca (``--strategy full``), same steps and data;
+  instatune InstaTune (default: ``alternate`` + ``--distill``, uniform sampling), same steps and data.
+
+Sub-networks are fixed by a rule (uniform MLP width from the space's choices and/or dropping the layers
+just before the last one) to about 100/90/80/70/60% of the parameters; the chosen configs are printed.
+Accuracy is on a fixed seeded subset of the ARC-Easy validation split (570 questions = all of it), with
+standard errors; differences between super-networks are paired (same questions), with paired standard
+errors. Goal: InstaTune lifts the 80% sub-network by >= 5 points over ordering only, and the full network
+loses <= 1 point. Re-running reuses finished fine-tunings in --out (and resumes interrupted ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llamanas.data import ALPACA_DEMO, find_data
+from llamanas.evaluate import loglikelihoods, model_max_length, prepare, results_from_loglikelihoods
+from llamanas.space import SearchSpace, SubnetConfig
+from llamanas.supernet import SuperNet, load_supernet
+from llamanas.tune import TuneArgs, finetune
+
+TARGETS = (1.0, 0.9, 0.8, 0.7, 0.6)
+DROP_PENALTY = 0.003  # per dropped layer: prefer narrowing to dropping when sizes are within ~1%
+
+
+def fixed_subnets(space: SearchSpace) -> dict[str, SubnetConfig]:
+    """For each target fraction of the parameters, the closest (uniform MLP width, dropped layers) config.
+
+    Dropped layers are the ones just before the last layer (the last layer is kept: it feeds the head).
+    """
+    arch = space.arch
+    n = arch.num_layers
+    full = SubnetConfig.full(arch).num_params(arch)
+    widths = sorted(set.intersection(*(set(c) for c in space.mlp_choices)))
+    kv = arch.num_kv_heads
+    out = {}
+    for target in TARGETS:
+        best, best_cost = None, float("inf")
+        for m in widths:
+            for d in range(n - space.min_depth + 1):
+                dropped = set(range(n - 1 - d, n - 1))
+                layers = tuple(i for i in range(n) if i not in dropped)
+                cfg = SubnetConfig(layers, (m,) * len(layers), (kv,) * len(layers))
+                cost = abs(cfg.num_params(arch) / full - target) + DROP_PENALTY * d
+                if cost < best_cost:
+                    best, best_cost = cfg, cost
+        space.validate(best)
+        frac = best.num_params(arch) / full
+        drop = n - best.depth
+        name = f"{frac:.0%} (mlp {best.mlp[0]}/{arch.intermediate_size}, {best.depth}/{n} layers)"
+        out[name] = best
+        if drop:
+            print(f"{name}: drops layers {sorted(set(range(n)) - set(best.layers))}", flush=True)
+    return out
+
+
+def per_doc_correct(prepared, lls: np.ndarray) -> np.ndarray:
+    """1/0 per document: does the highest loglikelihood choice match the gold one (lm-eval ``acc``)."""
+    offsets = prepared.request_offsets
+    gold = np.concatenate([t.gold for t in prepared.tasks])
+    pred = np.array([int(np.argmax(lls[offsets[k] : offsets[k + 1]])) for k in range(len(offsets) - 1)])
+    return (pred == gold).astype(float)
+
+
+def evaluate_supernet(supernet: SuperNet, prepared, subnets: dict[str, SubnetConfig], task: str) -> dict:
+    model = supernet.model.eval()
+    rows = {}
+    for name, cfg in subnets.items():
+        t0 = time.time()
+        with torch.no_grad(), supernet.subnet(cfg):
+            lls = loglikelihoods(model, prepared)
+        r = results_from_loglikelihoods(prepared, lls)[task]
+        correct = per_doc_correct(prepared, lls)
+        assert abs(correct.mean() - r.metrics["acc"]) < 1e-9, "per-document scores disagree with acc"
+        rows[name] = {
+            "acc": r.metrics["acc"],
+            "stderr": r.stderr["acc"],
+            "correct": correct.tolist(),
+            "eval_s": round(time.time() - t0, 1),
+        }
+        print(f"  {name:40s} acc {r.metrics['acc']:.4f} ± {r.stderr['acc']:.4f}", flush=True)
+    return rows
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of b - a in points, and its paired standard error."""
+    d = np.asarray(b) - np.asarray(a)
+    return 100 * d.mean(), 100 * d.std(ddof=1) / np.sqrt(len(d))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--data", default=None, help="Alpaca-format data (default: the shared Alpaca demo).")
+    ap.add_argument("--task", default="arc_easy")
+    ap.add_argument("--split", default="validation")
+    ap.add_argument("--limit", type=int, default=570, help="Questions (570 = the whole validation split).")
+    ap.add_argument("--steps", type=int, default=150, help="Optimizer steps of each fine-tuning.")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=5e-5, help="Peak learning rate of both fine-tunings.")
+    ap.add_argument("--space", default=None, help="Search-space file (default: the model's default space).")
+    ap.add_argument("--strategy", default="alternate", help="InstaTune strategy (alternate | sandwich).")
+    ap.add_argument("--schedule", default="uniform")
+    ap.add_argument("--no-distill", action="store_true", help="InstaTune without in-place distillation.")
+    ap.add_argument("--eval-size", type=int, default=64, help="Held-out Alpaca examples for final losses.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_instatune"))
+    args = ap.parse_args()
+
+    data = args.data or str(find_data(ALPACA_DEMO) or "")
+    common = dict(
+        data=data,
+        model=args.model,
+        space=args.space,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        lr=args.lr,
+        seed=args.seed,
+        eval_size=args.eval_size,
+        save_every=25,
+    )
+    runs = {
+        "full-ft": TuneArgs(out=str(args.out / "full-ft"), strategy="full", **common),
+        "instatune": TuneArgs(
+            out=str(args.out / "instatune"),
+            strategy=args.strategy,
+            schedule=args.schedule,
+            distill=not args.no_distill,
+            **common,
+        ),
+    }
+    t_start = time.time()
+    # Ordering only: the same ordering the fine-tunings start from (calibrated on the same data).
+    base, tokenizer = load_supernet(args.model, space_file=args.space, calibration=data)
+    prepared = prepare(
+        tokenizer,
+        [args.task],
+        args.split,
+        args.limit,
+        seed=args.seed,
+        max_length=model_max_length(base.model),
+    )
+    subnets = fixed_subnets(base.space)
+    arch = base.arch
+    n_docs = prepared.n_docs
+    print(f"{args.task} {args.split}: {n_docs} questions", flush=True)
+    results: dict[str, dict] = {}
+    training: dict[str, dict] = {}
+    print("ordering", flush=True)
+    results["ordering"] = evaluate_supernet(base, prepared, subnets, args.task)
+    del base
+    for name, tune_args in runs.items():
+        print(f"{name}: fine-tuning {tune_args.strategy}/{tune_args.schedule}", flush=True)
+        result = finetune(tune_args)
+        rec = result.record
+        training[name] = {k: rec[k] for k in ("steps", "tokens", "forward_tokens", "wall_time_s", "epochs")}
+        training[name]["final_losses"] = rec["final_losses"]
+        print(
+            f"  {rec['steps']} steps, {rec['tokens']:,} tokens ({rec['epochs']:.2f} epochs), "
+            f"{rec['forward_tokens']:,} forward tokens, {rec['wall_time_s']:.0f} s",
+            flush=True,
+        )
+        results[name] = evaluate_supernet(result.supernet, prepared, subnets, args.task)
+        del result
+
+    print(
+        f"\nARC-Easy ({args.split}, {n_docs} questions) accuracy ± standard error; "
+        "Δ = InstaTune − ordering only, paired ± paired standard error\n"
+    )
+    print(
+        "| sub-network | params | ordering only | plain fine-tuning | InstaTune | Δ InstaTune vs ordering |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, cfg in subnets.items():
+        cells = [f"{results[k][name]['acc']:.3f} ± {results[k][name]['stderr']:.3f}" for k in results]
+        d, se = paired(results["ordering"][name]["correct"], results["instatune"][name]["correct"])
+        params = cfg.num_params(arch)
+        print(f"| {name} | {params / 1e6:.1f}M | {' | '.join(cells)} | {d:+.1f} ± {se:.1f} pts |")
+    for name, t in training.items():
+        print(
+            f"\n{name}: {t['steps']} steps, {t['tokens']:,} tokens, {t['forward_tokens']:,} forward tokens, "
+            f"{t['wall_time_s']:.0f} s; held-out loss {t['final_losses']['held_out']}"
+        )
+    meta = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "instatune_args": runs["instatune"].to_dict(),
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "wall_s": round(time.time() - t_start, 1),
+        "subnets": {k: v.to_dict() for k, v in subnets.items()},
+        "training": training,
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(meta, indent=2))
+    print(f"\nwrote {args.out / 'results.json'} (total {time.time() - t_start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
