@@ -29,7 +29,6 @@ def fixed_subnets(arch: Arch) -> dict[str, SubnetConfig]:
     mlp = lambda frac: tuple([int(64 * round(frac * inter / 64))] * n)  # noqa: E731
     return {
         "full": SubnetConfig.full(arch),
-        "mlp 90%": SubnetConfig(layers, mlp(0.9), (kv,) * n),
         "mlp 75%": SubnetConfig(layers, mlp(0.75), (kv,) * n),
         "mlp 50%": SubnetConfig(layers, mlp(0.5), (kv,) * n),
         f"kv {kv - 1}/{kv} groups": SubnetConfig(layers, (inter,) * n, (kv - 1,) * n),
