@@ -9,7 +9,8 @@ What differs is how they are computed, because the evaluator is the inner loop o
   packed sequence with a 4D attention mask (each choice sees the prefix and itself, causally) and position
   ids that restart after the prefix, so the context is run once per document instead of once per choice;
 * the LM head and log-softmax run only at positions that predict continuation tokens;
-* documents are sorted by length and batched up to ``batch_tokens`` (padded tokens included);
+* short documents share a row (block-diagonal mask), rows are sorted by length and batched up to
+  ``batch_tokens`` (padded tokens included), so little compute goes to padding;
 * :func:`prepare` tokenizes and packs once; :func:`score` can then be called on many sub-networks.
 
 The model is looked up at call time (``model.get_decoder()``, ``model.get_output_embeddings()``), never
@@ -18,6 +19,7 @@ cached, because a super-network changes its layers and widths in place between c
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -80,6 +82,7 @@ class _Batch:
     input_ids: torch.Tensor  # [B, T]
     position_ids: torch.Tensor  # [B, T]
     segments: torch.Tensor  # [B, T]: -1 prefix, i choice i, -2 padding
+    docs: torch.Tensor  # [B, T]: which document of the row (several short ones share a row), -1 padding
     pred_index: torch.Tensor  # [N] flat indices into B*T whose hidden state predicts a continuation token
     targets: torch.Tensor  # [N] the continuation tokens
     request: torch.Tensor  # [N] global request (doc, choice) id each token's logprob adds to
@@ -214,38 +217,72 @@ def _doc_requests(
     return inputs, conts
 
 
-def _batches(packed: list[_PackedDoc], request_offsets: np.ndarray, batch_tokens: int) -> list[_Batch]:
-    """Longest first; fill each batch while batch_size * padded_length <= batch_tokens."""
-    order = sorted(range(len(packed)), key=lambda d: -len(packed[d].tokens))
-    groups: list[list[int]] = []
+def _rows(lengths: list[int]) -> list[list[int]]:
+    """Pack documents into rows (best-fit decreasing), so that short documents share a row.
+
+    Row capacity: twice the mean document length, at least 128 tokens and at most the longest document.
+    Longer rows would waste attention compute on the block-diagonal mask; a document longer than the
+    capacity gets a row of its own.
+    """
+    capacity = min(max(lengths), max(128, 2 * int(np.mean(lengths))))
+    order = sorted(range(len(lengths)), key=lambda d: -lengths[d])
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (remaining capacity, row), sorted
     for d in order:
-        if groups and (len(groups[-1]) + 1) * len(packed[groups[-1][0]].tokens) <= batch_tokens:
-            groups[-1].append(d)
+        n = lengths[d]
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            room, r = free.pop(k)
+            rows[r].append(d)
+            bisect.insort(free, (room - n, r))
         else:
-            groups.append([d])
+            rows.append([d])
+            if capacity - n > 0:
+                bisect.insort(free, (capacity - n, len(rows) - 1))
+    return rows
+
+
+def _batches(packed: list[_PackedDoc], request_offsets: np.ndarray, batch_tokens: int) -> list[_Batch]:
+    """Rows of packed documents, longest first; a batch takes rows while rows * row_length <= batch_tokens."""
+    lengths = [len(p.tokens) for p in packed]
+    rows = _rows(lengths)
+    fill = [sum(lengths[d] for d in row) for row in rows]
+    order = sorted(range(len(rows)), key=lambda r: -fill[r])
+    groups: list[list[int]] = []
+    for r in order:
+        if groups and (len(groups[-1]) + 1) * fill[groups[-1][0]] <= batch_tokens:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
     out = []
     for g in groups:
-        length = len(packed[g[0]].tokens)
+        length = fill[g[0]]
         ids = np.zeros((len(g), length), dtype=np.int64)
         pos = np.zeros((len(g), length), dtype=np.int64)
         seg = np.full((len(g), length), _PAD_SEGMENT, dtype=np.int64)
+        doc = np.full((len(g), length), -1, dtype=np.int64)
         pred, tgt, req = [], [], []
-        for b, d in enumerate(g):
-            pd = packed[d]
-            n = len(pd.tokens)
-            ids[b, :n], pos[b, :n], seg[b, :n] = pd.tokens, pd.positions, pd.segments
-            pred.append(b * length + pd.pred_pos)
-            tgt.append(pd.targets)
-            req.append(request_offsets[d] + pd.owner)
+        for b, r in enumerate(g):
+            start = 0
+            for slot, d in enumerate(rows[r]):
+                pd = packed[d]
+                end = start + len(pd.tokens)
+                ids[b, start:end], pos[b, start:end], seg[b, start:end] = pd.tokens, pd.positions, pd.segments
+                doc[b, start:end] = slot
+                pred.append(b * length + start + pd.pred_pos)
+                tgt.append(pd.targets)
+                req.append(request_offsets[d] + pd.owner)
+                start = end
         out.append(
             _Batch(
                 input_ids=torch.from_numpy(ids),
                 position_ids=torch.from_numpy(pos),
                 segments=torch.from_numpy(seg),
+                docs=torch.from_numpy(doc),
                 pred_index=torch.from_numpy(np.concatenate(pred)),
                 targets=torch.from_numpy(np.concatenate(tgt)),
                 request=torch.from_numpy(np.concatenate(req)),
-                n_docs=len(g),
+                n_docs=sum(len(rows[r]) for r in g),
             )
         )
     return out
@@ -319,14 +356,16 @@ def prepare(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _attention_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive [B, 1, T, T] mask: a token sees earlier prefix tokens and earlier tokens of its own choice."""
+def _attention_mask(segments: torch.Tensor, docs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [B, 1, T, T] mask: a token sees earlier tokens of its own document that are in the
+    shared prefix or in its own choice."""
     t = segments.shape[1]
-    q, k = segments[:, :, None], segments[:, None, :]
+    sq, sk = segments[:, :, None], segments[:, None, :]
+    dq, dk = docs[:, :, None], docs[:, None, :]
     causal = torch.ones(t, t, dtype=torch.bool, device=segments.device).tril()
-    allowed = causal & ((k == -1) | (k == q)) & (k != _PAD_SEGMENT)
+    allowed = causal & (dk == dq) & (dk >= 0) & ((sk == -1) | (sk == sq))
     # Padding queries see only themselves, so no row is fully masked (sdpa would return NaN).
-    allowed |= torch.eye(t, dtype=torch.bool, device=segments.device) & (q == _PAD_SEGMENT)
+    allowed |= torch.eye(t, dtype=torch.bool, device=segments.device) & (dq < 0)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
@@ -355,10 +394,10 @@ def loglikelihoods(model, prepared: Prepared, *, progress: bool = False) -> np.n
             tqdm(total=prepared.n_docs, disable=not progress, desc="eval", unit="doc") as bar,
         ):
             for batch in prepared.batches:
-                segments = batch.segments.to(device)
+                mask = _attention_mask(batch.segments.to(device), batch.docs.to(device), dtype)
                 hidden = decoder(
                     input_ids=batch.input_ids.to(device),
-                    attention_mask=_attention_mask(segments, dtype),
+                    attention_mask=mask,
                     position_ids=batch.position_ids.to(device),
                     use_cache=False,
                 ).last_hidden_state
