@@ -236,7 +236,12 @@ def measure(
 
 @app.command()
 def extract(
-    subnet: Annotated[str, typer.Option("--subnet", help="Sub-network config: JSON file or inline JSON.")],
+    subnet: Annotated[
+        str,
+        typer.Option(
+            "--subnet", help="Sub-network config: JSON file, inline JSON, or RUN_DIR:ID of a search run."
+        ),
+    ],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the standalone checkpoint to.")],
     model: ModelOpt = "default",
     no_order: NoOrderOpt = False,
@@ -244,6 +249,7 @@ def extract(
     """Write a sub-network as a standalone checkpoint that `AutoModelForCausalLM.from_pretrained` loads."""
     from llamanas.extract import extract as extract_fn
 
+    subnet = _member_subnet(subnet)
     supernet, tokenizer = _load(model, order=not no_order)
     cfg = _subnet(subnet, supernet)
     path = extract_fn(
@@ -620,6 +626,191 @@ def report(
 
     path = report_fn(run_dir, baselines_dir, out_dir, png=png)
     console.print(f"wrote {path}")
+
+
+def _split_list(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _member_subnet(spec: str) -> str:
+    """``RUN_DIR:ID`` (a member of a search run) -> its config as inline JSON; anything else unchanged."""
+    from llamanas.search import load_run, parse_member_ref
+
+    ref = parse_member_ref(spec)
+    if ref is None:
+        return spec
+    return load_run(ref[0]).member(ref[1]).config.to_json()
+
+
+def _front_table(view, title: str) -> Table:
+    goals = view.goals
+    table = Table(title=title)
+    names = [o.name for o in goals.objectives]
+    extra = [c.objective.name for c in goals.constraints if c.objective.name not in names]
+    for col in (
+        "id",
+        *(f"{n} ({o.direction})" for n, o in zip(names, goals.objectives, strict=True)),
+        *extra,
+    ):
+        table.add_column(col, justify="right")
+    params = [] if "params" in names + extra else ["params"]
+    for col in (*params, "depth"):
+        table.add_column(col, justify="right")
+    table.add_column("config")
+    for m in view.front:
+        table.add_row(
+            str(m.id),
+            *(_num(m.values[n]) for n in names + extra),
+            *(f"{int(m.measured[p]):,}" for p in params),
+            str(m.config.depth),
+            _short_config(m.config),
+        )
+    return table
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
+
+
+def _short_config(cfg) -> str:
+    """Layers as ranges plus the distinct MLP sizes and KV groups (the full JSON is in front.json)."""
+    parts, start = [], cfg.layers[0]
+    for a, b in zip(cfg.layers, [*cfg.layers[1:], None], strict=True):
+        if b != a + 1:
+            parts.append(str(start) if start == a else f"{start}-{a}")
+            start = b
+    return f"layers {','.join(parts)}; mlp {sorted(set(cfg.mlp))}; kv {sorted(set(cfg.kv_groups))}"
+
+
+@app.command(
+    epilog="Example: `llamanas search --model default --tasks arc_easy --objectives accuracy,params "
+    "--algorithm linas --evaluations 100 --limit 200 --out runs/linas`. Re-running the same command resumes "
+    "the run (nothing evaluated is lost or evaluated again); a larger --evaluations extends it."
+)
+def search(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Run directory (results.sqlite, front, hypervolume).")
+    ],
+    evaluations: Annotated[int, typer.Option(help="Budget of real evaluations (distinct sub-networks).")],
+    model: ModelOpt = "default",
+    tasks: Annotated[
+        str | None, typer.Option(help="Comma-separated tasks for task objectives, e.g. arc_easy.")
+    ] = None,
+    objectives: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated objectives: accuracy, acc_norm, gold_nll (mean over --tasks; or per task as "
+            "acc:TASK), params, bytes, macs, latency, throughput. Each knows whether it is minimised."
+        ),
+    ] = "accuracy,params",
+    algorithm: Annotated[
+        str, typer.Option(help="linas (NSGA-II on predictors), nsga2 (on real evaluations) or random.")
+    ] = "linas",
+    split: Annotated[
+        str, typer.Option(help="Data split to search on (keep test for the report).")
+    ] = "validation",
+    limit: Annotated[int | None, typer.Option(help="Seeded random subset of N items per task.")] = None,
+    num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples (default: the task's).")] = None,
+    population: Annotated[int, typer.Option(help="Batch size: initial population, NSGA-II population.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the search and of the --limit subset.")] = 0,
+    constraint: Annotated[
+        list[str] | None,
+        typer.Option(help="Constraint such as params<=100M or accuracy>=0.4 (units K, M, B, %); repeatable."),
+    ] = None,
+    space: SpaceOpt = None,
+    workers: Annotated[
+        int, typer.Option(help="Parallel workers; > 1 starts a local Ray with one actor per worker.")
+    ] = 1,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Join this Ray cluster: one worker per GPU there.")
+    ] = None,
+    predictor: Annotated[
+        str, typer.Option(help="LINAS predictor: auto, ensemble, ridge, svr or gbr.")
+    ] = "auto",
+    inner_generations: Annotated[
+        int, typer.Option(help="LINAS: NSGA-II generations on the predictors per loop.")
+    ] = 1000,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            help="Results store (default RUN_DIR/results.sqlite); share one file to share evaluations."
+        ),
+    ] = None,
+    no_order: NoOrderOpt = False,
+):
+    """Multi-objective search for sub-networks (LINAS, NSGA-II or random), resumable, optionally on Ray."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from llamanas.search import SearchArgs, load_run
+    from llamanas.search import search as search_fn
+
+    args = SearchArgs(
+        model=model,
+        tasks=tuple(_split_list(tasks)),
+        objectives=tuple(_split_list(objectives)),
+        algorithm=algorithm,
+        evaluations=evaluations,
+        out=str(out_dir),
+        split=split,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        population=population,
+        seed=seed,
+        constraints=tuple(constraint or ()),
+        space=space,
+        workers=workers,
+        ray_address=ray_address,
+        predictor=predictor,
+        inner_generations=inner_generations,
+        store=str(store) if store else None,
+        order=not no_order,
+    )
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("front {task.fields[front]}  HV {task.fields[hv]:.4f}"),
+        TimeElapsedColumn(),
+    )
+    bar = Progress(*columns, console=console)
+    task = bar.add_task(f"{algorithm} search", total=evaluations, front=0, hv=0.0)
+
+    def update(traj):
+        if not bar.live.is_started:  # started at the first result: errors and loading print cleanly
+            bar.start()
+        bar.update(task, completed=traj.live.done, front=len(traj.live.points), hv=traj.live.hv)
+
+    console.print(f"Loading {model} (workers: {ray_address or workers}) ...")
+    try:
+        result = search_fn(args, progress=update)
+    finally:
+        bar.stop()
+    out.print(_front_table(load_run(out_dir), f"Pareto front of {out_dir}"))
+    hv = result.hypervolume[-1][1] if result.hypervolume else 0.0
+    console.print(
+        f"{result.evaluations} evaluations ({result.computed} run now, {result.evaluations - result.computed} "
+        f"from the store), front {len(result.front)}, hypervolume {hv:.4f}, {result.seconds:.0f}s; wrote "
+        f"{out_dir}/front.json, front.csv, hypervolume.csv, predictors.csv, run.json"
+    )
+
+
+@app.command()
+def front(
+    run_dir: Annotated[Path, typer.Argument(help="A search run directory (written by `llamanas search`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the front as JSON.")] = False,
+):
+    """Print the current Pareto front of a search run (also while it runs); extract one with --subnet RUN_DIR:ID."""
+    from llamanas.search import load_run
+
+    view = load_run(run_dir)
+    if as_json:
+        print(
+            json.dumps(
+                [{"id": m.id, "values": m.values, "config": m.config.to_dict()} for m in view.front], indent=2
+            )
+        )
+        return
+    out.print(_front_table(view, f"Pareto front of {run_dir} ({len(view.evaluated)} evaluations)"))
 
 
 def main() -> None:

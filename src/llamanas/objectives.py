@@ -1,0 +1,382 @@
+"""Search objectives and constraints, as data: what is measured, which way is better, and its range.
+
+An objective is referred to by name (``accuracy``, ``params``, ``acc_norm:arc_easy``...), never by
+position. Whether it is minimised or maximised is a property of the objective, not the user's choice.
+Every evaluation stores raw *values* under fixed keys (``acc:<task>``, ``acc_norm:<task>``,
+``gold_nll:<task>``, ``n:<task>``, ``params``, ``bytes``, ``macs``, ``latency``, ``throughput``); an
+objective is a mean over some of those keys, so several runs with different objectives can share one
+store of evaluations.
+
+``Counts`` computes the analytic sizes (params, bytes, MACs) of many integer-encoded configs at once
+with per-layer lookup tables, so the inner LINAS search never predicts what it can compute exactly.
+
+Hypervolume uses fixed per-objective bounds (best, worst) derived from the space and the evaluation, not
+from the data seen, so numbers are comparable across runs and algorithms: accuracy in [1, 0], params
+between the smallest and the largest sub-network, gold NLL between 0 and the NLL of a uniform guess over
+the vocabulary, latency between 0 and the largest sub-network's.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from llamanas.errors import LlamanasError, unknown
+from llamanas.space import SearchSpace, SubnetConfig
+
+MIN, MAX = "min", "max"
+TASK, COUNT, TIMING = "task", "count", "timing"  # where a value comes from
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A registry entry: one objective family."""
+
+    direction: str  # MIN or MAX
+    source: str  # TASK (evaluator, per task), COUNT (exact from the config), TIMING (measured)
+    unit: str
+    help: str
+    metric: str | None = None  # TASK only: the per-task metric averaged over --tasks
+
+
+# Adding an objective is adding a row here (and producing its value key in workers.py).
+KINDS: dict[str, Kind] = {
+    "accuracy": Kind(MAX, TASK, "", "mean accuracy (acc) over --tasks", "acc"),
+    "acc_norm": Kind(MAX, TASK, "", "mean length-normalised accuracy over --tasks", "acc_norm"),
+    "gold_nll": Kind(
+        MIN, TASK, "nats", "mean negative log-likelihood of the gold answers (smooth proxy)", "gold_nll"
+    ),
+    "params": Kind(MIN, COUNT, "", "parameters of the extracted sub-network"),
+    "bytes": Kind(MIN, COUNT, "B", "weight bytes at the run's dtype"),
+    "macs": Kind(MIN, COUNT, "", "multiply-accumulates per token"),
+    "latency": Kind(MIN, TIMING, "ms", "prefill latency of the extracted sub-network (measured)"),
+    "throughput": Kind(MAX, TIMING, "tok/s", "generation throughput of the extracted sub-network (measured)"),
+}
+# Per-task variants "<metric>:<task>" use the direction of the aggregate with that metric.
+PER_TASK = {k.metric: name for name, k in KINDS.items() if k.source == TASK}
+# Task metrics in [0, 1].
+BOUNDED_METRICS = ("acc", "acc_norm")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A resolved objective: ``value`` is the mean of ``keys`` in an evaluation's values."""
+
+    name: str
+    direction: str
+    source: str
+    keys: tuple[str, ...]
+    unit: str = ""
+
+    @property
+    def sign(self) -> float:
+        """Multiply by this to turn the objective into one to minimise."""
+        return 1.0 if self.direction == MIN else -1.0
+
+    @property
+    def analytic(self) -> bool:
+        return self.source == COUNT
+
+    @property
+    def metric(self) -> str:
+        return self.keys[0].split(":", 1)[0]
+
+    def value(self, values: dict[str, float]) -> float:
+        missing = [k for k in self.keys if k not in values]
+        if missing:
+            raise LlamanasError(
+                f"Objective {self.name!r} needs the measured values {missing}; this evaluation has "
+                f"{sorted(values)}."
+            )
+        return float(np.mean([values[k] for k in self.keys]))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "direction": self.direction, "source": self.source, "unit": self.unit}
+
+
+def available(tasks: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """Every objective name valid for these tasks (for error messages and help)."""
+    return list(KINDS) + [f"{m}:{t}" for t in tasks for m in PER_TASK]
+
+
+def get(name: str, tasks: tuple[str, ...] | list[str] = ()) -> Objective:
+    """Resolve an objective name against the run's tasks."""
+    name = name.strip()
+    tasks = tuple(tasks)
+    if name in KINDS:
+        k = KINDS[name]
+        if k.source == TASK:
+            if not tasks:
+                raise LlamanasError(f"Objective {name!r} needs at least one task (--tasks).")
+            keys = tuple(f"{k.metric}:{t}" for t in tasks)
+        else:
+            keys = (name,)
+        return Objective(name, k.direction, k.source, keys, k.unit)
+    metric, sep, task = name.partition(":")
+    if sep and metric in PER_TASK:
+        if task not in tasks:
+            raise LlamanasError(
+                f"Objective {name!r} names task {task!r}, which is not in --tasks ({', '.join(tasks) or 'none'})."
+            )
+        k = KINDS[PER_TASK[metric]]
+        return Objective(name, k.direction, TASK, (name,), k.unit)
+    raise unknown("objective", name, available(tasks))
+
+
+def resolve(names: list[str] | tuple[str, ...], tasks: tuple[str, ...] | list[str] = ()) -> list[Objective]:
+    """Objectives in the user's order; duplicates and an empty list are errors."""
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise LlamanasError(f"Give at least one objective; available: {', '.join(available(tasks))}.")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise LlamanasError(f"Objectives {dup} are listed more than once.")
+    return [get(n, tasks) for n in names]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Constraints
+# ------------------------------------------------------------------------------------------------------
+
+UNITS = {"": 1.0, "K": 1e3, "k": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "%": 0.01}
+OPS = ("<=", ">=", "<", ">")
+_CONSTRAINT = re.compile(
+    r"^\s*([A-Za-z_][\w.:-]*)\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z%]?)\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``objective op bound``, e.g. ``params<=100M``; ``violation <= 0`` means satisfied (pymoo's G)."""
+
+    objective: Objective
+    op: str
+    bound: float
+    text: str
+
+    def violation(self, v):
+        """Positive when violated (works on arrays)."""
+        return v - self.bound if self.op in ("<=", "<") else self.bound - v
+
+    def satisfied(self, v) -> bool:
+        return bool(
+            {"<=": v <= self.bound, "<": v < self.bound, ">=": v >= self.bound, ">": v > self.bound}[self.op]
+        )
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "objective": self.objective.name, "op": self.op, "bound": self.bound}
+
+
+def parse_constraint(text: str, tasks: tuple[str, ...] | list[str] = ()) -> Constraint:
+    """Parse ``name<=value[unit]`` (units K, M, B/G, %), e.g. ``params<=100M``, ``accuracy>=40%``."""
+    m = _CONSTRAINT.match(text)
+    if not m:
+        raise LlamanasError(
+            f"Cannot parse constraint {text!r}; expected NAME OP VALUE[UNIT] with OP in {', '.join(OPS)} "
+            f"and UNIT in K, M, B, G, % (e.g. 'params<=100M', 'accuracy>=0.4')."
+        )
+    name, op, num, unit = m.groups()
+    if unit not in UNITS:
+        raise LlamanasError(f"Constraint {text!r}: unknown unit {unit!r}; allowed: K, M, B (or G) and %.")
+    return Constraint(get(name, tasks), op, float(num) * UNITS[unit], text.strip())
+
+
+def value_range(obj: Objective, counts: Counts | None) -> tuple[float, float]:
+    """The smallest and largest value ``obj`` can take (inf where unknown before measuring)."""
+    if obj.analytic:
+        if counts is None:
+            raise LlamanasError(f"Objective {obj.name!r} needs the search space to know its range.")
+        return counts.range(obj.name)
+    if obj.source == TASK and obj.metric in BOUNDED_METRICS:
+        return 0.0, 1.0
+    return 0.0, math.inf
+
+
+def check_feasible(constraints: list[Constraint], counts: Counts | None) -> None:
+    """Raise if a constraint cannot be met by any config of the space (e.g. params below the smallest)."""
+    for c in constraints:
+        lo, hi = value_range(c.objective, counts)
+        impossible = {
+            "<=": c.bound < lo,
+            "<": c.bound <= lo,
+            ">=": c.bound > hi,
+            ">": c.bound >= hi,
+        }[c.op]
+        if impossible:
+            raise LlamanasError(
+                f"Constraint {c.text!r} cannot be met: {c.objective.name} ranges from {_fmt(lo)} to "
+                f"{_fmt(hi)} in this search space."
+            )
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 and math.isfinite(v) else f"{v:g}"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Exact sizes of integer-encoded configs, vectorised
+# ------------------------------------------------------------------------------------------------------
+
+
+class Counts:
+    """Params, bytes and MACs per token of configs given as integer vectors (rows of X), exactly.
+
+    Both are a constant (embeddings, LM head, final norm) plus a per-kept-layer cost that depends on the
+    layer's MLP and KV choice, so one table lookup per layer does it; ``keep`` gives the kept layers.
+    """
+
+    NAMES = ("params", "bytes", "macs")
+
+    def __init__(self, space: SearchSpace, dtype_bytes: int = 4, seq_len: int = 128):
+        self.space, self.dtype_bytes, self.seq_len = space, dtype_bytes, seq_len
+        a = space.arch
+        self.n_layers = a.num_layers
+        self.mlp_max = np.array([len(m) - 1 for m in space.mlp_choices])
+        self.kv_max = np.array([len(k) - 1 for k in space.kv_choices])
+        cm, ck = int(self.mlp_max.max()) + 1, int(self.kv_max.max()) + 1
+        # table[name][layer, mlp index, kv index] = that layer's cost; unused cells stay 0.
+        self.tables = {n: np.zeros((a.num_layers, cm, ck)) for n in ("params", "macs")}
+        for i in range(a.num_layers):
+            for j, m in enumerate(space.mlp_choices[i]):
+                for k, g in enumerate(space.kv_choices[i]):
+                    one = SubnetConfig((i,), (m,), (g,))
+                    self.tables["params"][i, j, k] = one.num_params(a, embeddings=False) - a.hidden_size
+                    self.tables["macs"][i, j, k] = (
+                        one.macs_per_token(a, seq_len) - a.vocab_size * a.hidden_size
+                    )
+        one = SubnetConfig((0,), (space.mlp_choices[0][0],), (space.kv_choices[0][0],))
+        # The constant part: embeddings (+ untied head) and the final norm; the LM head's MACs.
+        self.base = {
+            "params": float(one.num_params(a) - self.tables["params"][0, 0, 0]),
+            "macs": float(a.vocab_size * a.hidden_size),
+        }
+        self.depths = np.array(sorted(space.depth_choices)) if space.mode == "first_n" else None
+
+    def keep(self, X: np.ndarray) -> np.ndarray:
+        """(n, layers) bool: which layers each (repaired) row keeps."""
+        X = np.atleast_2d(X)
+        if self.depths is not None:
+            depth = self.depths[X[:, 0]]
+            return np.arange(self.n_layers)[None, :] < depth[:, None]
+        return X[:, : self.n_layers].astype(bool)
+
+    def widths(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mlp choice index, kv choice index), each (n, layers)."""
+        X = np.atleast_2d(X)
+        off = 1 if self.depths is not None else self.n_layers
+        return X[:, off : off + self.n_layers], X[:, off + self.n_layers : off + 2 * self.n_layers]
+
+    def __call__(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        keep = self.keep(X)
+        mi, ki = self.widths(X)
+        layer = np.arange(self.n_layers)[None, :]
+        out = {}
+        for name in ("params", "macs"):
+            per_layer = self.tables[name][layer, mi, ki]
+            out[name] = self.base[name] + (per_layer * keep).sum(axis=1)
+        out["bytes"] = out["params"] * self.dtype_bytes
+        return out
+
+    def of(self, cfg: SubnetConfig) -> dict[str, float]:
+        """The exact counts of one config (the values stored with every evaluation)."""
+        a = self.space.arch
+        params = cfg.num_params(a)
+        return {
+            "params": float(params),
+            "bytes": float(params * self.dtype_bytes),
+            "macs": float(cfg.macs_per_token(a, self.seq_len)),
+        }
+
+    def range(self, name: str) -> tuple[float, float]:
+        """(smallest, largest) value of a count over the whole space (costs grow with every choice)."""
+        if name not in self.NAMES:
+            raise unknown("count", name, self.NAMES)
+        table = self.tables["params" if name == "bytes" else name]
+        layer = np.arange(self.n_layers)
+        lo_cost = table[layer, 0, 0]
+        hi_cost = table[layer, self.mlp_max, self.kv_max]
+        base = self.base["params" if name == "bytes" else name]
+        sp = self.space
+        if self.depths is not None:
+            lo = base + min(lo_cost[:d].sum() for d in self.depths)
+            hi = base + max(hi_cost[:d].sum() for d in self.depths)
+        else:
+            forced = list(sp.always_keep)
+            rest = sorted((c, i) for i, c in enumerate(lo_cost) if i not in forced)
+            need = max(0, sp.min_depth - len(forced))
+            lo = base + lo_cost[forced].sum() + sum(c for c, _ in rest[:need])
+            hi = base + hi_cost.sum()
+        scale = self.dtype_bytes if name == "bytes" else 1
+        return float(lo * scale), float(hi * scale)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Pareto fronts and hypervolume
+# ------------------------------------------------------------------------------------------------------
+
+
+def bounds(
+    obj: Objective, counts: Counts | None, reference: dict[str, tuple[float, float]] | None = None
+) -> tuple[float, float]:
+    """(best, worst) used to normalise ``obj`` for hypervolume: fixed by the space and the evaluation.
+
+    ``reference`` comes from the evaluator (``Evaluator.reference``): per value key, a (low, high) pair,
+    e.g. ``gold_nll:arc_easy`` -> (0, NLL of a uniform guess), ``latency`` -> (0, largest's latency).
+    """
+    if obj.analytic:
+        lo, hi = value_range(obj, counts)
+    elif obj.source == TASK and obj.metric in BOUNDED_METRICS:
+        lo, hi = 0.0, 1.0
+    else:
+        reference = reference or {}
+        missing = [k for k in obj.keys if k not in reference]
+        if missing:
+            raise LlamanasError(
+                f"Objective {obj.name!r} has no reference range for {missing}; the evaluator gave "
+                f"{sorted(reference)}."
+            )
+        lo = float(np.mean([reference[k][0] for k in obj.keys]))
+        hi = float(np.mean([reference[k][1] for k in obj.keys]))
+    if not hi > lo:
+        raise LlamanasError(f"Objective {obj.name!r} has an empty range [{lo}, {hi}] for the hypervolume.")
+    return (lo, hi) if obj.direction == MIN else (hi, lo)
+
+
+def normalise(F: np.ndarray, objective_bounds: list[tuple[float, float]]) -> np.ndarray:
+    """Raw objective values (n, k) -> 0 at the best bound, 1 at the worst, for every objective."""
+    F = np.atleast_2d(np.asarray(F, dtype=float))
+    best = np.array([b for b, _ in objective_bounds])
+    worst = np.array([w for _, w in objective_bounds])
+    return (F - best) / (worst - best)
+
+
+def pareto_mask(F: np.ndarray) -> np.ndarray:
+    """Non-dominated rows of F (all objectives minimised); among equal rows only the first is kept."""
+    F = np.atleast_2d(np.asarray(F, dtype=float))
+    n = len(F)
+    keep = np.ones(n, dtype=bool)
+    for i in range(n):
+        if not keep[i]:
+            continue
+        dominated = np.all(F[i] <= F, axis=1) & np.any(F[i] < F, axis=1)
+        keep &= ~dominated
+        same = np.all(F[i] == F, axis=1)
+        same[: i + 1] = False
+        keep &= ~same
+    return keep
+
+
+def hypervolume(Fn: np.ndarray) -> float:
+    """Hypervolume of normalised points (minimised) w.r.t. the reference point (1, ..., 1)."""
+    Fn = np.atleast_2d(np.asarray(Fn, dtype=float))
+    if Fn.size == 0:
+        return 0.0
+    Fn = Fn[np.all(Fn < 1.0, axis=1)]
+    if len(Fn) == 0:
+        return 0.0
+    from moocore import hypervolume as _hv
+
+    return float(_hv(Fn, ref=np.ones(Fn.shape[1])))

@@ -1,0 +1,354 @@
+"""Evaluating sub-networks: in-process, or in parallel on Ray actors that each hold the super-network once.
+
+- ``EvalSettings``: what an evaluation measures (tasks, split, subset, few-shot, timing); its ``hash``
+  keys the results store, so runs with the same settings share evaluations.
+- ``Evaluator`` (protocol): ``fingerprint()``, ``reference()`` and ``evaluate(cfg) -> {value key: float}``.
+  ``SupernetEvaluator`` is the real one: the tasks are tokenized once (``evaluate.prepare``) and every
+  sub-network is scored on the same prepared requests (``evaluate.score``).
+- An evaluator *spec* is a small picklable recipe with ``build(device)``; workers build the evaluator
+  themselves, so the weights never travel. ``SupernetSpec`` builds a ``SupernetEvaluator``.
+- ``LocalPool`` evaluates in this process (no Ray import); ``RayPool`` starts a local Ray with N actors,
+  or joins a cluster (``address``) with one actor per GPU. Both yield results as they finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from typing import Protocol
+
+from llamanas.errors import LlamanasError
+from llamanas.space import SearchSpace, SubnetConfig
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything that changes a measured value (except the weights, which the fingerprint covers)."""
+
+    tasks: tuple[str, ...] = ()
+    split: str | None = "validation"
+    limit: int | None = None
+    num_fewshot: int | None = None
+    seed: int = 0
+    timing: bool = False  # measure latency/throughput of the extracted sub-network
+    seq_len: int = 128  # for MACs per token
+    dtype: str = "float32"
+    prefill_tokens: int = 128
+    gen_tokens: int = 32
+    repeats: int = 5
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EvalSettings:
+        allowed = {f.name for f in fields(cls)}
+        extra = set(d) - allowed
+        if extra:
+            raise LlamanasError(f"Unknown evaluation settings {sorted(extra)}; allowed: {sorted(allowed)}.")
+        return cls(**d)
+
+    def hash(self) -> str:
+        """Stable key of these settings (sorted JSON; task order does not change any value)."""
+        d = self.to_dict()
+        d["tasks"] = sorted(d["tasks"])
+        if not self.timing:
+            for k in ("prefill_tokens", "gen_tokens", "repeats"):
+                d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Outcome:
+    """One finished evaluation: every measured value and where/how long it ran."""
+
+    values: dict[str, float]
+    split: str | None = None
+    n_items: int | None = None
+    started: float = 0.0
+    seconds: float = 0.0
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+
+class Evaluator(Protocol):
+    def fingerprint(self) -> str:
+        """Identity of the super-network weights (``models.fingerprint``)."""
+
+    def reference(self) -> dict[str, tuple[float, float]]:
+        """(low, high) per value key whose range is not known in advance (hypervolume bounds)."""
+
+    def evaluate(self, cfg: SubnetConfig) -> Outcome:
+        """Measure one sub-network."""
+
+
+class EvaluatorSpec(Protocol):
+    def build(self, device: str | None = None) -> Evaluator:
+        """Build the evaluator inside the worker that will use it."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# The real evaluator
+# ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SupernetSpec:
+    """How to rebuild the super-network and its evaluation in any process."""
+
+    model: str
+    space: dict  # SearchSpace.to_dict(): the worker uses exactly the driver's space
+    settings: EvalSettings
+    order: bool = True
+    calibration: str | None = None
+
+    def build(self, device: str | None = None) -> SupernetEvaluator:
+        return SupernetEvaluator(self, device)
+
+
+class SupernetEvaluator:
+    """Scores sub-networks of one loaded super-network on prepared tasks; optionally times them."""
+
+    def __init__(self, spec: SupernetSpec, device: str | None = None):
+        from llamanas.models import fingerprint
+        from llamanas.supernet import load_supernet
+
+        self.spec, s = spec, spec.settings
+        supernet, tokenizer = load_supernet(
+            spec.model, order=spec.order, calibration=spec.calibration, dtype=s.dtype
+        )
+        supernet.space = SearchSpace.from_saved(spec.space)
+        if device:
+            supernet.model.to(device)
+        self.supernet = supernet
+        self._fingerprint = fingerprint(supernet.model)
+        self.prepared = None
+        if s.tasks:
+            from llamanas.evaluate import model_max_length, prepare
+
+            self.prepared = prepare(
+                tokenizer,
+                list(s.tasks),
+                s.split,
+                s.limit,
+                s.num_fewshot,
+                s.seed,
+                max_length=model_max_length(supernet.model, tokenizer),
+            )
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def reference(self) -> dict[str, tuple[float, float]]:
+        """gold NLL of a uniform guess per task; latency of the largest and throughput of the smallest."""
+        ref: dict[str, tuple[float, float]] = {}
+        if self.prepared is not None:
+            ref.update(
+                {
+                    f"gold_nll:{t}": (0.0, v)
+                    for t, v in uniform_gold_nll(
+                        self.prepared, self.spec.settings.tasks, self.supernet.arch.vocab_size
+                    ).items()
+                }
+            )
+        if self.spec.settings.timing:
+            space = self.supernet.space
+            ref["latency"] = (0.0, self._time(space.largest())["latency"])
+            ref["throughput"] = (0.0, self._time(space.smallest())["throughput"])
+        return ref
+
+    def _time(self, cfg: SubnetConfig) -> dict[str, float]:
+        from llamanas.measure import measure
+
+        s = self.spec.settings
+        m = measure(self.supernet, cfg, s.seq_len, True, s.prefill_tokens, s.gen_tokens, repeats=s.repeats)
+        return {"latency": float(m.latency_ms), "throughput": float(m.throughput_tok_s)}
+
+    def evaluate(self, cfg: SubnetConfig) -> Outcome:
+        from llamanas.evaluate import score
+
+        started = time.time()
+        values: dict[str, float] = {}
+        split, n_items = None, None
+        if self.prepared is not None:
+            with self.supernet.subnet(cfg) as model:
+                results = score(model, self.prepared)
+            tasks = self.spec.settings.tasks
+            for t in tasks:
+                r = results[t]
+                values.update({f"{m}:{t}": float(v) for m, v in r.metrics.items()})
+                values[f"n:{t}"] = float(r.n)
+            split = ",".join(sorted({results[t].split for t in tasks}))
+            n_items = int(sum(results[t].n for t in tasks))
+        if self.spec.settings.timing:
+            values.update(self._time(cfg))
+        return Outcome(values, split, n_items, started, time.time() - started)
+
+
+def uniform_gold_nll(prepared, tasks, vocab_size: int) -> dict[str, float]:
+    """Per task, the mean gold-answer NLL of a model that guesses tokens uniformly: ln(V) x gold tokens.
+
+    This is the 'worst' end of the gold_nll hypervolume range: a fixed number for these evaluation
+    settings, so hypervolumes of different runs and algorithms compare.
+    """
+    import numpy as np
+
+    n_req = int(prepared.request_offsets[-1])
+    tokens = np.zeros(n_req)
+    for b in prepared.batches:
+        tokens += np.bincount(b.request.numpy(), minlength=n_req)
+    per_task, sizes = {}, {}
+    for req in prepared.tasks:
+        gold_ids = prepared.request_offsets[req.first_doc + np.arange(len(req.indices))] + req.gold
+        per_task[req.task] = float(tokens[gold_ids].mean() * math.log(vocab_size))
+        sizes[req.task] = len(req.indices)
+    out = {}
+    for t in tasks:
+        if t in per_task:
+            out[t] = per_task[t]
+        else:  # a group: size-weighted mean of its tasks, as lm-eval aggregates
+            from llamanas.tasks import GROUPS
+
+            parts = [p for p in GROUPS[t] if p in per_task]
+            out[t] = sum(per_task[p] * sizes[p] for p in parts) / sum(sizes[p] for p in parts)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# Pools
+# ------------------------------------------------------------------------------------------------------
+
+
+class LocalPool:
+    """Evaluates in this process, one config at a time (``--workers 1``; Ray is not imported)."""
+
+    def __init__(self, spec: EvaluatorSpec):
+        self.spec = spec
+        self._evaluator: Evaluator | None = None
+        self.size = 1
+
+    @property
+    def evaluator(self) -> Evaluator:
+        if self._evaluator is None:
+            self._evaluator = self.spec.build(None)
+        return self._evaluator
+
+    def fingerprint(self) -> str:
+        return self.evaluator.fingerprint()
+
+    def reference(self) -> dict[str, tuple[float, float]]:
+        return self.evaluator.reference()
+
+    def imap_unordered(self, cfgs: list[SubnetConfig]) -> Iterator[tuple[int, Outcome]]:
+        for i, cfg in enumerate(cfgs):
+            yield i, self.evaluator.evaluate(cfg)
+
+    def close(self) -> None:
+        self._evaluator = None
+
+
+class _Actor:
+    """A Ray actor: builds its evaluator once and evaluates configs sent as dicts."""
+
+    def __init__(self, spec: EvaluatorSpec, device: str | None):
+        self.evaluator = spec.build(device)
+
+    def fingerprint(self) -> str:
+        return self.evaluator.fingerprint()
+
+    def reference(self) -> dict:
+        return self.evaluator.reference()
+
+    def evaluate(self, cfg: dict) -> Outcome:
+        return self.evaluator.evaluate(SubnetConfig.from_dict(cfg))
+
+
+class RayPool:
+    """N Ray actors, each holding the super-network; configs go to whichever actor is free.
+
+    Without ``address``: a local Ray with ``workers`` CPU actors. With ``address``: an existing cluster,
+    one actor per GPU there (``workers`` CPU actors if it has no GPU).
+    """
+
+    def __init__(self, spec: EvaluatorSpec, workers: int = 2, address: str | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise LlamanasError(
+                "--workers > 1 and --ray-address need Ray: pip install 'ray[default]>=2.9'."
+            ) from None
+        if workers < 1:
+            raise LlamanasError(f"--workers must be >= 1; got {workers}.")
+        self.ray = ray
+        self._started = not ray.is_initialized()
+        if self._started:
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=False)
+                else:
+                    ray.init(
+                        num_cpus=workers,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        object_store_memory=200 * 2**20,
+                    )
+            except Exception as e:  # noqa: BLE001 - ray raises many types; the user needs one line
+                raise LlamanasError(f"Cannot start or join Ray (address={address!r}): {e}") from None
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if address else 0
+        n, opts, device = (gpus, {"num_gpus": 1}, "cuda") if gpus else (workers, {"num_cpus": 1}, None)
+        # Each actor loads the super-network once; tasks are tokenized once per actor.
+        actor_cls = ray.remote(_Actor).options(**opts)
+        self.actors = [actor_cls.remote(spec, device) for _ in range(n)]
+        self.size = n
+        fps = ray.get([a.fingerprint.remote() for a in self.actors])
+        if len(set(fps)) != 1:
+            raise LlamanasError(f"Workers loaded different super-networks (fingerprints {sorted(set(fps))}).")
+        self._fingerprint = fps[0]
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def reference(self) -> dict[str, tuple[float, float]]:
+        return self.ray.get(self.actors[0].reference.remote())
+
+    def imap_unordered(self, cfgs: list[SubnetConfig]) -> Iterator[tuple[int, Outcome]]:
+        ray = self.ray
+        queue = list(enumerate(cfgs))
+        free = list(self.actors)
+        pending: dict = {}
+        while queue or pending:
+            while free and queue:
+                actor = free.pop(0)
+                i, cfg = queue.pop(0)
+                pending[actor.evaluate.remote(cfg.to_dict())] = (i, actor)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i, actor = pending.pop(ref)
+                free.append(actor)
+                yield i, ray.get(ref)
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+        self.actors = []
+        if self._started:
+            self.ray.shutdown()
+
+
+def make_pool(spec: EvaluatorSpec, workers: int = 1, address: str | None = None) -> LocalPool | RayPool:
+    """``workers == 1`` and no address: in-process; otherwise Ray."""
+    if workers < 1:
+        raise LlamanasError(f"--workers must be >= 1; got {workers}.")
+    if workers == 1 and not address:
+        return LocalPool(spec)
+    return RayPool(spec, workers, address)
