@@ -147,7 +147,18 @@ def _arc_available() -> bool:
 @pytest.mark.skipif(not _arc_available(), reason="ARC-Easy data not available offline")
 def test_search_cli_with_real_evaluator(tiny_dir, tmp_path):
     out = tmp_path / "run"
-    common = ["--model", str(tiny_dir), "--tasks", "arc_easy", "--limit", "6", "--out", str(out)]
+    common = [
+        "--model",
+        str(tiny_dir),
+        "--tasks",
+        "arc_easy",
+        "--limit",
+        "6",
+        "--data-seed",
+        "3",
+        "--out",
+        str(out),
+    ]
     args = [
         "search",
         *common,
@@ -178,6 +189,7 @@ def test_search_cli_with_real_evaluator(tiny_dir, tmp_path):
     assert 0 <= e.measured["acc:arc_easy"] <= 1 and "acc_norm:arc_easy" in e.measured
     info = json.loads((out / "run.json").read_text())
     assert info["settings"]["split"] == "validation" and info["settings"]["limit"] == 6
+    assert info["settings"]["seed"] == 3 and info["args"]["seed"] == 0  # subset seed apart from search seed
     # The gold-NLL hypervolume bound is a uniform guess over the vocabulary: ln(128) per gold token.
     lo, hi = info["bounds"]["gold_nll"]
     assert (

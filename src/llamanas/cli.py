@@ -712,7 +712,8 @@ def search(
     limit: Annotated[int | None, typer.Option(help="Seeded random subset of N items per task.")] = None,
     num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples (default: the task's).")] = None,
     population: Annotated[int, typer.Option(help="Batch size: initial population, NSGA-II population.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed of the search and of the --limit subset.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the search: population, NSGA-II, predictors.")] = 0,
+    data_seed: Annotated[int, typer.Option(help="Seed of the --limit subset (keep it across seeds).")] = 0,
     constraint: Annotated[
         list[str] | None,
         typer.Option(help="Constraint such as params<=100M or accuracy>=0.4 (units K, M, B, %); repeatable."),
@@ -756,6 +757,7 @@ def search(
         num_fewshot=num_fewshot,
         population=population,
         seed=seed,
+        data_seed=data_seed,
         constraints=tuple(constraint or ()),
         space=space,
         workers=workers,
