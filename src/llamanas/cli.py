@@ -22,11 +22,15 @@ app = typer.Typer(
 
 Typical session on the offline default model (SmolLM2-135M-Instruct):
 
-    llamanas space --model default --sample 3 --seed 0 > subnets.jsonl
-    llamanas eval --model default --tasks arc_easy --split validation --limit 200
-    llamanas eval --model default --subnet '{"layers": [0, 1, 2], "mlp": [768, 768, 768], "kv_groups": [3, 3, 3]}' --tasks arc_easy
-    llamanas measure --model default --subnet subnet.json
-    llamanas extract --model default --subnet subnet.json --out small-model/
+```
+llamanas space --model default --sample 3 --seed 0 > subnets.jsonl
+llamanas eval --model default --tasks arc_easy --split validation --limit 200
+llamanas finetune --model default --data alpaca.json --out supernet/
+llamanas search --model supernet/ --tasks arc_easy --objectives accuracy,params --out run/
+llamanas front run/
+llamanas extract --model supernet/ --subnet run/:3 --out small-model/
+llamanas report run/
+```
 """,
 )
 console = Console(stderr=True)
