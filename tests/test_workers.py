@@ -219,6 +219,22 @@ def test_search_cli_with_real_evaluator(tiny_dir, tmp_path):
     assert r.exit_code == 0 and "0 run now, 6 from the store" in r.output.replace("\n", " ")
 
 
+@pytest.mark.skipif(not _arc_available(), reason="ARC-Easy data not available offline")
+def test_gold_nll_reference_is_a_uniform_guess(tiny_dir):
+    """The hypervolume bound of gold_nll is what a model that predicts every token uniformly scores."""
+    space = SearchSpace.from_arch(SuperNet(tiny_llama()).arch)
+    settings = EvalSettings(tasks=("arc_easy",), limit=5)
+    ev = SupernetSpec(str(tiny_dir), space.to_dict(), settings, order=False).build()
+    low, high = ev.reference()["gold_nll:arc_easy"]
+    with torch.no_grad():
+        ev.supernet.model.get_output_embeddings().weight.zero_()  # logits 0: uniform over the vocabulary
+    out = ev.evaluate(SubnetConfig.full(space.arch))
+    assert low == 0.0 and out.values["gold_nll:arc_easy"] == pytest.approx(high, rel=1e-6)
+    assert high > math.log(128)  # answers have several tokens
+    assert out.values["n:arc_easy"] == 5 and out.values["chance:arc_easy"] == pytest.approx(0.25, abs=0.05)
+    assert out.values["acc_stderr:arc_easy"] >= 0 and out.split == "validation" and out.n_items == 5
+
+
 class sqlite_rows:
     def __init__(self, path):
         import sqlite3

@@ -187,7 +187,10 @@ class SupernetEvaluator:
             for t in tasks:
                 r = results[t]
                 values.update({f"{m}:{t}": float(v) for m, v in r.metrics.items()})
+                values.update({f"{m}_stderr:{t}": float(v) for m, v in r.stderr.items()})
                 values[f"n:{t}"] = float(r.n)
+                if r.chance is not None:
+                    values[f"chance:{t}"] = float(r.chance)
             split = ",".join(sorted({results[t].split for t in tasks}))
             n_items = int(sum(results[t].n for t in tasks))
         if self.spec.settings.timing:
