@@ -90,14 +90,20 @@ def plan(a: argparse.Namespace, shared: SharedSpec, space) -> None:
         ev.evaluate(cfg)
         secs.append(time.time() - t)
     per = float(np.mean(secs[1:]))  # random sub-networks, like the search's
-    evals = len(a.seeds) * (len(ALGORITHMS) * a.evaluations - (len(ALGORITHMS) - 1) * a.population)
+    seeds, algs, pop = len(a.seeds), len(ALGORITHMS), a.population
+    evals = seeds * (algs * a.evaluations - (algs - 1) * pop)
+    loops = seeds * max(0, (a.evaluations - pop) // pop)
+    inner = 10.0 * a.inner_generations / 1000  # ~10 s per 1000 generations on 2 cores (30-layer space)
     print(
         f"load + order + prepare: {load:.0f}s; full network {secs[0]:.1f}s; random sub-networks {per:.1f}s each"
     )
     print(
-        f"{len(a.seeds)} seeds x 3 algorithms x {a.evaluations} evaluations (shared initial populations): "
-        f"~{evals} real evaluations ~ {evals * per / 60:.0f} min + LINAS inner searches"
+        f"{seeds} seeds x {algs} algorithms x {a.evaluations} evaluations (shared initial populations): "
+        f"~{evals} real evaluations ~ {evals * per / 60:.0f} min + ~{loops} LINAS loops ~ {loops * inner / 60:.0f} min"
     )
+    budget = a.minutes * 60 - load - loops * inner
+    fits = int((budget / per + seeds * (algs - 1) * pop) / (seeds * algs))
+    print(f"--evaluations that fit in {a.minutes} min at population {pop}: ~{fits}")
 
 
 def plot(a: argparse.Namespace, traces: dict[str, list[list[float]]], path: Path) -> None:
@@ -140,6 +146,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench_search"))
     ap.add_argument("--png", type=Path, default=Path("docs/bench_search.png"))
     ap.add_argument("--plan", action="store_true", help="time a few evaluations and exit")
+    ap.add_argument("--minutes", type=float, default=35, help="--plan: time available for the benchmark")
     a = ap.parse_args()
 
     first = search_args(a, "random", a.seeds[0])
