@@ -269,16 +269,25 @@ def extract(
 def demo(
     model: ModelOpt = "default",
     task: Annotated[
-        str, typer.Option(help="Task to evaluate on (one with signal on your model).")
+        str, typer.Option(help="Task to search on (one with signal on your model).")
     ] = "arc_easy",
-    limit: Annotated[int, typer.Option(help="Items of the validation split (seeded subset).")] = 100,
-    subnets: Annotated[int, typer.Option(help="Random sub-networks to compare with the full model.")] = 3,
+    limit: Annotated[int, typer.Option(help="Items of the validation split (seeded subset).")] = 50,
+    evaluations: Annotated[int, typer.Option(help="Real evaluations of the LINAS search.")] = 24,
+    size: Annotated[float, typer.Option(help="Parameter fraction for extraction and baselines.")] = 0.8,
     seed: int = 0,
+    out_dir: Annotated[
+        str, typer.Option("--out", help="Folder for everything the demo writes.")
+    ] = "runs/demo",
 ):
-    """The main job in a few minutes: the full model and random sub-networks, size vs speed vs accuracy."""
+    """The whole pipeline in about 10 minutes: LINAS search, front, extraction, INT8, baselines, report."""
     from llamanas.demo import DemoArgs, run_demo
 
-    run_demo(DemoArgs(model=model, task=task, limit=limit, subnets=subnets, seed=seed), out)
+    if not 0 < size <= 1:
+        raise LlamanasError(f"--size must be a fraction in (0, 1]; got {size}.")
+    args = DemoArgs(
+        model=model, task=task, limit=limit, evaluations=evaluations, size=size, seed=seed, out=out_dir
+    )
+    run_demo(args, out, _front_table)
 
 
 @app.command()
