@@ -72,7 +72,7 @@ class TaskRequests:
     labels: list[np.ndarray] | None  # truthfulqa_mc2 only
     metrics: tuple[str, ...]
     mc2: bool
-    first_doc: int  # this task's documents are Prepared.docs[first_doc : first_doc + len(indices)]
+    first_doc: int  # global number of this task's first document (see Prepared.request_offsets)
 
 
 @dataclass
@@ -382,8 +382,9 @@ def _model_parts(model) -> tuple[torch.nn.Module, torch.nn.Module]:
 def loglikelihoods(model, prepared: Prepared, *, progress: bool = False) -> np.ndarray:
     """Loglikelihood of every (doc, choice) request, float64, indexed by ``prepared.request_offsets``."""
     decoder, head = _model_parts(model)
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
+    # Hidden states (and so the additive mask) take the embeddings' dtype, even when linears are quantized.
+    embed = decoder.get_input_embeddings().weight
+    device, dtype = embed.device, embed.dtype
     softcap = getattr(model.config, "final_logit_softcapping", None)
     out = torch.zeros(int(prepared.request_offsets[-1]), dtype=torch.float64)
     was_training = model.training

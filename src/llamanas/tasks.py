@@ -498,7 +498,7 @@ def _raw_docs(name: str, split: str) -> tuple[Doc, ...]:
 
     try:
         ds = datasets.load_dataset(spec.dataset_path, spec.dataset_name, split=split)
-    except Exception as e:  # noqa: BLE001 - re-raised with the context the user needs
+    except Exception as e:  # re-raised with the context the user needs
         raise LlamanasError(
             f"Split {split!r} of task {name!r} has no offline copy (looked in: "
             f"{', '.join(repr(s) for s in spec.offline) or 'none'}) and loading "
