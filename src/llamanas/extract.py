@@ -169,19 +169,22 @@ def build_extracted(model, cfg: SubnetConfig):
     return new.to(dtype).eval()
 
 
+def standalone(supernet, cfg: SubnetConfig):
+    """``cfg`` of ``supernet`` as an in-memory standalone model; the super-network's state is kept."""
+    previous = supernet.active
+    supernet.reset()  # slices are taken from the full weights
+    try:
+        return build_extracted(supernet.model, cfg)
+    finally:
+        supernet.activate(previous)
+
+
 def extract(
     supernet, cfg: SubnetConfig, out_dir: str | Path, tokenizer=None, metadata: dict | None = None
 ) -> Path:
     """Write the sub-network ``cfg`` of ``supernet`` as a standalone checkpoint in ``out_dir``."""
     supernet.space.validate(cfg) if supernet.space.mode == "first_n" else cfg.check(supernet.arch)
-    previous = supernet.active
-    supernet.reset()  # slices are taken from the full weights
-    try:
-        new = build_extracted(supernet.model, cfg)
-    finally:
-        supernet.activate(previous)
-        if previous == SubnetConfig.full(supernet.arch):
-            supernet.reset()
+    new = standalone(supernet, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     new.save_pretrained(out)

@@ -99,14 +99,9 @@ def measure(
     """Counts, plus measured latency and throughput of the extracted sub-network when ``timing``."""
     m = count(supernet, cfg, seq_len)
     if timing:
-        from llamanas.extract import build_extracted
+        from llamanas.extract import standalone
 
-        previous = supernet.active
-        supernet.reset()
-        try:
-            model = build_extracted(supernet.model, cfg)
-        finally:
-            supernet.activate(previous)
+        model = standalone(supernet, cfg)
         model.generation_config.pad_token_id = 0
         lat, iqr, tps = time_model(model, prefill_tokens, gen_tokens, warmup, repeats)
         m.latency_ms, m.latency_ms_iqr, m.throughput_tok_s = lat, iqr, tps

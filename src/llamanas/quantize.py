@@ -713,7 +713,7 @@ def quantize_front(
     The model, tasks and evaluation settings default to those recorded in the run's ``run.json``; pass a
     loaded ``supernet``/``tokenizer`` to skip loading.
     """
-    from llamanas.extract import build_extracted
+    from llamanas.extract import standalone
 
     check_method(method)
     run = Path(run_dir)
@@ -752,12 +752,7 @@ def quantize_front(
         iterator = tqdm(points, desc=f"front -> {method}")
     for p in iterator:
         cfg = SubnetConfig.from_dict(p["config"])
-        previous = supernet.active
-        supernet.reset()
-        try:
-            small = build_extracted(supernet.model, cfg)
-        finally:
-            supernet.activate(previous)
+        small = standalone(supernet, cfg)
         bytes_16 = model_bytes(small)
         quantize_model(small, method, group_size, backend="cpu")
         results = evaluate_fn(small, tokenizer, tasks, **kw)

@@ -124,8 +124,6 @@ class SuperNet:
             yield self.model
         finally:
             self.activate(previous)
-            if previous == SubnetConfig.full(self.arch):
-                self.reset()
 
     def num_params(self, cfg: SubnetConfig | None = None, embeddings: bool = True) -> int:
         return (cfg or self.active).num_params(self.arch, embeddings=embeddings)
