@@ -62,6 +62,16 @@ def _model(family: str, vocab: int, seed: int = 0, layers: int = 2):
     return model
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are dominated by per-op overhead; with 2 threads on a shared CPU that overhead
+    (threads waiting for each other) makes these tests 30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tok_bos():
     return _tokenizer(bos=True)
