@@ -293,9 +293,9 @@ def demo(
 @app.command()
 def tasks():
     """List the available evaluation tasks."""
-    from llamanas.tasks import TASKS
+    from llamanas.tasks import available_tasks
 
-    for name in sorted(TASKS):
+    for name in available_tasks():
         print(name)
 
 
