@@ -828,6 +828,10 @@ def png_front(data: ReportData, path: Path, x: str = "params") -> None:
     ax.set_ylabel(data.score.label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -860,9 +864,7 @@ def png_quantized(data: ReportData, path: Path) -> None:
     ax.set_ylabel(data.score.label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def png_hypervolume(data: ReportData, path: Path) -> None:
@@ -873,9 +875,7 @@ def png_hypervolume(data: ReportData, path: Path) -> None:
     ax.set_xlabel("evaluations")
     ax.set_ylabel("hypervolume")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def png_predictors(data: ReportData, path: Path) -> None:
@@ -891,9 +891,7 @@ def png_predictors(data: ReportData, path: Path) -> None:
         ax.set_xlabel("loop")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def png_layers(stats: dict, sizes: Sequence[int], path: Path) -> None:
@@ -914,9 +912,7 @@ def png_layers(stats: dict, sizes: Sequence[int], path: Path) -> None:
         ax.set_ylabel(f"top {b}%\nMLP size")
         fig.colorbar(im, ax=ax, fraction=0.02)
     axes[-1][0].set_xlabel("layer")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # --- HTML -----------------------------------------------------------------------------------------------

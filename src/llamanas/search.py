@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from pymoo.core.repair import Repair
 
 from llamanas import objectives as objmod
 from llamanas import store as storemod
-from llamanas.errors import LlamanasError, unknown
+from llamanas.errors import LlamanasError, from_dict_strict, unknown
 from llamanas.objectives import Constraint, Counts, Objective
 from llamanas.predictors import Encoder, Predictor, kendall_tau, mape
 from llamanas.space import SearchSpace, SubnetConfig
@@ -110,11 +110,7 @@ class SearchArgs:
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchArgs:
-        allowed = {f.name for f in fields(cls)}
-        extra = set(d) - allowed
-        if extra:
-            raise LlamanasError(f"Unknown search settings {sorted(extra)}; allowed: {sorted(allowed)}.")
-        return cls(**d)
+        return from_dict_strict(cls, d, "search settings")
 
     def trajectory_dict(self) -> dict:
         """The fields that define the run's sequence of evaluations."""

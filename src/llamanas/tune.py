@@ -24,7 +24,6 @@ it was trained); every command takes it as ``--model``. Training runs under ``ac
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import json
 import random
@@ -41,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from llamanas.data import Example, load_alpaca
-from llamanas.errors import LlamanasError, unknown
+from llamanas.errors import LlamanasError, from_dict_strict, unknown
 from llamanas.sampling import SCHEDULES, Sampler
 from llamanas.space import SearchSpace, SubnetConfig
 from llamanas.supernet import SUPERNET_FILE, ElasticLinear, SuperNet
@@ -146,11 +145,7 @@ class TuneArgs:
 
     @classmethod
     def from_dict(cls, d: dict) -> TuneArgs:
-        names = {f.name for f in dataclasses.fields(cls)}
-        extra = set(d) - names
-        if extra:
-            raise LlamanasError(f"Unknown TuneArgs keys {sorted(extra)}; allowed: {sorted(names)}.")
-        return cls(**d)
+        return from_dict_strict(cls, d, "TuneArgs keys")
 
 
 # --- data -------------------------------------------------------------------------------------------

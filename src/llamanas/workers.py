@@ -20,10 +20,10 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from llamanas.errors import LlamanasError
+from llamanas.errors import LlamanasError, from_dict_strict
 from llamanas.space import SearchSpace, SubnetConfig
 
 
@@ -53,11 +53,7 @@ class EvalSettings:
 
     @classmethod
     def from_dict(cls, d: dict) -> EvalSettings:
-        allowed = {f.name for f in fields(cls)}
-        extra = set(d) - allowed
-        if extra:
-            raise LlamanasError(f"Unknown evaluation settings {sorted(extra)}; allowed: {sorted(allowed)}.")
-        return cls(**d)
+        return from_dict_strict(cls, d, "evaluation settings")
 
     def hash(self) -> str:
         """Stable key of these settings (sorted JSON; task order does not change any value)."""
