@@ -34,36 +34,53 @@ from llamanas.tune import TuneArgs, finetune
 
 TARGETS = (1.0, 0.9, 0.8, 0.7, 0.6)
 DROP_PENALTY = 0.003  # per dropped layer: prefer narrowing to dropping when sizes are within ~1%
+KV_PENALTY = 0.002  # per KV group removed: prefer narrowing the MLPs when sizes are within ~0.5%
+WIDTH_ONLY_SPACE = Path(__file__).with_name("instatune_space.yaml")
+
+
+def spread(n: int, j: int) -> set[int]:
+    """``j`` of ``n`` layer positions spread evenly (the layers that get the narrower MLP)."""
+    return {min(n - 1, int((k + 0.5) * n / j)) for k in range(j)} if j else set()
 
 
 def fixed_subnets(space: SearchSpace) -> dict[str, SubnetConfig]:
-    """For each target fraction of the parameters, the closest (uniform MLP width, dropped layers) config.
+    """For each target fraction of the parameters, the closest config of a fixed family of rules.
 
-    Dropped layers are the ones just before the last layer (the last layer is kept: it feeds the head).
+    Candidates: one KV-group count for all layers; MLP widths mixing two adjacent choices (``j`` layers
+    spread evenly at the narrower one); dropping the layers just before the last one (the last layer is
+    kept: it feeds the head) when the space allows skipping. Ties prefer narrowing to removing.
     """
     arch = space.arch
     n = arch.num_layers
     full = SubnetConfig.full(arch).num_params(arch)
     widths = sorted(set.intersection(*(set(c) for c in space.mlp_choices)))
-    kv = arch.num_kv_heads
+    pairs = [(w, w) for w in widths] + list(zip(widths, widths[1:], strict=False))
+    kvs = sorted(set.intersection(*(set(c) for c in space.kv_choices)))
     out = {}
     for target in TARGETS:
         best, best_cost = None, float("inf")
-        for m in widths:
-            for d in range(n - space.min_depth + 1):
-                dropped = set(range(n - 1 - d, n - 1))
-                layers = tuple(i for i in range(n) if i not in dropped)
-                cfg = SubnetConfig(layers, (m,) * len(layers), (kv,) * len(layers))
-                cost = abs(cfg.num_params(arch) / full - target) + DROP_PENALTY * d
-                if cost < best_cost:
-                    best, best_cost = cfg, cost
+        for kv in kvs:
+            for lo, hi in pairs:
+                for j in range(n + 1) if lo != hi else (0,):
+                    for d in range(n - space.min_depth + 1):
+                        dropped = set(range(n - 1 - d, n - 1))
+                        layers = tuple(i for i in range(n) if i not in dropped)
+                        narrow = spread(len(layers), j)
+                        mlp = tuple(lo if k in narrow else hi for k in range(len(layers)))
+                        cfg = SubnetConfig(layers, mlp, (kv,) * len(layers))
+                        frac = cfg.num_params(arch) / full
+                        cost = abs(frac - target) + DROP_PENALTY * d + KV_PENALTY * (arch.num_kv_heads - kv)
+                        if cost < best_cost:
+                            best, best_cost = cfg, cost
         space.validate(best)
         frac = best.num_params(arch) / full
-        drop = n - best.depth
-        name = f"{frac:.0%} (mlp {best.mlp[0]}/{arch.intermediate_size}, {best.depth}/{n} layers)"
+        mean_mlp = sum(best.mlp) / len(best.mlp)
+        name = (
+            f"{frac:.0%} (mlp {mean_mlp:.0f}/{arch.intermediate_size}, kv {best.kv_groups[0]}/"
+            f"{arch.num_kv_heads}, {best.depth}/{n} layers)"
+        )
         out[name] = best
-        if drop:
-            print(f"{name}: drops layers {sorted(set(range(n)) - set(best.layers))}", flush=True)
+        print(f"{name}: {best.to_json()}", flush=True)
     return out
 
 
@@ -95,6 +112,22 @@ def evaluate_supernet(supernet: SuperNet, prepared, subnets: dict[str, SubnetCon
     return rows
 
 
+def cached_eval(folder: Path, supernet: SuperNet, prepared, subnets: dict[str, SubnetConfig], args) -> dict:
+    """``evaluate_supernet``, kept in ``folder`` so that a re-run after an interruption skips it."""
+    key = {"task": args.task, "split": args.split, "limit": args.limit, "seed": args.seed}
+    key["subnets"] = {k: v.to_dict() for k, v in subnets.items()}
+    path = folder / f"eval_{args.task}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved["key"] == key:
+            print(f"  (reusing {path})", flush=True)
+            return saved["rows"]
+    rows = evaluate_supernet(supernet, prepared, subnets, args.task)
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "rows": rows}))
+    return rows
+
+
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     """Mean of b - a in points, and its paired standard error."""
     d = np.asarray(b) - np.asarray(a)
@@ -112,14 +145,22 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--lr", type=float, default=5e-5, help="Peak learning rate of both fine-tunings.")
-    ap.add_argument("--space", default=None, help="Search-space file (default: the model's default space).")
+    ap.add_argument(
+        "--space",
+        default=str(WIDTH_ONLY_SPACE),
+        help="Search-space file of all three super-networks ('default': the model's default space, which "
+        "also skips layers).",
+    )
     ap.add_argument("--strategy", default="alternate", help="InstaTune strategy (alternate | sandwich).")
     ap.add_argument("--schedule", default="uniform")
     ap.add_argument("--no-distill", action="store_true", help="InstaTune without in-place distillation.")
+    ap.add_argument("--distill-tokens", default="all", help="all | response (see TuneArgs.distill_tokens).")
     ap.add_argument("--eval-size", type=int, default=64, help="Held-out Alpaca examples for final losses.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_instatune"))
     args = ap.parse_args()
+    if args.space == "default":
+        args.space = None
 
     data = args.data or str(find_data(ALPACA_DEMO) or "")
     common = dict(
@@ -134,15 +175,17 @@ def main() -> None:
         eval_size=args.eval_size,
         save_every=25,
     )
+    # InstaTune first: it is the one the goal is about, and a re-run reuses both.
     runs = {
-        "full-ft": TuneArgs(out=str(args.out / "full-ft"), strategy="full", **common),
         "instatune": TuneArgs(
             out=str(args.out / "instatune"),
             strategy=args.strategy,
             schedule=args.schedule,
             distill=not args.no_distill,
+            distill_tokens=args.distill_tokens,
             **common,
         ),
+        "full-ft": TuneArgs(out=str(args.out / "full-ft"), strategy="full", **common),
     }
     t_start = time.time()
     # Ordering only: the same ordering the fine-tunings start from (calibrated on the same data).
@@ -162,8 +205,9 @@ def main() -> None:
     results: dict[str, dict] = {}
     training: dict[str, dict] = {}
     print("ordering", flush=True)
-    results["ordering"] = evaluate_supernet(base, prepared, subnets, args.task)
+    results["ordering"] = cached_eval(args.out / "ordering", base, prepared, subnets, args)
     del base
+    results_order = ["ordering", "full-ft", "instatune"]
     for name, tune_args in runs.items():
         print(f"{name}: fine-tuning {tune_args.strategy}/{tune_args.schedule}", flush=True)
         result = finetune(tune_args)
@@ -175,8 +219,9 @@ def main() -> None:
             f"{rec['forward_tokens']:,} forward tokens, {rec['wall_time_s']:.0f} s",
             flush=True,
         )
-        results[name] = evaluate_supernet(result.supernet, prepared, subnets, args.task)
+        results[name] = cached_eval(args.out / name, result.supernet, prepared, subnets, args)
         del result
+    results = {k: results[k] for k in results_order}
 
     print(
         f"\nARC-Easy ({args.split}, {n_docs} questions) accuracy ± standard error; "

@@ -28,6 +28,8 @@ from llamanas.tune import (
     eval_loss,
     finetune,
     merge_lora,
+    response_logits,
+    token_logits,
 )
 
 COLORS = ["red", "green", "blue", "yellow"]
@@ -149,6 +151,7 @@ def test_tune_args_round_trip_and_unknown_keys():
         ({"steps": 0}, "steps must be >= 1; got 0."),
         ({"warmup": 1.5}, "warmup is a fraction of the steps in [0, 1); got 1.5."),
         ({"distill": True, "strategy": "full"}, "distill needs sub-networks to teach"),
+        ({"distill_tokens": "prompt"}, "Unknown distill_tokens 'prompt'. Available: all, response."),
     ],
 )
 def test_bad_arguments_name_the_value(kw, message):
@@ -344,6 +347,7 @@ def test_unknown_schedule_lists_the_allowed_ones():
         {"strategy": "sandwich", "schedule": "complexity", "num_random": 1},
         {"strategy": "alternate", "distill": True},
         {"strategy": "sandwich", "distill": True, "num_random": 1, "grad_accum": 2},
+        {"strategy": "alternate", "distill": True, "distill_tokens": "response"},
         {"strategy": "alternate", "precision": "bf16"},  # bf16 autocast works on CPU too, if slowly
     ],
     ids=lambda kw: "-".join(str(v) if not isinstance(v, bool) else k for k, v in kw.items()),
@@ -376,6 +380,16 @@ def test_alternate_trains_sub_networks_better_than_full_fine_tuning(tiny, tmp_pa
     # Full fine-tuning fits the full network better; alternate fits its sub-networks better.
     assert losses["alternate"]["smallest"] < losses["full"]["smallest"] - 0.3, losses
     assert losses["full"]["largest"] < losses["alternate"]["largest"], losses
+
+
+def test_token_logits_keep_every_real_next_token_position():
+    logits = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])  # the second example is padded after 2 tokens
+    labels = torch.tensor([[IGNORE, IGNORE, 5, 6], [IGNORE, 7, IGNORE, IGNORE]])
+    # Positions 0..2 predict tokens 1..3 of the first example; position 0 predicts token 1 of the second.
+    assert token_logits(logits, mask).flatten().tolist() == [0.0, 1.0, 2.0, 4.0]
+    z, y = response_logits(logits, labels)
+    assert z.flatten().tolist() == [1.0, 2.0, 4.0] and y.tolist() == [5, 6, 7]
 
 
 def test_distill_loss_values():

@@ -333,6 +333,12 @@ def finetune(
         bool, typer.Option(help="Sub-networks learn from the full network's logits (in-place KD).")
     ] = False,
     distill_temperature: Annotated[float, typer.Option(help="Softmax temperature of --distill.")] = 1.0,
+    distill_tokens: Annotated[
+        str,
+        typer.Option(
+            help="Where --distill compares logits: all (prompt and response) | response (labels only)."
+        ),
+    ] = "all",
     num_random: Annotated[int, typer.Option(help="Random sub-networks per step with sandwich.")] = 2,
     lora: Annotated[
         bool, typer.Option(help="Train LoRA adapters (peft) instead of all weights; merged at the end.")
@@ -399,6 +405,7 @@ def finetune(
         schedule=schedule,
         distill=distill,
         distill_temperature=distill_temperature,
+        distill_tokens=distill_tokens,
         num_random=num_random,
         lora=lora,
         lora_r=lora_r,
