@@ -110,3 +110,43 @@ def test_main_prints_error_line(tiny_dir, capsys, monkeypatch):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Model '/no/such' not found.") and err.count("\n") == 1
+
+
+def test_extract_quantize_writes_a_smaller_checkpoint_that_eval_reads(tiny_dir, tmp_path):
+    from llamanas.quantize import QuantLinear, load_quantized, policy_bytes
+    from llamanas.space import Arch, SubnetConfig
+
+    sub = '{"layers": [0, 2, 3], "mlp": [96, 24, 48], "kv_groups": [2, 1, 2]}'
+    r = run("extract", "--model", tiny_dir, "--subnet", sub, "--out", tmp_path / "fp", "--no-order")
+    assert r.exit_code == 0, r.output
+    r = run(
+        "extract",
+        "--model",
+        tiny_dir,
+        "--subnet",
+        sub,
+        "--out",
+        tmp_path / "q",
+        "--no-order",
+        "--quantize",
+        "int8",
+    )
+    assert r.exit_code == 0, r.output
+    assert "int8" in r.output
+    fp, _ = load_model(str(tmp_path / "fp"))
+    q, tok = load_quantized(tmp_path / "q")
+    assert tok is not None and isinstance(q.get_decoder().layers[1].mlp.down_proj, QuantLinear)
+    info = json.loads((tmp_path / "q" / "llamanas_quant.json").read_text())
+    arch = Arch.from_hf(load_model(str(tiny_dir))[0].config)
+    cfg = SubnetConfig.from_dict(json.loads(sub))
+    assert info["subnet"] == json.loads(sub) and info["bytes"] == policy_bytes(arch, cfg, [8, 8, 8])
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.no_grad():
+        a, b = fp(ids).logits, q(ids).logits
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+    r = run("eval", "--model", tmp_path / "q", "--tasks", "arc_easy", "--split", "validation", "--limit", "3")
+    assert r.exit_code == 0, r.output
+    assert "(int8)" in r.output and "arc_easy" in r.output
+    r = run("extract", "--model", tiny_dir, "--subnet", sub, "--out", tmp_path / "x", "--quantize", "int3")
+    assert isinstance(r.exception, LlamanasError) and "'int3'" in str(r.exception)
+    assert not (tmp_path / "x").exists()

@@ -152,16 +152,24 @@ def eval_(
         raise LlamanasError(f"--tasks needs at least one task name; got {tasks!r}.")
     if limit is not None and limit < 1:
         raise LlamanasError(f"--limit must be >= 1; got {limit}.")
-    supernet, tokenizer = _load(model, order=subnet is not None and not no_order)
-    cfg = _subnet(subnet, supernet)
-    with supernet.subnet(cfg):
-        results = evaluate(
-            supernet.model, tokenizer, task_list, split=split, limit=limit, num_fewshot=num_fewshot, seed=seed
-        )
-    table = Table(
-        title=f"{model}"
-        + ("" if subnet is None else f" sub-network ({cfg.num_params(supernet.arch):,} params)")
-    )
+    from llamanas.quantize import is_quantized_dir, load_quantized
+
+    kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
+    title = model
+    if is_quantized_dir(model):  # written by `quantize` or `extract --quantize`: evaluate it as it is
+        if subnet is not None:
+            raise LlamanasError("--subnet does not apply to a quantized checkpoint; extract first.")
+        qmodel, tokenizer = load_quantized(model)
+        results = evaluate(qmodel, tokenizer, task_list, **kwargs)
+        title += f" ({qmodel.config.llamanas_quant['method']})"
+    else:
+        supernet, tokenizer = _load(model, order=subnet is not None and not no_order)
+        cfg = _subnet(subnet, supernet)
+        with supernet.subnet(cfg):
+            results = evaluate(supernet.model, tokenizer, task_list, **kwargs)
+        if subnet is not None:
+            title += f" sub-network ({cfg.num_params(supernet.arch):,} params)"
+    table = Table(title=title)
     for col in ("task", "split", "n", "shots", "metric", "value", "± stderr", "chance"):
         table.add_column(col, justify="right" if col not in ("task", "split", "metric") else "left")
     for name, r in results.items():
@@ -249,19 +257,32 @@ def extract(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the standalone checkpoint to.")],
     model: ModelOpt = "default",
     no_order: NoOrderOpt = False,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="Write it quantized: int8 | int4 (weight-only, every decoder linear; embeddings and head "
+            "16-bit). `llamanas eval --model OUT` evaluates it; in Python: llamanas.quantize.load_quantized."
+        ),
+    ] = None,
+    group_size: Annotated[int, typer.Option(help="INT4 group size (columns sharing one scale).")] = 64,
 ):
-    """Write a sub-network as a standalone checkpoint that `AutoModelForCausalLM.from_pretrained` loads."""
+    """Write a sub-network as a standalone checkpoint that `AutoModelForCausalLM.from_pretrained` loads
+    (or, with --quantize, an INT8/INT4 checkpoint)."""
     from llamanas.extract import extract as extract_fn
 
+    if quantize is not None:
+        from llamanas.quantize import check_method
+
+        check_method(quantize)
     subnet = _member_subnet(subnet)
     supernet, tokenizer = _load(model, order=not no_order)
     cfg = _subnet(subnet, supernet)
-    path = extract_fn(
-        supernet, cfg, out_dir, tokenizer, metadata={"source_model": model, "ordered": not no_order}
-    )
+    meta = {"source_model": model, "ordered": not no_order}
+    path = extract_fn(supernet, cfg, out_dir, tokenizer, metadata=meta, quantize=quantize, group_size=group_size)
     size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    what = f", {quantize}" if quantize else ""
     console.print(
-        f"wrote {path} ({cfg.num_params(supernet.arch):,} params, {size / 2**20:.1f} MiB of weights)"
+        f"wrote {path} ({cfg.num_params(supernet.arch):,} params{what}, {size / 2**20:.1f} MiB of weights)"
     )
 
 
