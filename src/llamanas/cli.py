@@ -278,7 +278,9 @@ def extract(
     supernet, tokenizer = _load(model, order=not no_order)
     cfg = _subnet(subnet, supernet)
     meta = {"source_model": model, "ordered": not no_order}
-    path = extract_fn(supernet, cfg, out_dir, tokenizer, metadata=meta, quantize=quantize, group_size=group_size)
+    path = extract_fn(
+        supernet, cfg, out_dir, tokenizer, metadata=meta, quantize=quantize, group_size=group_size
+    )
     size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
     what = f", {quantize}" if quantize else ""
     console.print(

@@ -524,13 +524,22 @@ class Context:
         return out
 
     def initial(self) -> list[SubnetConfig]:
-        """The first population, the same for every algorithm with the same seed."""
-        return self.sample_new(np.random.default_rng(self.args.seed), self.args.population)
+        """The first population, the same for every algorithm with the same seed: the largest and the
+        smallest sub-networks (the ends of the front, so it always spans the space; the largest is the base
+        model) where the constraints allow them, then random ones."""
+        anchors = []
+        for cfg in (self.space.largest(), self.space.smallest()):
+            if self.args.population > len(anchors) and self.traj.is_new(cfg) and self.analytic_ok(cfg):
+                anchors.append(cfg)
+        rng = np.random.default_rng(self.args.seed)
+        return anchors + self.sample_new(rng, self.args.population - len(anchors), {c.key() for c in anchors})
 
 
 def run_random(ctx: Context) -> None:
     """Uniform random sampling in batches of --population (the first batch is everyone's initial one)."""
-    rng = np.random.default_rng(ctx.args.seed)
+    ctx.traj.evaluate(ctx.initial())
+    ctx.on_batch()
+    rng = np.random.default_rng([ctx.args.seed, 2])
     while ctx.traj.remaining > 0:
         batch = ctx.sample_new(rng, min(ctx.args.population, ctx.traj.remaining))
         if not batch:
