@@ -168,3 +168,25 @@ def test_pareto_mask_and_hypervolume():
     assert obj.hypervolume(np.zeros((0, 2))) == 0.0
     assert obj.hypervolume(np.array([[0.5, 0.5, 0.5]])) == pytest.approx(0.125)
     assert math.isclose(obj.hypervolume(np.array([[0.0, 0.0]])), 1.0)
+
+
+def test_counts_bytes_follow_the_precision_genes():
+    from llamanas.quantize import policy_bytes
+
+    for arch in (ARCH, UNTIED):
+        space = SearchSpace.from_dict({"bits": [4, 8, 16], "kv_groups": [1, 2]}, arch)
+        counts = obj.Counts(space, dtype_bytes=4)
+        rng = np.random.default_rng(1)
+        cfgs = [space.sample(rng) for _ in range(40)] + [space.smallest(), space.largest()]
+        X = np.array([space.encode(c) for c in cfgs])
+        got = counts(X)
+        for i, cfg in enumerate(cfgs):
+            assert got["bytes"][i] == counts.of(cfg)["bytes"] == policy_bytes(arch, cfg)
+            assert got["params"][i] == cfg.num_params(arch)
+        lo, hi = counts.range("bytes")
+        assert (lo, hi) == (policy_bytes(arch, space.smallest()), policy_bytes(arch, space.largest()))
+        # All-16-bit bytes are 2 per parameter; 8 bits roughly halves the decoder's share.
+        full = space.largest()
+        assert hi == 2 * full.num_params(arch)
+        int8 = SubnetConfig(full.layers, full.mlp, full.kv_groups, (8,) * full.depth)
+        assert counts.of(int8)["bytes"] < hi

@@ -126,3 +126,18 @@ def test_tau_and_mape():
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
     assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
     assert mape([1.0, 2.0, 0.0], [1.1, 1.8, 5.0]) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("kind", ["ordinal", "onehot"])
+def test_precision_genes_become_features(kind):
+    space = SearchSpace.from_dict({"min_depth": 2, "bits": [4, 8, 16]}, ARCH)
+    enc = Encoder(space, kind)
+    cfg = SubnetConfig((0, 2), (256, 64), (2, 1), (4, 16))
+    f = dict(zip(enc.names, enc(space.encode(cfg))[0], strict=True))
+    assert f["bits_frac.0"] == 0.25 and f["bits_frac.1"] == 0.0 and f["bits_frac.2"] == 1.0
+    assert f["mean_bits_frac"] == pytest.approx((0.25 + 1.0) / 2)
+    lo, hi = enc.ranges["bytes"]
+    assert 0.0 < f["bytes_frac"] < 1.0 and hi > lo
+    same_arch = SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups, (16, 16))
+    g = dict(zip(enc.names, enc(space.encode(same_arch))[0], strict=True))
+    assert g["params_frac"] == f["params_frac"] and g["bytes_frac"] > f["bytes_frac"]

@@ -340,3 +340,33 @@ def test_canonical_keys_ignore_skipped_genes():
     noisy[:, n : 2 * n][skipped] = 0
     assert canonical_keys(counts, X) == canonical_keys(counts, noisy)
     assert len(set(canonical_keys(counts, X))) == len({SPACE.decode(x).key() for x in X})
+
+
+def test_joint_precision_search_trades_bits_for_bytes(tmp_path):
+    """With precision genes, LINAS searches accuracy vs stored bytes; fewer bits cost a little accuracy."""
+    space = SearchSpace.from_dict({"bits": [4, 8, 16]}, ARCH)
+
+    class BitsEvaluator(SyntheticEvaluator):
+        def evaluate(self, cfg):
+            out = super().evaluate(cfg)
+            penalty = sum({16: 0.0, 8: 0.002, 4: 0.02}[b] for b in cfg.bits)
+            out.values["acc:syn"] -= penalty
+            return out
+
+    @dataclass
+    class BitsSpec(SyntheticSpec):
+        def build(self, device=None):
+            return BitsEvaluator(self)
+
+    args = args_for(tmp_path, "linas", objectives=("accuracy", "bytes"), evaluations=30, population=6)
+    r = search(args, BitsSpec(), space)
+    view = load_run(r.run_dir)
+    assert all(e.config.bits is not None and len(e.config.bits) == e.config.depth for e in view.evaluated)
+    assert view.evaluated[0].config == space.largest()  # all 16-bit, the base model
+    from llamanas.quantize import policy_bytes
+
+    for m in r.front:
+        assert m.values["bytes"] == policy_bytes(ARCH, m.config)
+    # The front mixes precisions: INT8 layers are nearly free, so some front members use them.
+    assert any(8 in m.config.bits or 4 in m.config.bits for m in r.front)
+    assert json.loads((r.run_dir / "run.json").read_text())["variable_names"][-1] == "bits.7"

@@ -142,3 +142,50 @@ def test_smallest_and_largest():
     for _ in range(20):
         n = sp.sample(rng).num_params(ARCH)
         assert small.num_params(ARCH) <= n <= large.num_params(ARCH)
+
+
+def test_precision_genes_roundtrip_count_and_validate():
+    arch = Arch(**{**ARCH.__dict__, "num_layers": 3})
+    sp = SearchSpace.from_dict(
+        {
+            "min_depth": 2,
+            "mlp_choices": [0.5, 1.0],
+            "kv_groups": [2],
+            "bits": [4, 8, 16],
+            "layers": {0: {"bits": [16]}},
+        },
+        arch,
+    )
+    assert sp.bits_choices == ((16,), (4, 8, 16), (4, 8, 16))
+    assert sp.variable_names[-3:] == ("bits.0", "bits.1", "bits.2")
+    assert sp.largest().bits == (16, 16, 16) and sp.smallest().bits in ((16, 4), (4, 4))
+    # depth 2 over layers {0,1}, {0,2}: 2*1 * 2*3 each; {1,2}: (2*3)^2; depth 3: 2*(2*3)^2
+    assert sp.size() == 2 * (2 * 6) + 36 + 2 * 36
+    import itertools
+
+    xl, xu = sp.bounds()
+    configs = {
+        sp.decode(np.array(x)).key()
+        for x in itertools.product(*[range(lo, hi + 1) for lo, hi in zip(xl, xu, strict=True)])
+    }
+    assert len(configs) == sp.size()
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        cfg = sp.sample(rng)
+        assert sp.decode(sp.encode(cfg)) == cfg and SubnetConfig.from_json(cfg.to_json()) == cfg
+        assert cfg.bits[0 if cfg.layers[0] == 0 else -1] in (4, 8, 16)
+    cfg = SubnetConfig((0, 1), (128, 256), (2, 2), (16, 8))
+    assert cfg.quantized and cfg.to_dict()["bits"] == [16, 8]
+    assert not SubnetConfig((0, 1), (128, 256), (2, 2), (16, 16)).quantized
+    with pytest.raises(LlamanasError, match="Layer 0: 8 bits is not a choice; allowed: \\[16\\]"):
+        sp.validate(SubnetConfig((0, 1), (128, 256), (2, 2), (8, 8)))
+    with pytest.raises(LlamanasError, match="'bits' values \\[3\\] are not weight precisions"):
+        SubnetConfig((0,), (128,), (2,), (3,))
+    with pytest.raises(LlamanasError, match="Layer 1: 8 bits is not a choice; allowed: \\[16\\]"):
+        SearchSpace.from_arch(arch).validate(cfg)  # a space without precision genes takes 16 bits only
+    with pytest.raises(LlamanasError, match="bits must be a non-empty list drawn from \\[4, 8, 16\\]"):
+        SearchSpace.from_dict({"bits": [2, 16]}, arch)
+    with pytest.raises(LlamanasError, match="layers.1.bits needs a top-level 'bits'"):
+        SearchSpace.from_dict({"layers": {1: {"bits": [8]}}}, arch)
+    assert SearchSpace.from_saved(sp.to_dict()) == sp
+    assert ("weight bits", "4, 8, 16") in sp.describe()

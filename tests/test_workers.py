@@ -235,6 +235,32 @@ def test_gold_nll_reference_is_a_uniform_guess(tiny_dir):
     assert out.values["acc_stderr:arc_easy"] >= 0 and out.split == "validation" and out.n_items == 5
 
 
+def test_quantized_subnets_are_scored_as_extracted_and_quantized(tiny_dir, tmp_path):
+    """A config with per-layer bits is scored on the extracted model at those bits, not on 16-bit slices."""
+    from llamanas.evaluate import score
+    from llamanas.extract import extract, standalone
+    from llamanas.quantize import QuantLinear, apply_precision, load_quantized
+
+    space = SearchSpace.from_dict({"bits": [4, 8, 16]}, SuperNet(tiny_llama()).arch)
+    settings = EvalSettings(tasks=("arc_easy",), limit=6)
+    ev = SupernetSpec(str(tiny_dir), space.to_dict(), settings, order=False).build()
+    cfg = SubnetConfig((0, 1, 3), (48, 96, 24), (1, 2, 2), (4, 16, 8))
+    with pytest.raises(LlamanasError, match="below 16 bits"):
+        ev.supernet.activate(cfg)
+    got = ev.evaluate(cfg).values["gold_nll:arc_easy"]
+    plain = SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups)
+    with ev.supernet.subnet(plain) as model:
+        sliced = score(model, ev.prepared)["arc_easy"].metrics["gold_nll"]
+    expected = score(apply_precision(standalone(ev.supernet, plain), cfg.bits), ev.prepared)
+    assert got == pytest.approx(expected["arc_easy"].metrics["gold_nll"], rel=1e-6)
+    assert got != pytest.approx(sliced, rel=1e-6)  # the 4-bit layer changes the scores
+    path = extract(ev.supernet, cfg, tmp_path / "q")
+    model, _ = load_quantized(path)
+    layers = model.get_decoder().layers
+    assert [isinstance(la.mlp.up_proj, QuantLinear) for la in layers] == [True, False, True]
+    assert [getattr(la.mlp.up_proj, "bits", 16) for la in layers] == [4, 16, 8]
+
+
 class sqlite_rows:
     def __init__(self, path):
         import sqlite3

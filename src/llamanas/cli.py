@@ -165,8 +165,16 @@ def eval_(
     else:
         supernet, tokenizer = _load(model, order=subnet is not None and not no_order)
         cfg = _subnet(subnet, supernet)
-        with supernet.subnet(cfg):
-            results = evaluate(supernet.model, tokenizer, task_list, **kwargs)
+        if cfg.quantized:  # per-layer bits from a joint precision search: run the extracted sub-network
+            from llamanas.extract import standalone
+            from llamanas.quantize import apply_precision
+
+            results = evaluate(
+                apply_precision(standalone(supernet, cfg), cfg.bits), tokenizer, task_list, **kwargs
+            )
+        else:
+            with supernet.subnet(cfg):
+                results = evaluate(supernet.model, tokenizer, task_list, **kwargs)
         if subnet is not None:
             title += f" sub-network ({cfg.num_params(supernet.arch):,} params)"
     table = Table(title=title)
@@ -722,7 +730,8 @@ def _short_config(cfg) -> str:
         if b != a + 1:
             parts.append(str(start) if start == a else f"{start}-{a}")
             start = b
-    return f"layers {','.join(parts)}; mlp {sorted(set(cfg.mlp))}; kv {sorted(set(cfg.kv_groups))}"
+    bits = f"; bits {sorted(set(cfg.bits))}" if cfg.bits else ""
+    return f"layers {','.join(parts)}; mlp {sorted(set(cfg.mlp))}; kv {sorted(set(cfg.kv_groups))}{bits}"
 
 
 @app.command(

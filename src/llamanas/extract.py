@@ -190,20 +190,32 @@ def extract(
 ) -> Path:
     """Write the sub-network ``cfg`` of ``supernet`` as a standalone checkpoint in ``out_dir``.
 
-    ``quantize`` (``int8`` | ``int4``) writes it weight-only quantized instead (``quantize.save_quantized``
-    format; reload with ``quantize.load_quantized``), in one step and without a 16-bit copy on disk.
+    ``quantize`` (``int8`` | ``int4``), or per-layer ``cfg.bits`` below 16 from a joint precision search,
+    writes it weight-only quantized instead (``quantize.save_quantized`` format; reload with
+    ``quantize.load_quantized``), in one step and without a 16-bit copy on disk.
     """
     supernet.space.validate(cfg) if supernet.space.mode == "first_n" else cfg.check(supernet.arch)
-    if quantize is not None:
-        from llamanas.quantize import DEFAULT_GROUP_SIZE, check_method, quantize_model, save_quantized
+    from llamanas.quantize import (
+        DEFAULT_GROUP_SIZE,
+        apply_precision,
+        check_method,
+        quantize_model,
+        save_quantized,
+    )
 
+    if quantize is not None:
         check_method(quantize)  # fail before the work
+        if cfg.quantized:
+            raise LlamanasError("The sub-network has its own per-layer 'bits'; do not also pass quantize.")
     new = standalone(supernet, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {"subnet": cfg.to_dict(), "params": cfg.num_params(supernet.arch), **(metadata or {})}
-    if quantize is not None:
-        quantize_model(new, quantize, group_size or DEFAULT_GROUP_SIZE, backend="cpu")
+    if quantize is not None or cfg.quantized:
+        if cfg.quantized:
+            apply_precision(new, cfg.bits, group_size or DEFAULT_GROUP_SIZE)
+        else:
+            quantize_model(new, quantize, group_size or DEFAULT_GROUP_SIZE, backend="cpu")
         save_quantized(new, out, tokenizer, metadata=info)
     else:
         new.save_pretrained(out)

@@ -50,7 +50,12 @@ KINDS: dict[str, Kind] = {
         MIN, TASK, "nats", "mean negative log-likelihood of the gold answers (smooth proxy)", "gold_nll"
     ),
     "params": Kind(MIN, COUNT, "", "parameters of the extracted sub-network"),
-    "bytes": Kind(MIN, COUNT, "B", "weight bytes at the run's dtype"),
+    "bytes": Kind(
+        MIN,
+        COUNT,
+        "B",
+        "weight bytes at the run's dtype (stored bytes at each layer's bits with a 'bits' space)",
+    ),
     "macs": Kind(MIN, COUNT, "", "multiply-accumulates per token"),
     "latency": Kind(MIN, TIMING, "ms", "prefill latency of the extracted sub-network (measured)"),
     "throughput": Kind(MAX, TIMING, "tok/s", "generation throughput of the extracted sub-network (measured)"),
@@ -226,6 +231,8 @@ class Counts:
 
     Both are a constant (embeddings, LM head, final norm) plus a per-kept-layer cost that depends on the
     layer's MLP and KV choice, so one table lookup per layer does it; ``keep`` gives the kept layers.
+    Bytes are ``params x dtype_bytes``, except in a space with precision genes (``bits``), where they are
+    the stored bytes at each layer's precision (``quantize.policy_bytes``: 16-bit where not quantized).
     """
 
     NAMES = ("params", "bytes", "macs")
@@ -253,6 +260,22 @@ class Counts:
             "params": float(one.num_params(a) - self.tables["params"][0, 0, 0]),
             "macs": float(a.vocab_size * a.hidden_size),
         }
+        # bytes[layer, mlp index, kv index, bits index]; one bits slot when the space has no precision genes.
+        self.bits_max = np.array([len(b) - 1 for b in space.bits_choices], dtype=int)
+        if space.bits_choices:
+            from llamanas.quantize import fixed_bytes, layer_bytes
+
+            cb = int(self.bits_max.max()) + 1
+            self.tables["bytes"] = np.zeros((a.num_layers, cm, ck, cb))
+            for i in range(a.num_layers):
+                for j, m in enumerate(space.mlp_choices[i]):
+                    for k, g in enumerate(space.kv_choices[i]):
+                        for b, bits in enumerate(space.bits_choices[i]):
+                            self.tables["bytes"][i, j, k, b] = layer_bytes(a, m, g, bits)
+            self.base["bytes"] = float(fixed_bytes(a))
+        else:
+            self.tables["bytes"] = (self.tables["params"] * dtype_bytes)[..., None]
+            self.base["bytes"] = self.base["params"] * dtype_bytes
         self.depths = np.array(sorted(space.depth_choices)) if space.mode == "first_n" else None
 
     def keep(self, X: np.ndarray) -> np.ndarray:
@@ -269,6 +292,14 @@ class Counts:
         off = 1 if self.depths is not None else self.n_layers
         return X[:, off : off + self.n_layers], X[:, off + self.n_layers : off + 2 * self.n_layers]
 
+    def bits(self, X: np.ndarray) -> np.ndarray:
+        """(n, layers) precision choice index (all 0 in a space without precision genes)."""
+        X = np.atleast_2d(X)
+        if not self.space.bits_choices:
+            return np.zeros((X.shape[0], self.n_layers), dtype=int)
+        off = (1 if self.depths is not None else self.n_layers) + 2 * self.n_layers
+        return X[:, off : off + self.n_layers]
+
     def __call__(self, X: np.ndarray) -> dict[str, np.ndarray]:
         keep = self.keep(X)
         mi, ki = self.widths(X)
@@ -277,16 +308,23 @@ class Counts:
         for name in ("params", "macs"):
             per_layer = self.tables[name][layer, mi, ki]
             out[name] = self.base[name] + (per_layer * keep).sum(axis=1)
-        out["bytes"] = out["params"] * self.dtype_bytes
+        per_layer = self.tables["bytes"][layer, mi, ki, self.bits(X)]
+        out["bytes"] = self.base["bytes"] + (per_layer * keep).sum(axis=1)
         return out
 
     def of(self, cfg: SubnetConfig) -> dict[str, float]:
         """The exact counts of one config (the values stored with every evaluation)."""
         a = self.space.arch
         params = cfg.num_params(a)
+        if self.space.bits_choices:
+            from llamanas.quantize import policy_bytes
+
+            size = float(policy_bytes(a, cfg))
+        else:
+            size = float(params * self.dtype_bytes)
         return {
             "params": float(params),
-            "bytes": float(params * self.dtype_bytes),
+            "bytes": size,
             "macs": float(cfg.macs_per_token(a, self.seq_len)),
         }
 
@@ -294,11 +332,15 @@ class Counts:
         """(smallest, largest) value of a count over the whole space (costs grow with every choice)."""
         if name not in self.NAMES:
             raise unknown("count", name, self.NAMES)
-        table = self.tables["params" if name == "bytes" else name]
+        table = self.tables[name]
         layer = np.arange(self.n_layers)
-        lo_cost = table[layer, 0, 0]
-        hi_cost = table[layer, self.mlp_max, self.kv_max]
-        base = self.base["params" if name == "bytes" else name]
+        if name == "bytes":
+            lo_cost = table[layer, 0, 0, 0]
+            hi_cost = table[layer, self.mlp_max, self.kv_max, self.bits_max if len(self.bits_max) else 0]
+        else:
+            lo_cost = table[layer, 0, 0]
+            hi_cost = table[layer, self.mlp_max, self.kv_max]
+        base = self.base[name]
         sp = self.space
         if self.depths is not None:
             lo = base + min(lo_cost[:d].sum() for d in self.depths)
@@ -309,8 +351,7 @@ class Counts:
             need = max(0, sp.min_depth - len(forced))
             lo = base + lo_cost[forced].sum() + sum(c for c, _ in rest[:need])
             hi = base + hi_cost.sum()
-        scale = self.dtype_bytes if name == "bytes" else 1
-        return float(lo * scale), float(hi * scale)
+        return float(lo), float(hi)
 
 
 # ------------------------------------------------------------------------------------------------------

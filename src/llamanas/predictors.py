@@ -48,7 +48,13 @@ class Encoder:
                 np.array(space.mlp_choices[i]) / a.intermediate_size
             )
             self.kv_frac[i, : len(space.kv_choices[i])] = np.array(space.kv_choices[i]) / a.num_kv_heads
-        self.ranges = {k: self.counts.range(k) for k in ("params", "macs")}
+        self.ranges = {k: self.counts.range(k) for k in ("params", "macs", "bytes")}
+        # Precision genes (joint search): each kept layer's bits / 16, and the stored bytes.
+        self.bits_frac = None
+        if space.bits_choices:
+            self.bits_frac = np.zeros((n, max(len(b) for b in space.bits_choices)))
+            for i, bs in enumerate(space.bits_choices):
+                self.bits_frac[i, : len(bs)] = np.array(bs) / 16
         names = []
         if kind == "ordinal":
             for i in range(n):
@@ -59,6 +65,8 @@ class Encoder:
                 names += [f"mlp.{i}={m}" for m in space.mlp_choices[i]]
                 names += [f"kv.{i}={g}" for g in space.kv_choices[i]]
         names += ["depth_frac", "params_frac", "macs_frac", "mean_mlp_frac", "mean_kv_frac"]
+        if self.bits_frac is not None:
+            names += [f"bits_frac.{i}" for i in range(n)] + ["bytes_frac", "mean_bits_frac"]
         self.names = tuple(names)
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
@@ -91,6 +99,11 @@ class Encoder:
             mlp.sum(axis=1) / np.maximum(depth, 1),
             kv.sum(axis=1) / np.maximum(depth, 1),
         ]
+        if self.bits_frac is not None:
+            bits = self.bits_frac[layer, self.counts.bits(X)] * keep
+            cols.append(np.stack(derived, axis=1))
+            derived = [_frac(counts["bytes"], self.ranges["bytes"]), bits.sum(axis=1) / np.maximum(depth, 1)]
+            cols.append(bits)
         cols.append(np.stack(derived, axis=1))
         return np.concatenate(cols, axis=1).astype(float)
 

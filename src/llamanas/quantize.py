@@ -369,6 +369,28 @@ def model_bytes(model) -> int:
     return total
 
 
+def layer_bytes(
+    arch: Arch, mlp: int, kv_groups: int, bits: int = 16, group_size: int = DEFAULT_GROUP_SIZE
+) -> int:
+    """Stored bytes of one decoder layer: its seven linears at ``bits``, biases and norms at 16 bits."""
+    h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
+    q, kv = kv_groups * rep * hd, kv_groups * hd
+    shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, mlp), (h, mlp), (mlp, h)]  # (in, out)
+    total = sum(linear_bytes(i, o, bits, group_size) for i, o in shapes)
+    if arch.attention_bias:
+        total += KEEP_BYTES * (q + 2 * kv)
+    if arch.mlp_bias:
+        total += KEEP_BYTES * (2 * mlp + h)
+    return total + KEEP_BYTES * 2 * h  # two RMSNorms
+
+
+def fixed_bytes(arch: Arch) -> int:
+    """Stored bytes outside the decoder layers: embeddings (and an untied head) and the final norm."""
+    return KEEP_BYTES * (
+        arch.hidden_size + arch.vocab_size * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
+    )
+
+
 def policy_bytes(
     arch: Arch,
     cfg: SubnetConfig | None = None,
@@ -376,22 +398,14 @@ def policy_bytes(
     group_size: int = DEFAULT_GROUP_SIZE,
 ) -> int:
     """Bytes of sub-network ``cfg`` (default: the full model) with one precision per kept layer
-    (default: all 16). Equals ``model_bytes`` of the extracted model after ``apply_precision``."""
+    (default: ``cfg.bits``, else all 16). Equals ``model_bytes`` of the extracted model after
+    ``apply_precision``."""
     cfg = cfg or SubnetConfig.full(arch)
-    bits = _check_bits(layer_bits if layer_bits is not None else [16] * cfg.depth, cfg.depth)
-    h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
-    total = KEEP_BYTES * h  # final norm
-    total += KEEP_BYTES * arch.vocab_size * h * (1 if arch.tie_word_embeddings else 2)
-    for m, g, b in zip(cfg.mlp, cfg.kv_groups, bits, strict=True):
-        q, kv = g * rep * hd, g * hd
-        shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, m), (h, m), (m, h)]  # (in, out)
-        total += sum(linear_bytes(i, o, b, group_size) for i, o in shapes)
-        if arch.attention_bias:
-            total += KEEP_BYTES * (q + 2 * kv)
-        if arch.mlp_bias:
-            total += KEEP_BYTES * (2 * m + h)
-        total += KEEP_BYTES * 2 * h  # two RMSNorms
-    return total
+    if layer_bits is None:
+        layer_bits = cfg.bits or [16] * cfg.depth
+    bits = _check_bits(layer_bits, cfg.depth)
+    layers = zip(cfg.mlp, cfg.kv_groups, bits, strict=True)
+    return fixed_bytes(arch) + sum(layer_bytes(arch, m, g, b, group_size) for m, g, b in layers)
 
 
 # --- save and load ------------------------------------------------------------------------------

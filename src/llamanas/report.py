@@ -469,7 +469,8 @@ def _uniq(vals: Sequence[int]) -> str:
 def describe_config(cfg: dict | None) -> str:
     if not cfg:
         return ""
-    return f"depth {len(cfg['layers'])}: layers {_ranges(cfg['layers'])}<br>mlp {_uniq(cfg['mlp'])}<br>kv {_uniq(cfg['kv_groups'])}"
+    bits = f"<br>bits {_uniq(cfg['bits'])}" if cfg.get("bits") else ""
+    return f"depth {len(cfg['layers'])}: layers {_ranges(cfg['layers'])}<br>mlp {_uniq(cfg['mlp'])}<br>kv {_uniq(cfg['kv_groups'])}{bits}"
 
 
 def _fmt_params(p: float | None) -> str:
@@ -962,6 +963,8 @@ def _config_cell(p: Point) -> str:
         return ""
     c = p.config
     short = f"depth {len(c['layers'])}, mlp {_uniq(c['mlp'])}, kv {_uniq(c['kv_groups'])}"
+    if c.get("bits"):
+        short += f", bits {_uniq(c['bits'])}"
     return (
         f"<details><summary>{html.escape(short)}</summary><code>{html.escape(json.dumps(c))}</code></details>"
     )

@@ -247,6 +247,10 @@ def canonical_keys(counts: Counts, X: np.ndarray) -> list[bytes]:
     n = counts.n_layers
     X[:, off : off + n] = np.where(keep, X[:, off : off + n], counts.mlp_max[None, :])
     X[:, off + n : off + 2 * n] = np.where(keep, X[:, off + n : off + 2 * n], counts.kv_max[None, :])
+    if len(counts.bits_max):
+        X[:, off + 2 * n : off + 3 * n] = np.where(
+            keep, X[:, off + 2 * n : off + 3 * n], counts.bits_max[None, :]
+        )
     return [row.tobytes() for row in X]
 
 

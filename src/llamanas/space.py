@@ -23,6 +23,7 @@ import numpy as np
 from llamanas.errors import LlamanasError
 
 MODES = ("per_layer", "first_n")
+BITS = (4, 8, 16)  # weight precisions of the joint architecture + precision search (16 = not quantized)
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,16 @@ class Arch:
 
 @dataclass(frozen=True)
 class SubnetConfig:
-    """One sub-network: kept layer indices (ascending) and, per kept layer, MLP size and KV groups."""
+    """One sub-network: kept layer indices (ascending) and, per kept layer, MLP size and KV groups.
+
+    ``bits`` (optional, one per kept layer: 16, 8 or 4) is the weight precision of the layer's linears in
+    a joint architecture + precision search; ``None`` means not quantized.
+    """
 
     layers: tuple[int, ...]
     mlp: tuple[int, ...]
     kv_groups: tuple[int, ...]
+    bits: tuple[int, ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -89,6 +95,20 @@ class SubnetConfig:
             raise LlamanasError(f"'layers' must be distinct, ascending and >= 0; got {list(self.layers)}.")
         if min(self.mlp) < 1 or min(self.kv_groups) < 1:
             raise LlamanasError("'mlp' sizes and 'kv_groups' must be >= 1.")
+        if self.bits is not None:
+            object.__setattr__(self, "bits", tuple(int(b) for b in self.bits))
+            if len(self.bits) != len(self.layers):
+                raise LlamanasError(
+                    f"'bits' ({len(self.bits)} values) must have one value per kept layer ({len(self.layers)})."
+                )
+            bad = sorted(set(self.bits) - set(BITS))
+            if bad:
+                raise LlamanasError(f"'bits' values {bad} are not weight precisions; allowed: {list(BITS)}.")
+
+    @property
+    def quantized(self) -> bool:
+        """Whether any layer is below 16 bits (the sub-network must then be extracted to run)."""
+        return self.bits is not None and min(self.bits) < 16
 
     @classmethod
     def full(cls, arch: Arch) -> SubnetConfig:
@@ -154,22 +174,28 @@ class SubnetConfig:
 
     # --- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"layers": list(self.layers), "mlp": list(self.mlp), "kv_groups": list(self.kv_groups)}
+        d = {"layers": list(self.layers), "mlp": list(self.mlp), "kv_groups": list(self.kv_groups)}
+        if self.bits is not None:
+            d["bits"] = list(self.bits)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> SubnetConfig:
         if not isinstance(d, dict):
             raise LlamanasError(f"A sub-network config must be a JSON object; got {type(d).__name__}.")
-        allowed = {"layers", "mlp", "kv_groups"}
-        extra = set(d) - allowed
+        required = {"layers", "mlp", "kv_groups"}
+        extra = set(d) - required - {"bits"}
         if extra:
             raise LlamanasError(
-                f"Unknown sub-network config keys {sorted(extra)}; allowed: {sorted(allowed)}."
+                f"Unknown sub-network config keys {sorted(extra)}; allowed: {sorted(required | {'bits'})}."
             )
-        missing = allowed - set(d)
+        missing = required - set(d)
         if missing:
             raise LlamanasError(f"Sub-network config is missing {sorted(missing)}.")
-        return cls(tuple(d["layers"]), tuple(d["mlp"]), tuple(d["kv_groups"]))
+        bits = d.get("bits")
+        return cls(
+            tuple(d["layers"]), tuple(d["mlp"]), tuple(d["kv_groups"]), None if bits is None else tuple(bits)
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -218,6 +244,7 @@ class SearchSpace:
     always_keep: tuple[int, ...] = ()  # per_layer mode only
     mlp_choices: tuple[tuple[int, ...], ...] = ()  # one tuple of sizes per layer, ascending
     kv_choices: tuple[tuple[int, ...], ...] = ()  # one tuple of KV-group counts per layer, ascending
+    bits_choices: tuple[tuple[int, ...], ...] = ()  # per layer, ascending; () = no precision search
     _names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self):
@@ -235,6 +262,14 @@ class SearchSpace:
                 raise LlamanasError(
                     f"Layer {i}: KV-group choices {list(ks)} must lie in 1..{a.num_kv_heads}."
                 )
+        if self.bits_choices:
+            if len(self.bits_choices) != a.num_layers:
+                raise LlamanasError(f"bits_choices needs one entry per layer ({a.num_layers}).")
+            for i, bs in enumerate(self.bits_choices):
+                if not bs or set(bs) - set(BITS):
+                    raise LlamanasError(
+                        f"Layer {i}: bits choices {list(bs)} must be a non-empty subset of {list(BITS)}."
+                    )
         if not 1 <= self.min_depth <= a.num_layers:
             raise LlamanasError(f"min_depth {self.min_depth} must lie in 1..{a.num_layers}.")
         bad = [i for i in self.always_keep if not 0 <= i < a.num_layers]
@@ -280,7 +315,16 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, d: dict, arch: Arch) -> SearchSpace:
         """Narrow the default space with a user file's keys (see docs/search_space.md)."""
-        allowed = {"mode", "min_depth", "depth_choices", "always_keep", "mlp_choices", "kv_groups", "layers"}
+        allowed = {
+            "mode",
+            "min_depth",
+            "depth_choices",
+            "always_keep",
+            "mlp_choices",
+            "kv_groups",
+            "bits",
+            "layers",
+        }
         extra = set(d) - allowed
         if extra:
             raise LlamanasError(f"Unknown search-space keys {sorted(extra)}; allowed: {sorted(allowed)}.")
@@ -294,17 +338,22 @@ class SearchSpace:
         )
         mlp = [_sizes(d.get("mlp_choices"), arch.intermediate_size, "mlp_choices")] * arch.num_layers
         kv = [_groups(d.get("kv_groups"), arch.num_kv_heads, "kv_groups")] * arch.num_layers
+        bits = [_bits(d["bits"], "bits")] * arch.num_layers if "bits" in d else None
         for key, spec in (d.get("layers") or {}).items():
             i = int(key)
             if not 0 <= i < arch.num_layers:
                 raise LlamanasError(
                     f"'layers' names layer {i}, but the model has layers 0..{arch.num_layers - 1}."
                 )
-            unknown_keys = set(spec) - {"mlp_choices", "kv_groups"}
+            unknown_keys = set(spec) - {"mlp_choices", "kv_groups", "bits"}
             if unknown_keys:
                 raise LlamanasError(
-                    f"layers.{i}: unknown keys {sorted(unknown_keys)}; allowed: mlp_choices, kv_groups."
+                    f"layers.{i}: unknown keys {sorted(unknown_keys)}; allowed: mlp_choices, kv_groups, bits."
                 )
+            if "bits" in spec:
+                if bits is None:
+                    raise LlamanasError(f"layers.{i}.bits needs a top-level 'bits' list (e.g. [4, 8, 16]).")
+                bits[i] = _bits(spec["bits"], f"layers.{i}.bits")
             if "mlp_choices" in spec:
                 mlp[i] = _sizes(spec["mlp_choices"], arch.intermediate_size, f"layers.{i}.mlp_choices")
             if "kv_groups" in spec:
@@ -317,6 +366,7 @@ class SearchSpace:
             always_keep=base.always_keep,
             mlp_choices=tuple(mlp),
             kv_choices=tuple(kv),
+            bits_choices=tuple(bits) if bits else (),
         )
 
     @classmethod
@@ -385,7 +435,15 @@ class SearchSpace:
                 raise LlamanasError(
                     f"Layer {i}: kv_groups {g} is not a choice; allowed: {list(self.kv_choices[i])}."
                 )
+        if cfg.bits is not None or self.bits_choices:
+            allowed = self.bits_choices or ((16,),) * self.arch.num_layers
+            for i, b in zip(cfg.layers, cfg.bits or (16,) * cfg.depth, strict=True):
+                if b not in allowed[i]:
+                    raise LlamanasError(f"Layer {i}: {b} bits is not a choice; allowed: {list(allowed[i])}.")
         return cfg
+
+    def _bits_of(self, layers: tuple[int, ...], pick) -> tuple[int, ...] | None:
+        return tuple(int(pick(self.bits_choices[i])) for i in layers) if self.bits_choices else None
 
     def largest(self) -> SubnetConfig:
         n = self.arch.num_layers
@@ -395,6 +453,7 @@ class SearchSpace:
             layers,
             tuple(max(self.mlp_choices[i]) for i in layers),
             tuple(max(self.kv_choices[i]) for i in layers),
+            self._bits_of(layers, max),
         )
 
     def smallest(self) -> SubnetConfig:
@@ -412,6 +471,7 @@ class SearchSpace:
             layers,
             tuple(min(self.mlp_choices[i]) for i in layers),
             tuple(min(self.kv_choices[i]) for i in layers),
+            self._bits_of(layers, min),
         )
 
     def _layer_params(self, i: int, m: int, g: int) -> int:
@@ -432,11 +492,13 @@ class SearchSpace:
             layers,
             tuple(int(rng.choice(self.mlp_choices[i])) for i in layers),
             tuple(int(rng.choice(self.kv_choices[i])) for i in layers),
+            self._bits_of(layers, rng.choice),
         )
 
     def size(self) -> int:
         """The number of distinct sub-networks (exact, may be huge)."""
-        widths = [len(m) * len(k) for m, k in zip(self.mlp_choices, self.kv_choices, strict=True)]
+        nb = [len(b) for b in self.bits_choices] or [1] * self.arch.num_layers
+        widths = [len(m) * len(k) * b for m, k, b in zip(self.mlp_choices, self.kv_choices, nb, strict=True)]
         if self.mode == "first_n":
             return sum(math.prod(widths[:d]) for d in self.depth_choices)
         # poly[k] = number of ways with k kept layers; always_keep layers are forced on.
@@ -455,13 +517,15 @@ class SearchSpace:
     def variable_names(self) -> tuple[str, ...]:
         n = self.arch.num_layers
         depth = ["depth"] if self.mode == "first_n" else [f"keep.{i}" for i in range(n)]
-        return tuple(depth + [f"mlp.{i}" for i in range(n)] + [f"kv.{i}" for i in range(n)])
+        bits = [f"bits.{i}" for i in range(n)] if self.bits_choices else []
+        return tuple(depth + [f"mlp.{i}" for i in range(n)] + [f"kv.{i}" for i in range(n)] + bits)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Inclusive integer bounds (xl, xu) of each variable."""
         n = self.arch.num_layers
         first = [len(self.depth_choices) - 1] if self.mode == "first_n" else [1] * n
         xu = first + [len(m) - 1 for m in self.mlp_choices] + [len(k) - 1 for k in self.kv_choices]
+        xu += [len(b) - 1 for b in self.bits_choices]
         return np.zeros(len(xu), dtype=int), np.array(xu, dtype=int)
 
     def encode(self, cfg: SubnetConfig) -> np.ndarray:
@@ -470,15 +534,19 @@ class SearchSpace:
         n = self.arch.num_layers
         mlp_idx = [len(m) - 1 for m in self.mlp_choices]
         kv_idx = [len(k) - 1 for k in self.kv_choices]
+        bits_idx = [len(b) - 1 for b in self.bits_choices]
         for i, m, g in zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True):
             mlp_idx[i] = self.mlp_choices[i].index(m)
             kv_idx[i] = self.kv_choices[i].index(g)
+        if self.bits_choices:
+            for i, b in zip(cfg.layers, cfg.bits or (16,) * cfg.depth, strict=True):
+                bits_idx[i] = self.bits_choices[i].index(b)
         if self.mode == "first_n":
             first = [sorted(self.depth_choices).index(cfg.depth)]
         else:
             kept = set(cfg.layers)
             first = [int(i in kept) for i in range(n)]
-        return np.array(first + mlp_idx + kv_idx, dtype=int)
+        return np.array(first + mlp_idx + kv_idx + bits_idx, dtype=int)
 
     def decode(self, x) -> SubnetConfig:
         """Integer vector -> config (repairing too-shallow vectors deterministically first)."""
@@ -494,6 +562,7 @@ class SearchSpace:
             layers,
             tuple(self.mlp_choices[i][x[off + i]] for i in layers),
             tuple(self.kv_choices[i][x[off + n + i]] for i in layers),
+            tuple(self.bits_choices[i][x[off + 2 * n + i]] for i in layers) if self.bits_choices else None,
         )
 
     def repair(self, x: np.ndarray) -> np.ndarray:
@@ -532,6 +601,11 @@ class SearchSpace:
                 "KV groups",
                 f"{', '.join(map(str, uniq_k))} (of {a.num_kv_heads}; {a.heads_per_group} query heads each)",
             ),
+            *(
+                [("weight bits", ", ".join(map(str, sorted({b for bs in self.bits_choices for b in bs}))))]
+                if self.bits_choices
+                else []
+            ),
             ("variables", str(len(self.variable_names))),
             ("sub-networks", f"{self.size():.3e}" if self.size() > 10**6 else str(self.size())),
             ("params (largest)", f"{self.largest().num_params(a):,}"),
@@ -555,6 +629,13 @@ def _sizes(spec, full: int, where: str) -> tuple[int, ...]:
             raise LlamanasError(f"{where}: size {size} exceeds the model's intermediate size {full}.")
         out.add(size)
     return tuple(sorted(out))
+
+
+def _bits(spec, where: str) -> tuple[int, ...]:
+    """Weight-precision choices: a non-empty list drawn from 4, 8, 16."""
+    if not isinstance(spec, list) or not spec or any(b not in BITS for b in spec):
+        raise LlamanasError(f"{where} must be a non-empty list drawn from {list(BITS)}; got {spec!r}.")
+    return tuple(sorted(set(spec)))
 
 
 def _groups(spec, full: int, where: str) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llamanas.errors import LlamanasError
 from llamanas.families import family_of
 from llamanas.space import Arch, SearchSpace, SubnetConfig
 
@@ -54,6 +55,10 @@ def decoder_layers(model) -> nn.ModuleList:
     return model.get_decoder().layers
 
 
+def _full_widths(a: Arch) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return (a.intermediate_size,) * a.num_layers, (a.num_kv_heads,) * a.num_layers
+
+
 class SuperNet:
     """Wraps a loaded LLaMA-family model and switches sub-networks on it."""
 
@@ -87,8 +92,13 @@ class SuperNet:
     def activate(self, cfg: SubnetConfig) -> None:
         """Switch ``cfg`` on (cheap: sets slice sizes and swaps the layer list)."""
         cfg.check(self.arch)
+        if cfg.quantized:
+            raise LlamanasError(
+                "This sub-network has layers below 16 bits, which the super-network cannot switch on in place; "
+                "extract it (extract.standalone + quantize.apply_precision, or `llamanas extract`)."
+            )
         a = self.arch
-        full = cfg == SubnetConfig.full(a)
+        full = (cfg.layers, cfg.mlp, cfg.kv_groups) == (tuple(range(a.num_layers)), *_full_widths(a))
         kept = []
         for pos, (i, m, g) in enumerate(zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True)):
             layer = self._all_layers[i]

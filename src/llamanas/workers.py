@@ -177,8 +177,14 @@ class SupernetEvaluator:
         values: dict[str, float] = {}
         split, n_items = None, None
         if self.prepared is not None:
-            with self.supernet.subnet(cfg) as model:
-                results = score(model, self.prepared)
+            if cfg.quantized:  # precision genes: score the extracted sub-network at its layers' bits
+                from llamanas.extract import standalone
+                from llamanas.quantize import apply_precision
+
+                results = score(apply_precision(standalone(self.supernet, cfg), cfg.bits), self.prepared)
+            else:
+                with self.supernet.subnet(cfg) as model:
+                    results = score(model, self.prepared)
             tasks = self.spec.settings.tasks
             for t in tasks:
                 r = results[t]
