@@ -209,3 +209,80 @@ def test_cli_baselines_rejects_bad_sizes():
     r = CliRunner().invoke(app, ["baselines", "--tasks", "arc_easy", "--out", "/tmp/x", "--sizes", "0.9,1.5"])
     assert r.exit_code != 0
     assert isinstance(r.exception, LlamanasError) and "1.5" in str(r.exception)
+
+
+def test_recovered_baselines_get_the_supernets_fine_tuning_budget(tiny_dir, tmp_path):
+    """recover=True prunes the original model, fine-tunes each baseline with the super-network's recorded
+    budget, and evaluates the fine-tuned pruned model."""
+    from llamanas.supernet import load_supernet
+    from llamanas.tune import TuneArgs, finetune
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(
+        json.dumps(
+            [
+                {"instruction": f"w{i} w{i + 1}", "input": "", "output": f"w{i + 2} w{i + 3} w{i + 4}"}
+                for i in range(20)
+            ]
+        )
+    )
+    tune = TuneArgs(
+        data=str(data),
+        out=str(tmp_path / "sn"),
+        model=str(tiny_dir),
+        steps=3,
+        batch_size=4,
+        lr=1e-2,
+        eval_size=0,
+    )
+    finetune(tune, progress=False)
+    seen = []
+
+    def evaluate_fn(model, tokenizer, tasks, **kw):
+        layers = model.get_decoder().layers
+        seen.append(
+            (
+                len(layers),
+                layers[0].mlp.gate_proj.weight.shape[0],
+                float(layers[0].mlp.up_proj.weight.detach().sum()),
+            )
+        )
+        return {t: FakeResult({"acc": 0.3}, {"acc": 0.01}) for t in tasks}
+
+    run = run_baselines(
+        str(tiny_dir),
+        ["taskA"],
+        [0.75],
+        tmp_path / "out",
+        supernet_dir=str(tmp_path / "sn"),
+        methods=["depth", "width"],
+        recover=True,
+        loader=lambda name: load_supernet(name, order=False),
+        evaluate_fn=evaluate_fn,
+    )
+    rec = [r for r in run.rows if r.source == "recovered"]
+    assert [r.method for r in rec] == ["base", "depth", "width"]
+    for r in rec:
+        name = "base" if r.method == "base" else f"{r.method}-0.75"
+        meta = json.loads(
+            (tmp_path / "out" / "recovered" / name / "tuned" / "llamanas_supernet.json").read_text()
+        )
+        args = meta["training"]["args"]
+        assert meta["training"]["steps"] == 3 and args["strategy"] == "full" and args["lr"] == 1e-2
+        assert args["data"] == str(data) and args["batch_size"] == 4
+        pruned = SubnetConfig.from_dict(r.config)
+        cfg = json.loads((tmp_path / "out" / "recovered" / name / "tuned" / "config.json").read_text())
+        assert cfg["num_hidden_layers"] == pruned.depth
+    # The recovered rows evaluated fine-tuned weights of the pruned shapes (depth: fewer layers, width:
+    # narrower MLPs), not the original ones sliced.
+    depth_row = next(r for r in rec if r.method == "depth")
+    width_row = next(r for r in rec if r.method == "width")
+    # Evaluation order: the base model's three rows, the three recovered ones, then the super-network's.
+    recovered = [(d, w) for d, w, _ in seen[3:6]]
+    assert recovered == [(4, 96), (len(depth_row.config["layers"]), 96), (4, width_row.config["mlp"][0])]
+    assert width_row.config["mlp"][0] < 96 and len(depth_row.config["layers"]) < 4
+    assert seen[3][2] != seen[0][2]  # the full model was fine-tuned too (plain fine-tuning, same budget)
+    with pytest.raises(LlamanasError, match="no fine-tuning record"):
+        run_baselines(
+            str(tiny_dir), ["taskA"], [0.75], tmp_path / "o2", supernet_dir=str(tiny_dir), recover=True
+        )

@@ -8,8 +8,11 @@
 
 Each baseline is a ``SubnetConfig`` chosen for a target fraction of the full model's parameters: the
 largest config (most layers / widest MLP) whose ``num_params`` does not exceed the target, so a
-baseline is never compared at a size larger than the one asked for. Running them on a fine-tuned
-super-network folder as well (``supernet=``) keeps the comparison fair to the NAS sub-networks.
+baseline is never compared at a size larger than the one asked for. Against a fine-tuned super-network
+(``supernet_dir=``) the baselines get the same training, two ways: sliced from its weights (source
+``supernet``), and, with ``recover=True``, pruned from the original model and then fine-tuned with the
+super-network's own recorded budget (same data, steps, batch, learning rate; plain fine-tuning of the
+pruned model, as LLM-Pruner's recovery does; source ``recovered``).
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ class BaselineSpec:
     method: str  # "base" | "depth" | "shortgpt" | "width"
     target: float
     config: SubnetConfig | None
-    source: str = "base"  # "base" (the model as given) or "supernet" (the fine-tuned super-network)
+    source: str = "base"  # "base" (the model as given), "supernet" (sliced from it), "recovered"
     note: str = ""  # why there is no config (target too small)
 
 
@@ -260,10 +263,12 @@ def run_baselines(
     num_samples: int = 32,
     seq_len: int = 128,
     width_multiple: int = DEFAULT_WIDTH_MULTIPLE,
+    recover: bool = False,
     loader: Callable | None = None,
     evaluate_fn: Callable | None = None,
 ) -> BaselineRun:
-    """Build and evaluate the baselines on ``model`` (and on ``supernet_dir`` when given).
+    """Build and evaluate the baselines on ``model`` (and on ``supernet_dir`` when given; ``recover``
+    also fine-tunes each pruned model with the super-network's budget, in ``out_dir/recovered``).
 
     ``loader(name) -> (SuperNet, tokenizer)`` defaults to ``load_supernet`` (which orders the channels
     by importance, as the width baseline needs); tests pass fakes for ``loader`` and ``evaluate_fn``.
@@ -274,6 +279,13 @@ def run_baselines(
         raise LlamanasError("Baselines need at least one task.")
     if not sizes:
         raise LlamanasError("Baselines need at least one size fraction, e.g. 0.9,0.8,0.7.")
+    tune_args = None
+    if recover:
+        if not supernet_dir or out_dir is None:
+            raise LlamanasError(
+                "recover needs the fine-tuned super-network (--supernet) and an output folder."
+            )
+        tune_args = training_budget(supernet_dir)
     if loader is None:
         from llamanas.supernet import load_supernet
 
@@ -298,6 +310,26 @@ def run_baselines(
             bis[source] = bi
         specs = baseline_configs(supernet.arch, sizes, bi, methods, source, width_multiple)
         rows += evaluate_specs(supernet, tokenizer, specs, tasks, eval_kwargs, evaluate_fn)
+        if source == "base" and tune_args is not None:
+            for spec in specs:
+                if spec.config is None:
+                    continue
+                tuned = recover_baseline(supernet, tokenizer, spec, tune_args, Path(out_dir) / "recovered")
+                tuned_sn, tuned_tok = loader(str(tuned))
+                results = evaluate_fn(tuned_sn.model, tuned_tok, list(tasks), **eval_kwargs)
+                params = spec.config.num_params(supernet.arch)
+                rows.append(
+                    BaselineResult(
+                        spec.method,
+                        "recovered",
+                        spec.target,
+                        spec.config.to_dict(),
+                        params,
+                        params / full_params,
+                        {k: r.to_dict() for k, r in results.items()},
+                    )
+                )
+                del tuned_sn
         del supernet
     run = BaselineRun(
         model=model,
@@ -315,6 +347,56 @@ def run_baselines(
     if out_dir is not None:
         write_baselines(run, out_dir)
     return run
+
+
+def training_budget(supernet_dir: str):
+    """The ``TuneArgs`` a super-network folder was fine-tuned with (its ``llamanas_supernet.json``)."""
+    from llamanas.models import resolve
+    from llamanas.supernet import SUPERNET_FILE
+    from llamanas.tune import TuneArgs
+
+    meta = Path(resolve(supernet_dir)) / SUPERNET_FILE
+    training = json.loads(meta.read_text()).get("training") if meta.is_file() else None
+    if not training or "args" not in training:
+        raise LlamanasError(
+            f"{supernet_dir!r} has no fine-tuning record ({SUPERNET_FILE} 'training'); recover needs a "
+            "super-network written by `llamanas finetune`."
+        )
+    return TuneArgs.from_dict(training["args"])
+
+
+def recover_baseline(supernet, tokenizer, spec: BaselineSpec, tune_args, work: Path) -> Path:
+    """Extract ``spec``'s pruned model and fine-tune it (plain, full network) with ``tune_args``'s budget.
+
+    Returns the fine-tuned folder; a finished one is reused, an interrupted one resumed (``finetune``).
+    """
+    import dataclasses
+
+    from llamanas.extract import extract
+    from llamanas.tune import finetune
+
+    name = "base" if spec.method == "base" else f"{spec.method}-{spec.target:g}"
+    pruned, tuned = work / name / "pruned", work / name / "tuned"
+    if not (pruned / "config.json").is_file():
+        extract(
+            supernet,
+            spec.config,
+            pruned,
+            tokenizer,
+            metadata={"baseline": spec.method, "target": spec.target},
+        )
+    args = dataclasses.replace(
+        tune_args,
+        model=str(pruned),
+        out=str(tuned),
+        space=None,
+        strategy="full",
+        schedule="uniform",
+        distill=False,
+        calibration=tune_args.calibration or tune_args.data,
+    )
+    finetune(args, progress=False)
+    return tuned
 
 
 BASELINES_FILE = "baselines.json"

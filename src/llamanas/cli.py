@@ -612,6 +612,13 @@ def baselines(
         str | None,
         typer.Option(help="Calibration text for importance and block influence (default: built in)."),
     ] = None,
+    recover: Annotated[
+        bool,
+        typer.Option(
+            help="With --supernet: also prune the original model and fine-tune each baseline with the "
+            "super-network's recorded budget (same data, steps, batch, learning rate), in OUT/recovered."
+        ),
+    ] = False,
 ):
     """Evaluate pruning baselines at matched size: depth truncation, ShortGPT layer removal, uniform MLP width."""
     from llamanas.baselines import run_baselines
@@ -629,7 +636,7 @@ def baselines(
     if limit is not None and limit < 1:
         raise LlamanasError(f"--limit must be >= 1; got {limit}.")
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    with console.status("Evaluating baselines"):
+    with console.status("Evaluating baselines" + (" and fine-tuning them" if recover else "")):
         run = run_baselines(
             model,
             task_list,
@@ -642,6 +649,7 @@ def baselines(
             num_fewshot=num_fewshot,
             seed=seed,
             calibration=calibration,
+            recover=recover,
         )
     table = Table(title=f"Baselines of {model}")
     for col in ("source", "method", "target", "params", "fraction", *task_list):

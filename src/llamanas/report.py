@@ -43,6 +43,10 @@ NOMINAL_CHANCE = {
 BOUNDED = ("acc", "acc_norm")
 
 
+# Where a baseline's weights come from, and its legend suffix.
+SOURCES = {"base": "", "supernet": " (super-network)", "recovered": " (pruned + fine-tuned)"}
+
+
 def nominal_chance(task: str) -> float | None:
     if task in NOMINAL_CHANCE:
         return NOMINAL_CHANCE[task]
@@ -581,12 +585,12 @@ def plotly_front(data: ReportData, x: str = "params"):
         for t in _scatter(go, [data.base], x, "base model", "base", size=14, errors=True):
             fig.add_trace(t)
     for kind in ("depth", "shortgpt", "width"):
-        for source in ("base", "supernet"):
+        for source in SOURCES:
             pts = [p for p in data.baselines if p.kind == kind and p.source == source]
             name = {"depth": "depth truncation", "shortgpt": "ShortGPT (BI)", "width": "uniform MLP width"}[
                 kind
             ]
-            name += "" if source == "base" else " (super-network)"
+            name += SOURCES[source]
             for t in _scatter(
                 go,
                 sorted(pts, key=lambda p: p.params or 0),
@@ -598,7 +602,7 @@ def plotly_front(data: ReportData, x: str = "params"):
                 errors=True,
             ):
                 if source != "base":
-                    t.line = dict(dash="dot")
+                    t.line = dict(dash="dot" if source == "supernet" else "dash")
                 fig.add_trace(t)
     _chance_line(fig, data)
     fig.update_layout(
@@ -811,7 +815,7 @@ def png_front(data: ReportData, path: Path, x: str = "params") -> None:
     if data.base is not None:
         _mpl_points(ax, [data.base], x, "base model", "base", markersize=14)
     for kind in ("depth", "shortgpt", "width"):
-        for source in ("base", "supernet"):
+        for source in SOURCES:
             pts = sorted(
                 [p for p in data.baselines if p.kind == kind and p.source == source],
                 key=lambda p: p.params or 0,
@@ -820,10 +824,10 @@ def png_front(data: ReportData, path: Path, x: str = "params") -> None:
                 ax,
                 pts,
                 x,
-                f"{kind}" + ("" if source == "base" else " (super-network)"),
+                f"{kind}" + SOURCES[source],
                 kind,
                 line=True,
-                linestyle="-" if source == "base" else ":",
+                linestyle={"base": "-", "supernet": ":", "recovered": "--"}[source],
             )
     ax.set_xlabel(_axis_title(x))
     ax.set_ylabel(data.score.label)
