@@ -305,18 +305,33 @@ def demo(
     limit: Annotated[int, typer.Option(help="Items of the validation split (seeded subset).")] = 50,
     evaluations: Annotated[int, typer.Option(help="Real evaluations of the LINAS search.")] = 24,
     size: Annotated[float, typer.Option(help="Parameter fraction for extraction and baselines.")] = 0.8,
+    finetune_steps: Annotated[
+        int,
+        typer.Option(
+            help="Steps of the short InstaTune fine-tune before the search (0: search the model as is)."
+        ),
+    ] = 16,
     seed: int = 0,
     out_dir: Annotated[
         str, typer.Option("--out", help="Folder for everything the demo writes.")
     ] = "runs/demo",
 ):
-    """The whole pipeline in about 10 minutes: LINAS search, front, extraction, INT8, baselines, report."""
+    """The whole pipeline in about 15 minutes: short InstaTune, LINAS search, front, extraction, INT8, baselines, report."""
     from llamanas.demo import DemoArgs, run_demo
 
     if not 0 < size <= 1:
         raise LlamanasError(f"--size must be a fraction in (0, 1]; got {size}.")
+    if finetune_steps < 0:
+        raise LlamanasError(f"--finetune-steps must be >= 0; got {finetune_steps}.")
     args = DemoArgs(
-        model=model, task=task, limit=limit, evaluations=evaluations, size=size, seed=seed, out=out_dir
+        model=model,
+        task=task,
+        limit=limit,
+        evaluations=evaluations,
+        size=size,
+        finetune_steps=finetune_steps,
+        seed=seed,
+        out=out_dir,
     )
     run_demo(args, out, _front_table)
 

@@ -1,9 +1,13 @@
-"""``make demo``: the pipeline on the default model, small enough for a 2-core laptop (about 10 minutes).
+"""``make demo``: the pipeline on the default model, small enough for a 2-core laptop (about 15 minutes).
 
-LINAS search (accuracy vs parameters on a fixed ARC-Easy validation subset) on the importance-ordered
-super-network -> the Pareto front -> extraction of the best member under a size budget -> INT8 of it ->
-pruning baselines at the same size -> the HTML report. Every step writes into ``out`` and is resumable:
-re-running continues where it stopped.
+A short InstaTune fine-tune (``finetune_steps``; 0 skips it) -> LINAS search (accuracy vs parameters on
+a fixed ARC-Easy validation subset) on the super-network -> the Pareto front -> extraction of the best
+member under a size budget, and its INT8 version -> the front re-scored after INT8 -> pruning baselines
+at the same size (on the original model and sliced from the super-network) -> the HTML report. Every
+step writes into ``out`` and is resumable: re-running continues where it stopped.
+
+The short fine-tune shows the mechanics, not the gains: how much training the default model's
+sub-networks need is measured in docs/benchmarks.md (InstaTune).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class DemoArgs:
     evaluations: int = 24
     population: int = 8
     size: float = 0.8  # fraction of the full model's parameters for extraction and baselines
+    finetune_steps: int = 16  # InstaTune steps (alternate + distillation, batch 4) before the search
     seed: int = 0
     out: str = "runs/demo"
 
@@ -28,19 +33,45 @@ class DemoArgs:
 def run_demo(args: DemoArgs, console, front_table) -> Path:
     from llamanas.baselines import run_baselines
     from llamanas.extract import extract
-    from llamanas.quantize import quantize_model, save_quantized  # noqa: I001
     from llamanas.report import report
     from llamanas.search import SearchArgs, load_run, search
     from llamanas.supernet import load_supernet
 
     out = Path(args.out)
     run_dir = out / "search"
+    model = args.model
+    supernet_dir = None
+    if args.finetune_steps:
+        from llamanas.data import ALPACA_DEMO, find_data
+        from llamanas.tune import TuneArgs, finetune
+
+        data = find_data(ALPACA_DEMO)
+        console.rule(
+            f"0/5 InstaTune: {args.finetune_steps} steps on the Alpaca demo (alternate + distillation)"
+        )
+        finetune(
+            TuneArgs(
+                data=str(data),
+                out=str(out / "supernet"),
+                model=args.model,
+                strategy="alternate",
+                distill=True,
+                steps=args.finetune_steps,
+                batch_size=4,
+                max_length=192,
+                lr=5e-5,
+                save_every=4,
+                eval_size=16,
+                seed=args.seed,
+            )
+        )
+        model = supernet_dir = str(out / "supernet")
     console.rule(
         f"1/5 LINAS search: {args.evaluations} sub-networks, {args.task} ({args.limit} validation items)"
     )
     search(
         SearchArgs(
-            model=args.model,
+            model=model,
             tasks=(args.task,),
             objectives=("accuracy", "params"),
             algorithm="linas",
@@ -56,7 +87,7 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
     console.print(front_table(view, f"Pareto front ({len(view.evaluated)} evaluations)"))
 
     console.rule(f"2/5 extraction: most accurate front member within {args.size:.0%} of the parameters")
-    supernet, tokenizer = load_supernet(args.model)
+    supernet, tokenizer = load_supernet(model)
     budget = args.size * supernet.num_params()
     fitting = [
         m for m in view.front if m.measured.get("params", m.config.num_params(supernet.arch)) <= budget
@@ -67,22 +98,19 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
         )
         fitting = [min(view.front, key=lambda m: m.config.num_params(supernet.arch))]
     best = max(fitting, key=lambda m: m.values["accuracy"])
-    small = extract(
-        supernet, best.config, out / "extracted", tokenizer, metadata={"run": str(run_dir), "id": best.id}
-    )
+    meta = {"run": str(run_dir), "id": best.id}
+    small = extract(supernet, best.config, out / "extracted", tokenizer, metadata=meta)
     console.print(f"front member {best.id}: accuracy {best.values['accuracy']:.3f}, saved to {small}")
 
     console.rule("3/5 INT8 weight-only quantization: the extracted model, and the whole front re-evaluated")
-    from llamanas.models import load_model
     from llamanas.quantize import quantize_front
 
     quantize_front(run_dir, "int8", supernet=supernet, tokenizer=tokenizer, progress=True)
-
-    model, tok = load_model(str(small))
-    quantize_model(model, "int8", backend="cpu")
-    qdir = save_quantized(model, out / "extracted-int8", tok, metadata={"source": str(small)})
+    qdir = extract(supernet, best.config, out / "extracted-int8", tokenizer, metadata=meta, quantize="int8")
     info = json.loads((qdir / "llamanas_quant.json").read_text())
-    console.print(f"saved to {qdir}: " + ", ".join(f"{k}={v}" for k, v in info.items() if "bytes" in k))
+    console.print(
+        f"saved to {qdir}: bytes={info['bytes']:,} (16-bit: {2 * best.config.num_params(supernet.arch):,})"
+    )
 
     console.rule(f"4/5 pruning baselines at {args.size:.0%} of the parameters")
     run_baselines(
@@ -90,6 +118,7 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
         [args.task],
         sizes=(args.size,),
         out_dir=out / "baselines",
+        supernet_dir=supernet_dir,
         split="validation",
         limit=args.limit,
         seed=0,
