@@ -185,6 +185,23 @@ class BaselineResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def evaluated(
+        cls, spec: BaselineSpec, arch: Arch, results: dict, source: str | None = None
+    ) -> BaselineResult:
+        """The row of ``spec`` (a config) evaluated with ``results`` (task -> TaskResult)."""
+        params = spec.config.num_params(arch)
+        full = SubnetConfig.full(arch).num_params(arch)
+        return cls(
+            spec.method,
+            source or spec.source,
+            spec.target,
+            spec.config.to_dict(),
+            params,
+            params / full,
+            {k: r.to_dict() for k, r in results.items()},
+        )
+
 
 @dataclass
 class BaselineRun:
@@ -221,8 +238,6 @@ def evaluate_specs(
     evaluate_fn: Callable,
 ) -> list[BaselineResult]:
     """Evaluate each spec's sub-network in place on the super-network (no weights copied)."""
-    arch = supernet.arch
-    full = SubnetConfig.full(arch).num_params(arch)
     rows = []
     for spec in specs:
         if spec.config is None:
@@ -232,18 +247,7 @@ def evaluate_specs(
             continue
         with supernet.subnet(spec.config):
             results = evaluate_fn(supernet.model, tokenizer, list(tasks), **eval_kwargs)
-        params = spec.config.num_params(arch)
-        rows.append(
-            BaselineResult(
-                spec.method,
-                spec.source,
-                spec.target,
-                spec.config.to_dict(),
-                params,
-                params / full,
-                {k: r.to_dict() for k, r in results.items()},
-            )
-        )
+        rows.append(BaselineResult.evaluated(spec, supernet.arch, results))
     return rows
 
 
@@ -317,18 +321,7 @@ def run_baselines(
                 tuned = recover_baseline(supernet, tokenizer, spec, tune_args, Path(out_dir) / "recovered")
                 tuned_sn, tuned_tok = loader(str(tuned))
                 results = evaluate_fn(tuned_sn.model, tuned_tok, list(tasks), **eval_kwargs)
-                params = spec.config.num_params(supernet.arch)
-                rows.append(
-                    BaselineResult(
-                        spec.method,
-                        "recovered",
-                        spec.target,
-                        spec.config.to_dict(),
-                        params,
-                        params / full_params,
-                        {k: r.to_dict() for k, r in results.items()},
-                    )
-                )
+                rows.append(BaselineResult.evaluated(spec, supernet.arch, results, source="recovered"))
                 del tuned_sn
         del supernet
     run = BaselineRun(
