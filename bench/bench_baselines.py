@@ -44,6 +44,12 @@ def cell(r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
+    ap.add_argument(
+        "--supernet",
+        default=None,
+        help="A fine-tuned super-network of --model: the search runs on it, and the baselines are also "
+        "sliced from its weights (the same fine-tuning).",
+    )
     ap.add_argument("--space", default=str(WIDTH_ONLY_SPACE), help="Search-space file, or 'default'.")
     ap.add_argument("--tasks", default="arc_easy,piqa", help="Tasks of the matched-size table.")
     ap.add_argument("--limit", type=int, default=500, help="Questions per task in the table.")
@@ -62,7 +68,7 @@ def main() -> None:
 
     run = search(
         SearchArgs(
-            model=args.model,
+            model=args.supernet or args.model,
             tasks=(args.search_task,),
             objectives=("accuracy", "params"),
             algorithm="linas",
@@ -83,12 +89,18 @@ def main() -> None:
 
     t1 = time.time()
     baselines = run_baselines(
-        args.model, tasks, sizes, args.out / "baselines", split="validation", limit=args.limit
+        args.model,
+        tasks,
+        sizes,
+        args.out / "baselines",
+        supernet_dir=args.supernet,
+        split="validation",
+        limit=args.limit,
     )
     baselines_s = time.time() - t1
     full = baselines.full_params
 
-    supernet, tokenizer = load_supernet(args.model, space_file=space)
+    supernet, tokenizer = load_supernet(args.supernet or args.model, space_file=space)
     picks: dict[float, tuple[SubnetConfig, float]] = {}
     for size in sizes:
         fits = [m for m in run.front if m.values["params"] <= size * full]
@@ -108,26 +120,25 @@ def main() -> None:
         print(f"front @ {size}: {cfg.num_params(supernet.arch) / full:.1%} params", flush=True)
 
     rows = [r for r in baselines.rows if r.config is not None]
-    base = next(r for r in rows if r.method == "base")
     print(f"\nValidation accuracy (acc ± standard error, {args.limit} questions per task, seed 0)\n")
     print("| size | method | params | " + " | ".join(tasks) + " |")
     print("|---|---|---|" + "---|" * len(tasks))
-    print(
-        f"| 100% | base model | {full / 1e6:.1f}M | "
-        + " | ".join(cell(base.results[t]) for t in tasks)
-        + " |"
-    )
+
+    def line(size: str, name: str, params: int, results: dict) -> None:
+        cells = " | ".join(cell(results[t]) for t in tasks)
+        print(f"| {size} | {name} | {params / 1e6:.1f}M ({params / full:.1%}) | {cells} |")
+
+    for r in rows:
+        if r.method == "base":
+            line("100%", "base model" if r.source == "base" else "super-network, full", r.params, r.results)
     for size in sizes:
         if size in front_rows:
             f = front_rows[size]
-            cells = " | ".join(cell(f["results"][t]) for t in tasks)
-            print(
-                f"| {size:.0%} | **LINAS front** | {f['params'] / 1e6:.1f}M ({f['params'] / full:.1%}) | {cells} |"
-            )
+            line(f"{size:.0%}", "**LINAS front**", f["params"], f["results"])
         for r in rows:
             if r.method != "base" and r.target == size:
-                cells = " | ".join(cell(r.results[t]) for t in tasks)
-                print(f"| {size:.0%} | {r.method} | {r.params / 1e6:.1f}M ({r.fraction:.1%}) | {cells} |")
+                name = r.method + ("" if r.source == "base" else f" ({r.source})")
+                line(f"{size:.0%}", name, r.params, r.results)
     meta = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
