@@ -56,6 +56,9 @@ SpaceOpt = Annotated[
     str | None,
     typer.Option("--space", help="YAML/JSON file that narrows the search space (see docs/search_space.md)."),
 ]
+LimitOpt = Annotated[int | None, typer.Option(help="Evaluate a seeded random subset of N items per task.")]
+FewshotOpt = Annotated[int | None, typer.Option(help="Few-shot examples (default: the task's, usually 0).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the --limit subset.")]
 NoOrderOpt = Annotated[
     bool,
     typer.Option("--no-order", help="Skip importance ordering (slices keep the first channels as they are)."),
@@ -132,13 +135,9 @@ def eval_(
         str | None,
         typer.Option(help="Data split (e.g. validation, test). Default: each task's lm-eval test split."),
     ] = None,
-    limit: Annotated[
-        int | None, typer.Option(help="Evaluate a seeded random subset of N items per task.")
-    ] = None,
-    num_fewshot: Annotated[
-        int | None, typer.Option(help="Few-shot examples (default: the task's, usually 0).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the --limit subset.")] = 0,
+    limit: LimitOpt = None,
+    num_fewshot: FewshotOpt = None,
+    seed: SeedOpt = 0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write results to this JSON file.")
     ] = None,
@@ -528,10 +527,8 @@ def quantize(
         typer.Option(help="Tasks to evaluate before and after (default: none; with --front: the run's)."),
     ] = None,
     split: Annotated[str | None, typer.Option(help="Data split (default: the task's, or the run's).")] = None,
-    limit: Annotated[
-        int | None, typer.Option(help="Evaluate a seeded random subset of N items per task.")
-    ] = None,
-    num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples.")] = None,
+    limit: LimitOpt = None,
+    num_fewshot: FewshotOpt = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the --limit subset.")] = None,
     group_size: Annotated[int, typer.Option(help="INT4 group size (columns sharing one scale).")] = 64,
     timing: Annotated[
@@ -618,11 +615,9 @@ def baselines(
         typer.Option(help="A fine-tuned super-network folder: run the same baselines on its weights too."),
     ] = None,
     split: Annotated[str | None, typer.Option(help="Data split (default: each task's test split).")] = None,
-    limit: Annotated[
-        int | None, typer.Option(help="Evaluate a seeded random subset of N items per task.")
-    ] = None,
-    num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the --limit subset.")] = 0,
+    limit: LimitOpt = None,
+    num_fewshot: FewshotOpt = None,
+    seed: SeedOpt = 0,
     calibration: Annotated[
         str | None,
         typer.Option(help="Calibration text for importance and block influence (default: built in)."),
@@ -784,8 +779,8 @@ def search(
     split: Annotated[
         str, typer.Option(help="Data split to search on (keep test for the report).")
     ] = "validation",
-    limit: Annotated[int | None, typer.Option(help="Seeded random subset of N items per task.")] = None,
-    num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples (default: the task's).")] = None,
+    limit: LimitOpt = None,
+    num_fewshot: FewshotOpt = None,
     population: Annotated[int, typer.Option(help="Batch size: initial population, NSGA-II population.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the search: population, NSGA-II, predictors.")] = 0,
     data_seed: Annotated[int, typer.Option(help="Seed of the --limit subset (keep it across seeds).")] = 0,
