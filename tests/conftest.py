@@ -18,6 +18,24 @@ FAMILY_KW = {
 }
 
 
+def tiny_arch(num_layers: int = 6, **kw):
+    """The dimensions of a tiny model (64 hidden, MLP 256, 4 heads in 2 KV groups), for tests of the
+    search space, objectives, predictors and search that need no weights."""
+    from llamanas.space import Arch
+
+    dims = dict(
+        num_layers=num_layers,
+        hidden_size=64,
+        intermediate_size=256,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        vocab_size=1000,
+        tie_word_embeddings=True,
+    )
+    return Arch(**{**dims, **kw})
+
+
 def tiny_model(
     family: str = "llama",
     layers: int = 4,

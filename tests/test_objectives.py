@@ -4,21 +4,13 @@ import math
 
 import numpy as np
 import pytest
+from conftest import tiny_arch
 
 from llamanas import objectives as obj
 from llamanas.errors import LlamanasError
 from llamanas.space import Arch, SearchSpace, SubnetConfig
 
-ARCH = Arch(
-    num_layers=6,
-    hidden_size=64,
-    intermediate_size=256,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    vocab_size=1000,
-    tie_word_embeddings=True,
-)
+ARCH = tiny_arch(6)
 UNTIED = Arch(**{**ARCH.__dict__, "tie_word_embeddings": False, "attention_bias": True})
 SPACES = {
     "per_layer": SearchSpace.from_arch(ARCH),

@@ -4,21 +4,13 @@ import math
 
 import numpy as np
 import pytest
+from conftest import tiny_arch
 
 from llamanas.errors import LlamanasError
 from llamanas.predictors import Encoder, Predictor, kendall_tau, mape
-from llamanas.space import Arch, SearchSpace, SubnetConfig
+from llamanas.space import SearchSpace, SubnetConfig
 
-ARCH = Arch(
-    num_layers=4,
-    hidden_size=64,
-    intermediate_size=256,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    vocab_size=1000,
-    tie_word_embeddings=True,
-)
+ARCH = tiny_arch(4)
 SPACE = SearchSpace.from_arch(ARCH, min_depth=2)  # mlp 64/128/192/256, kv 1/2
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_arch
 
 from llamanas.errors import LlamanasError
 from llamanas.objectives import pareto_mask
@@ -23,19 +24,10 @@ from llamanas.search import (
     parse_member_ref,
     search,
 )
-from llamanas.space import Arch, SearchSpace
+from llamanas.space import SearchSpace
 from llamanas.workers import Outcome
 
-ARCH = Arch(
-    num_layers=8,
-    hidden_size=64,
-    intermediate_size=256,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    vocab_size=1000,
-    tie_word_embeddings=True,
-)
+ARCH = tiny_arch(8)
 SPACE = SearchSpace.from_arch(ARCH)  # 8 layers, depth >= 4, MLP 64..256, KV 1..2
 WEIGHTS = np.linspace(1.0, 0.3, ARCH.num_layers)
 
