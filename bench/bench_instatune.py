@@ -1,18 +1,19 @@
 """Does InstaTune make sub-networks good? ARC-Easy accuracy of five fixed sub-networks in three super-networks.
 
-    python bench/bench_instatune.py --steps 150 --limit 570 --lr 5e-5 --out runs/bench_instatune
+    python bench/bench_instatune.py --steps 100 --batch-size 8 --limit 570 --lr 1e-4 --out runs/bench_instatune_w
 
-Super-networks, all from the same importance-ordered model:
+Super-networks, all from the same importance-ordered model and search space (default: the width-only
+space of instatune_space.yaml; --space default for the model's default space, which also skips layers):
   ordering  importance ordering only, no training;
   full-ft   plain fine-tuning of the full network on Alpaca (``--strategy full``), same steps and data;
   instatune InstaTune (default: ``alternate`` + ``--distill``, uniform sampling), same steps and data.
 
-Sub-networks are fixed by a rule (uniform MLP width from the space's choices and/or dropping the layers
-just before the last one) to about 100/90/80/70/60% of the parameters; the chosen configs are printed.
-Accuracy is on a fixed seeded subset of the ARC-Easy validation split (570 questions = all of it), with
-standard errors; differences between super-networks are paired (same questions), with paired standard
-errors. Goal: InstaTune lifts the 80% sub-network by >= 5 points over ordering only, and the full network
-loses <= 1 point. Re-running reuses finished fine-tunings in --out (and resumes interrupted ones).
+Sub-networks are fixed by a rule (``fixed_subnets``) to about 100/90/80/70/60% of the parameters; the
+chosen configs are printed. Accuracy is on a fixed seeded subset of the ARC-Easy validation split (570
+questions = all of it), with standard errors; differences between super-networks are paired (same
+questions), with paired standard errors. Goal: InstaTune lifts the 80% sub-network by >= 5 points over
+ordering only, and the full network loses <= 1 point. Re-running reuses finished fine-tunings and
+evaluations in --out (and resumes interrupted fine-tunings).
 """
 
 from __future__ import annotations
