@@ -795,13 +795,15 @@ def _mpl_points(ax, pts, x, label, kind, line=False, **kw):
             s=160,
             facecolors="none",
             edgecolors="black",
-            label=f"{label}: ≈ chance",
+            # One legend entry for the rings, however many series have points at chance.
+            label="≈ chance (within 2 s.e.)" if not ax.get_label() else None,
         )
+        ax.set_label("chance ring drawn")
 
 
 def png_front(data: ReportData, path: Path, x: str = "params") -> None:
     plt = _mpl()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10.5, 5))
     _mpl_points(
         ax,
         [p for p in data.evaluated if not p.on_front],
@@ -832,7 +834,7 @@ def png_front(data: ReportData, path: Path, x: str = "params") -> None:
     ax.set_xlabel(_axis_title(x))
     ax.set_ylabel(data.score.label)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the plot
     _save(plt, fig, path)
 
 
