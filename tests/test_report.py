@@ -10,6 +10,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import tiny_arch
 
 from llamanas.baselines import BaselineResult, BaselineRun, write_baselines
 from llamanas.report import (
@@ -21,18 +22,9 @@ from llamanas.report import (
     load_data,
     report,
 )
-from llamanas.space import Arch, SearchSpace, SubnetConfig
+from llamanas.space import SearchSpace, SubnetConfig
 
-ARCH = Arch(
-    num_layers=6,
-    hidden_size=64,
-    intermediate_size=128,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    vocab_size=128,
-    tie_word_embeddings=True,
-)
+ARCH = tiny_arch(6, intermediate_size=128, vocab_size=128)
 SPACE = SearchSpace.from_arch(ARCH)
 FULL = SubnetConfig.full(ARCH)
 N_ITEMS = 100
