@@ -18,6 +18,16 @@ FAMILY_KW = {
 }
 
 
+def arc_available() -> bool:
+    """Whether ARC-Easy's validation split loads (offline copy or hub): tests on real task data skip without it."""
+    try:
+        from llamanas.tasks import load_docs
+
+        return len(load_docs("arc_easy", "validation")) > 0
+    except Exception:  # noqa: BLE001 - any missing data source means: skip
+        return False
+
+
 def tiny_arch(num_layers: int = 6, **kw):
     """The dimensions of a tiny model (64 hidden, MLP 256, 4 heads in 2 KV groups), for tests of the
     search space, objectives, predictors and search that need no weights."""

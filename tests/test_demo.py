@@ -3,22 +3,14 @@
 import json
 
 import pytest
+from conftest import arc_available
 from rich.console import Console
 
 from llamanas.data import ALPACA_DEMO, find_data
 from llamanas.demo import DemoArgs, run_demo
 
 
-def _arc_available() -> bool:
-    try:
-        from llamanas.tasks import load_docs
-
-        return len(load_docs("arc_easy", "validation")) > 0
-    except Exception:  # noqa: BLE001 - any missing data source means: skip
-        return False
-
-
-@pytest.mark.skipif(not (_arc_available() and find_data(ALPACA_DEMO)), reason="offline data not available")
+@pytest.mark.skipif(not (arc_available() and find_data(ALPACA_DEMO)), reason="offline data not available")
 def test_demo_runs_every_stage_on_a_tiny_model(tiny_dir, tmp_path):
     out = tmp_path / "demo"
     args = DemoArgs(

@@ -37,6 +37,8 @@ def test_eval_settings_round_trip_and_hash():
 # ------------------------------------------------------------------------------------------------------
 
 
+# This module stays importable without conftest (Ray actors unpickle its specs in a fresh process), so it
+# keeps its own tiny model and data check instead of conftest's tiny_model / arc_available.
 def tiny_llama(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -166,11 +166,8 @@ def eval_(
         cfg = _subnet(subnet, supernet)
         if cfg.quantized:  # per-layer bits from a joint precision search: run the extracted sub-network
             from llamanas.extract import standalone
-            from llamanas.quantize import apply_precision
 
-            results = evaluate(
-                apply_precision(standalone(supernet, cfg), cfg.bits), tokenizer, task_list, **kwargs
-            )
+            results = evaluate(standalone(supernet, cfg), tokenizer, task_list, **kwargs)
         else:
             with supernet.subnet(cfg):
                 results = evaluate(supernet.model, tokenizer, task_list, **kwargs)

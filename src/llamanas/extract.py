@@ -169,14 +169,23 @@ def build_extracted(model, cfg: SubnetConfig):
     return new.to(dtype).eval()
 
 
-def standalone(supernet, cfg: SubnetConfig):
-    """``cfg`` of ``supernet`` as an in-memory standalone model; the super-network's state is kept."""
+def standalone(supernet, cfg: SubnetConfig, group_size: int | None = None):
+    """``cfg`` of ``supernet`` as an in-memory standalone model; the super-network's state is kept.
+
+    A config with per-layer ``bits`` below 16 (joint precision search) comes out quantized at those
+    bits: the super-network's elastic slices only run in 16/32 bits, so this is how such a config runs.
+    """
     previous = supernet.active
     supernet.reset()  # slices are taken from the full weights
     try:
-        return build_extracted(supernet.model, cfg)
+        new = build_extracted(supernet.model, cfg)
     finally:
         supernet.activate(previous)
+    if cfg.quantized:
+        from llamanas.quantize import DEFAULT_GROUP_SIZE, apply_precision
+
+        apply_precision(new, cfg.bits, group_size or DEFAULT_GROUP_SIZE)
+    return new
 
 
 def extract(
@@ -195,26 +204,18 @@ def extract(
     ``quantize.load_quantized``), in one step and without a 16-bit copy on disk.
     """
     supernet.space.validate(cfg) if supernet.space.mode == "first_n" else cfg.check(supernet.arch)
-    from llamanas.quantize import (
-        DEFAULT_GROUP_SIZE,
-        apply_precision,
-        check_method,
-        quantize_model,
-        save_quantized,
-    )
+    from llamanas.quantize import DEFAULT_GROUP_SIZE, check_method, quantize_model, save_quantized
 
     if quantize is not None:
         check_method(quantize)  # fail before the work
         if cfg.quantized:
             raise LlamanasError("The sub-network has its own per-layer 'bits'; do not also pass quantize.")
-    new = standalone(supernet, cfg)
+    new = standalone(supernet, cfg, group_size)  # quantized already if cfg has per-layer bits
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {"subnet": cfg.to_dict(), "params": cfg.num_params(supernet.arch), **(metadata or {})}
     if quantize is not None or cfg.quantized:
-        if cfg.quantized:
-            apply_precision(new, cfg.bits, group_size or DEFAULT_GROUP_SIZE)
-        else:
+        if quantize is not None:
             quantize_model(new, quantize, group_size or DEFAULT_GROUP_SIZE, backend="cpu")
         save_quantized(new, out, tokenizer, metadata=info)
     else:

@@ -101,11 +101,7 @@ def measure(
     if timing:
         from llamanas.extract import standalone
 
-        model = standalone(supernet, cfg)
-        if cfg.quantized:
-            from llamanas.quantize import apply_precision
-
-            apply_precision(model, cfg.bits)
+        model = standalone(supernet, cfg)  # at its layers' bits when cfg has them
         model.generation_config.pad_token_id = 0
         lat, iqr, tps = time_model(model, prefill_tokens, gen_tokens, warmup, repeats)
         m.latency_ms, m.latency_ms_iqr, m.throughput_tok_s = lat, iqr, tps

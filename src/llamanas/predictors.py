@@ -99,12 +99,11 @@ class Encoder:
             mlp.sum(axis=1) / np.maximum(depth, 1),
             kv.sum(axis=1) / np.maximum(depth, 1),
         ]
+        cols.append(np.stack(derived, axis=1))
         if self.bits_frac is not None:
             bits = self.bits_frac[layer, self.counts.bits(X)] * keep
-            cols.append(np.stack(derived, axis=1))
-            derived = [_frac(counts["bytes"], self.ranges["bytes"]), bits.sum(axis=1) / np.maximum(depth, 1)]
-            cols.append(bits)
-        cols.append(np.stack(derived, axis=1))
+            bytes_frac = _frac(counts["bytes"], self.ranges["bytes"])
+            cols += [bits, np.stack([bytes_frac, bits.sum(axis=1) / np.maximum(depth, 1)], axis=1)]
         return np.concatenate(cols, axis=1).astype(float)
 
 

@@ -43,6 +43,7 @@ NOMINAL_CHANCE = {
 BOUNDED = ("acc", "acc_norm")
 
 
+CHANCE_RING = "≈ chance (within 2 s.e.)"
 # Where a baseline's weights come from, and its legend suffix.
 SOURCES = {"base": "", "supernet": " (super-network)", "recovered": " (pruned + fine-tuned)"}
 
@@ -796,9 +797,8 @@ def _mpl_points(ax, pts, x, label, kind, line=False, **kw):
             facecolors="none",
             edgecolors="black",
             # One legend entry for the rings, however many series have points at chance.
-            label="≈ chance (within 2 s.e.)" if not ax.get_label() else None,
+            label=None if CHANCE_RING in ax.get_legend_handles_labels()[1] else CHANCE_RING,
         )
-        ax.set_label("chance ring drawn")
 
 
 def png_front(data: ReportData, path: Path, x: str = "params") -> None:

@@ -55,10 +55,6 @@ def decoder_layers(model) -> nn.ModuleList:
     return model.get_decoder().layers
 
 
-def _full_widths(a: Arch) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    return (a.intermediate_size,) * a.num_layers, (a.num_kv_heads,) * a.num_layers
-
-
 class SuperNet:
     """Wraps a loaded LLaMA-family model and switches sub-networks on it."""
 
@@ -95,10 +91,11 @@ class SuperNet:
         if cfg.quantized:
             raise LlamanasError(
                 "This sub-network has layers below 16 bits, which the super-network cannot switch on in place; "
-                "extract it (extract.standalone + quantize.apply_precision, or `llamanas extract`)."
+                "extract it (extract.standalone, or `llamanas extract`)."
             )
         a = self.arch
-        full = (cfg.layers, cfg.mlp, cfg.kv_groups) == (tuple(range(a.num_layers)), *_full_widths(a))
+        # bits are None or all 16 here, so the architecture alone says whether this is the full network.
+        full = SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups) == SubnetConfig.full(a)
         kept = []
         for pos, (i, m, g) in enumerate(zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True)):
             layer = self._all_layers[i]

@@ -179,9 +179,8 @@ class SupernetEvaluator:
         if self.prepared is not None:
             if cfg.quantized:  # precision genes: score the extracted sub-network at its layers' bits
                 from llamanas.extract import standalone
-                from llamanas.quantize import apply_precision
 
-                results = score(apply_precision(standalone(self.supernet, cfg), cfg.bits), self.prepared)
+                results = score(standalone(self.supernet, cfg), self.prepared)
             else:
                 with self.supernet.subnet(cfg) as model:
                     results = score(model, self.prepared)
