@@ -20,6 +20,7 @@ from llamanas.tune import (
     IGNORE,
     STRATEGIES,
     Batches,
+    SoftTargets,
     TuneArgs,
     attach_lora,
     collate,
@@ -401,6 +402,12 @@ def test_distill_loss_values():
     expected = (p_t * (p_t.log() - z.log_softmax(-1))).sum(-1).mean()
     torch.testing.assert_close(distill_loss(z, t), expected)
     assert distill_loss(z, t, temperature=2.0).item() > 0
+    # Precomputed targets (shared by the students of a step) give the same value, temperature included.
+    torch.testing.assert_close(distill_loss(z, SoftTargets.from_logits(t)), expected)
+    p2 = (t / 2).softmax(-1)
+    expected2 = 4 * (p2 * (p2.log() - (z / 2).log_softmax(-1))).sum(-1).mean()
+    torch.testing.assert_close(distill_loss(z, t, temperature=2.0), expected2)
+    torch.testing.assert_close(distill_loss(z, SoftTargets.from_logits(t, 2.0)), expected2)
 
 
 # --- LoRA ---------------------------------------------------------------------------------------------
