@@ -251,6 +251,21 @@ def evaluate_specs(
     return rows
 
 
+def evaluate_checkpoint(
+    folder: Path,
+    spec: BaselineSpec,
+    arch: Arch,
+    loader: Callable,
+    evaluate_fn: Callable,
+    tasks: Sequence[str],
+    eval_kwargs: dict,
+) -> BaselineResult:
+    """The row of a recovered baseline: its fine-tuned checkpoint loaded and evaluated as any model."""
+    tuned, tokenizer = loader(str(folder))
+    results = evaluate_fn(tuned.model, tokenizer, list(tasks), **eval_kwargs)
+    return BaselineResult.evaluated(spec, arch, results, source="recovered")
+
+
 def run_baselines(
     model: str,
     tasks: Sequence[str],
@@ -315,14 +330,12 @@ def run_baselines(
         specs = baseline_configs(supernet.arch, sizes, bi, methods, source, width_multiple)
         rows += evaluate_specs(supernet, tokenizer, specs, tasks, eval_kwargs, evaluate_fn)
         if source == "base" and tune_args is not None:
-            for spec in specs:
-                if spec.config is None:
-                    continue
-                tuned = recover_baseline(supernet, tokenizer, spec, tune_args, Path(out_dir) / "recovered")
-                tuned_sn, tuned_tok = loader(str(tuned))
-                results = evaluate_fn(tuned_sn.model, tuned_tok, list(tasks), **eval_kwargs)
-                rows.append(BaselineResult.evaluated(spec, supernet.arch, results, source="recovered"))
-                del tuned_sn
+            recovered = Path(out_dir) / "recovered"
+            for spec in (s for s in specs if s.config is not None):
+                tuned = recover_baseline(supernet, tokenizer, spec, tune_args, recovered)
+                rows.append(
+                    evaluate_checkpoint(tuned, spec, supernet.arch, loader, evaluate_fn, tasks, eval_kwargs)
+                )
         del supernet
     run = BaselineRun(
         model=model,
