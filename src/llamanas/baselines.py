@@ -256,9 +256,9 @@ def evaluate_checkpoint(
     spec: BaselineSpec,
     arch: Arch,
     loader: Callable,
-    evaluate_fn: Callable,
     tasks: Sequence[str],
     eval_kwargs: dict,
+    evaluate_fn: Callable,
 ) -> BaselineResult:
     """The row of a recovered baseline: its fine-tuned checkpoint loaded and evaluated as any model."""
     tuned, tokenizer = loader(str(folder))
@@ -334,7 +334,7 @@ def run_baselines(
             for spec in (s for s in specs if s.config is not None):
                 tuned = recover_baseline(supernet, tokenizer, spec, tune_args, recovered)
                 rows.append(
-                    evaluate_checkpoint(tuned, spec, supernet.arch, loader, evaluate_fn, tasks, eval_kwargs)
+                    evaluate_checkpoint(tuned, spec, supernet.arch, loader, tasks, eval_kwargs, evaluate_fn)
                 )
         del supernet
     run = BaselineRun(
