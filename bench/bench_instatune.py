@@ -155,6 +155,12 @@ def main() -> None:
     ap.add_argument("--strategy", default="alternate", help="InstaTune strategy (alternate | sandwich).")
     ap.add_argument("--schedule", default="uniform")
     ap.add_argument("--no-distill", action="store_true", help="InstaTune without in-place distillation.")
+    ap.add_argument(
+        "--min-params",
+        type=float,
+        default=0.0,
+        help="InstaTune samples only sub-networks with at least this fraction of the parameters.",
+    )
     ap.add_argument("--distill-tokens", default="all", help="all | response (see TuneArgs.distill_tokens).")
     ap.add_argument("--eval-size", type=int, default=64, help="Held-out Alpaca examples for final losses.")
     ap.add_argument("--seed", type=int, default=0)
@@ -184,6 +190,7 @@ def main() -> None:
             schedule=args.schedule,
             distill=not args.no_distill,
             distill_tokens=args.distill_tokens,
+            min_params=args.min_params,
             **common,
         ),
         "full-ft": TuneArgs(out=str(args.out / "full-ft"), strategy="full", **common),

@@ -153,6 +153,10 @@ def test_tune_args_round_trip_and_unknown_keys():
         ({"warmup": 1.5}, "warmup is a fraction of the steps in [0, 1); got 1.5."),
         ({"distill": True, "strategy": "full"}, "distill needs sub-networks to teach"),
         ({"distill_tokens": "prompt"}, "Unknown distill_tokens 'prompt'. Available: all, response."),
+        (
+            {"min_params": 1.2},
+            "min_params is a fraction of the full network's parameters in [0, 1); got 1.2.",
+        ),
     ],
 )
 def test_bad_arguments_name_the_value(kw, message):
@@ -326,6 +330,31 @@ def test_complexity_spends_samples_on_high_loss_sizes():
     t = Sampler(space, "complexity", total_steps=100, seed=7)
     t.load_state_dict(state)
     assert [s.sample(60).key() for _ in range(5)] == [t.sample(60).key() for _ in range(5)]
+
+
+@pytest.mark.parametrize("schedule", ["uniform", "complexity"])
+def test_min_params_keeps_training_inside_the_size_band(schedule):
+    space = space_30()
+    whole = Sampler(space, schedule, total_steps=100, seed=0)
+    band = Sampler(space, schedule, total_steps=100, seed=0, min_params=0.65)
+    everywhere = [whole.fraction(whole.sample(50)) for _ in range(200)]
+    inside = [band.fraction(band.sample(50)) for _ in range(200)]
+    assert min(everywhere) < 0.5 and min(inside) >= 0.65  # the whole space reaches 42%; the band stops at 65%
+    # The sandwich's smallest sits at the band's floor: inside it, below the typical band sample.
+    floors = [band.fraction(band.smallest(50)) for _ in range(10)]
+    assert all(0.65 <= f < np.median(inside) for f in floors)
+    assert whole.fraction(whole.smallest(50)) == pytest.approx(0.317, abs=0.001)
+    # Loss-curve buckets span the band, not the whole space.
+    assert band.buckets.index(space.smallest()) == 0 and band.buckets.lo > whole.buckets.lo
+
+
+def test_min_params_out_of_reach_says_what_is():
+    with pytest.raises(
+        LlamanasError, match=r"min_params=0.9 is above .* \(they span 4\d%-7\d% .*at most 0.7"
+    ):
+        Sampler(space_30(), min_params=0.9)
+    with pytest.raises(LlamanasError, match=r"min_params must lie in \[0, 1\)"):
+        Sampler(space_30(), min_params=1.0)
 
 
 def test_unknown_schedule_lists_the_allowed_ones():
@@ -524,8 +553,10 @@ def test_resume_refuses_different_arguments(tiny, tmp_path):
     changed = dataclasses.replace(args, lr=5e-3)
     with pytest.raises(LlamanasError, match=r"different arguments \(lr: 0.005 now vs 0.01 there\)"):
         finetune(changed, progress=False)
-    # save_every may change between runs: it does not change the result.
-    done = finetune(dataclasses.replace(args, save_every=5), progress=False)
+    # save_every may change between runs, and the folder may move: neither changes the result.
+    moved = tmp_path / "moved"
+    (tmp_path / "sn").rename(moved)
+    done = finetune(dataclasses.replace(args, save_every=5, out=str(moved)), progress=False)
     assert done.record["steps"] == 6
 
 

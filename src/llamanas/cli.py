@@ -427,6 +427,13 @@ def finetune(
     complexity_power: Annotated[
         float, typer.Option(help="complexity: bucket probability ∝ (loss / lowest loss) ** power.")
     ] = 2.0,
+    min_params: Annotated[
+        float,
+        typer.Option(
+            help="Train only sub-networks with at least this fraction of the parameters (e.g. 0.75 when "
+            "you will deploy 75-100% sizes); 0 trains the whole space."
+        ),
+    ] = 0.0,
 ):
     """Fine-tune a model once into a super-network whose sub-networks are all good (InstaTune).
 
@@ -471,6 +478,7 @@ def finetune(
         delay_fraction=delay_fraction,
         progressive_stages=progressive_stages,
         complexity_power=complexity_power,
+        min_params=min_params,
     )
     result = finetune_fn(args)
     if not result.main_process:

@@ -13,6 +13,11 @@ visits each size, changes over training:
   are grouped into buckets of decoder parameters; a running loss is kept per bucket and buckets are
   drawn with probability increasing with their loss, so steps go to the sizes that need them.
 
+``min_params`` narrows any schedule to the sizes a user will search (say 0.75: sub-networks with at least
+75% of the full network's parameters): sampled sub-networks are drawn by rejection inside that band, and
+the sandwich's smallest becomes a small network at the band's floor, so no training goes to sizes that
+will never be deployed.
+
 ``SizeBuckets`` also labels every sampled sub-network for the loss curves, whatever the schedule.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -36,14 +42,26 @@ class SizeBuckets:
     by rejection takes about ``num_buckets`` tries, and no bucket is empty.
     """
 
-    def __init__(self, space: SearchSpace, num_buckets: int = 4, seed: int = 0, samples: int = 1000):
+    def __init__(
+        self,
+        space: SearchSpace,
+        num_buckets: int = 4,
+        seed: int = 0,
+        samples: int = 1000,
+        draw: Callable[[np.random.Generator], SubnetConfig] | None = None,
+    ):
+        """``draw(rng)``: how sub-networks are sampled (default ``space.sample``, the whole space)."""
         if num_buckets < 1:
             raise LlamanasError(f"The number of size buckets must be >= 1; got {num_buckets}.")
         self.arch = space.arch
         self.full = space.largest().num_params(self.arch, embeddings=False)
         rng = np.random.default_rng(seed)
-        sizes = np.array([self.params(space.sample(rng)) for _ in range(samples)])
-        sizes = np.concatenate([sizes, [self.params(space.smallest()), self.full]])
+        draw = draw or space.sample
+        sizes = np.array([self.params(draw(rng)) for _ in range(samples)])
+        floor = (
+            space.smallest() if draw is space.sample else min((draw(rng) for _ in range(32)), key=self.params)
+        )
+        sizes = np.concatenate([sizes, [self.params(floor), self.full]])
         inner = np.quantile(sizes, np.linspace(0, 1, num_buckets + 1)[1:-1]) if num_buckets > 1 else []
         # Small spaces can have repeated quantiles; equal edges would make empty buckets.
         self.edges = np.unique(np.asarray(inner, dtype=float))
@@ -103,6 +121,7 @@ class Sampler:
         complexity_power: float = 2.0,
         complexity_floor: float = 0.1,
         ema: float = 0.9,
+        min_params: float = 0.0,
     ):
         if schedule not in SCHEDULES:
             raise unknown("schedule", schedule, SCHEDULES)
@@ -112,15 +131,25 @@ class Sampler:
             raise LlamanasError(f"progressive stages must be >= 1; got {stages}.")
         if not 0.0 <= complexity_floor <= 1.0:
             raise LlamanasError(f"complexity_floor must lie in [0, 1]; got {complexity_floor}.")
+        if not 0.0 <= min_params < 1.0:
+            raise LlamanasError(
+                f"min_params must lie in [0, 1) (a fraction of the full network's parameters); got {min_params}."
+            )
         self.space = space
         self.schedule = schedule
+        self.min_params = min_params
+        self._full_params = space.largest().num_params(space.arch)
+        if min_params > 0:
+            self._check_band(space)
         self.total_steps = max(1, total_steps)
         self.delay_fraction = delay_fraction
         self.stages = stages
         self.power = complexity_power
         self.floor = complexity_floor
         self.ema = ema
-        self.buckets = SizeBuckets(space, num_buckets, seed=seed)
+        self.buckets = SizeBuckets(
+            space, num_buckets, seed=seed, draw=(lambda r: self._draw(space, r)) if min_params > 0 else None
+        )
         self.rng = np.random.default_rng(seed)
         self.loss_ema: list[float | None] = [None] * len(self.buckets)
         self.counts = [0] * len(self.buckets)
@@ -147,7 +176,39 @@ class Sampler:
         return self.space.largest()
 
     def smallest(self, step: int) -> SubnetConfig:
-        return self.space_at(step).smallest() if self.shrinking(step) else self.largest()
+        """The space's smallest network; with ``min_params``, the smallest of 32 draws inside the band."""
+        if not self.shrinking(step):
+            return self.largest()
+        space = self.space_at(step)
+        if self.min_params <= 0:
+            return space.smallest()
+        return min((self._draw(space, self.rng) for _ in range(32)), key=self.fraction)
+
+    # --- the size band (min_params) ---------------------------------------------------------------
+    def fraction(self, cfg: SubnetConfig) -> float:
+        """Parameters of ``cfg`` as a fraction of the full network's (embeddings included)."""
+        return cfg.num_params(self.space.arch) / self._full_params
+
+    _TRIES = 1000
+
+    def _draw(self, space: SearchSpace, rng: np.random.Generator) -> SubnetConfig:
+        """A uniform sample of ``space`` with at least ``min_params`` of the parameters (rejection)."""
+        for _ in range(self._TRIES):
+            cfg = space.sample(rng)
+            if self.fraction(cfg) >= self.min_params:
+                return cfg
+        return space.largest()  # unreachable after _check_band, short of a freak run of draws
+
+    def _check_band(self, space: SearchSpace) -> None:
+        """Fail early when uniform samples almost never reach ``min_params`` (rejection would stall)."""
+        rng = np.random.default_rng(0)
+        fracs = np.array([self.fraction(space.sample(rng)) for _ in range(2000)])
+        if (fracs >= self.min_params).mean() < 0.01:
+            raise LlamanasError(
+                f"min_params={self.min_params} is above the sizes this space samples: under 1% of random "
+                f"sub-networks have that many parameters (they span {fracs.min():.0%}-{fracs.max():.0%} "
+                f"of the full network); choose at most {np.quantile(fracs, 0.99):.2f}."
+            )
 
     def sample(self, step: int) -> SubnetConfig:
         """A random sub-network for ``step`` (the largest one while not shrinking)."""
@@ -155,11 +216,11 @@ class Sampler:
             return self.largest()
         space = self.space_at(step)
         if self.schedule != "complexity":
-            return space.sample(self.rng)
+            return self._draw(space, self.rng) if self.min_params > 0 else space.sample(self.rng)
         b = int(self.rng.choice(len(self.buckets), p=self.bucket_probs()))
         best, best_gap = None, math.inf
         for _ in range(200):  # ~len(buckets) tries on average; the cap only guards odd spaces
-            cfg = space.sample(self.rng)
+            cfg = self._draw(space, self.rng) if self.min_params > 0 else space.sample(self.rng)
             gap = abs(self.buckets.index(cfg) - b)
             if gap == 0:
                 return cfg

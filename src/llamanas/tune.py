@@ -51,7 +51,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CHECKPOINT_DIR = "checkpoint"
 # Arguments that may change between an interrupted run and its resumption (they do not change results).
-RESUME_FREE = ("save_every", "keep_checkpoint")
+RESUME_FREE = ("out", "save_every", "keep_checkpoint")  # a moved folder still resumes
 IGNORE = -100  # label of tokens without loss (prompt and padding)
 
 
@@ -117,6 +117,8 @@ class TuneArgs:
     """``progressive``: how many times the sampled space widens."""
     complexity_power: float = 2.0
     """``complexity``: bucket probability ∝ (loss / lowest bucket loss) ** power."""
+    min_params: float = 0.0
+    """Sample only sub-networks with at least this fraction of the full network's parameters (0: all)."""
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -135,6 +137,10 @@ class TuneArgs:
                 raise LlamanasError(f"{name} must be >= 0; got {getattr(self, name)}.")
         if self.lr is not None and self.lr <= 0:
             raise LlamanasError(f"lr must be > 0; got {self.lr}.")
+        if not 0.0 <= self.min_params < 1.0:
+            raise LlamanasError(
+                f"min_params is a fraction of the full network's parameters in [0, 1); got {self.min_params}."
+            )
         if not 0.0 <= self.warmup < 1.0:
             raise LlamanasError(f"warmup is a fraction of the steps in [0, 1); got {self.warmup}.")
         if self.distill_temperature <= 0:
@@ -527,6 +533,7 @@ class _Trainer:
             delay_fraction=a.delay_fraction,
             stages=a.progressive_stages,
             complexity_power=a.complexity_power,
+            min_params=a.min_params,
         )
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.step, self.records, self.wall, self.tokens, self.forward_tokens = 0, [], 0.0, 0, 0
