@@ -193,6 +193,8 @@ class Sampler:
 
     def _draw(self, space: SearchSpace, rng: np.random.Generator) -> SubnetConfig:
         """A uniform sample of ``space`` with at least ``min_params`` of the parameters (rejection)."""
+        if self.min_params <= 0:
+            return space.sample(rng)
         for _ in range(self._TRIES):
             cfg = space.sample(rng)
             if self.fraction(cfg) >= self.min_params:
@@ -216,11 +218,11 @@ class Sampler:
             return self.largest()
         space = self.space_at(step)
         if self.schedule != "complexity":
-            return self._draw(space, self.rng) if self.min_params > 0 else space.sample(self.rng)
+            return self._draw(space, self.rng)
         b = int(self.rng.choice(len(self.buckets), p=self.bucket_probs()))
         best, best_gap = None, math.inf
         for _ in range(200):  # ~len(buckets) tries on average; the cap only guards odd spaces
-            cfg = self._draw(space, self.rng) if self.min_params > 0 else space.sample(self.rng)
+            cfg = self._draw(space, self.rng)
             gap = abs(self.buckets.index(cfg) - b)
             if gap == 0:
                 return cfg
