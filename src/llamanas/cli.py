@@ -430,7 +430,7 @@ def finetune(
     min_params: Annotated[
         float,
         typer.Option(
-            help="Train only sub-networks with at least this fraction of the parameters (e.g. 0.75 when "
+            help="Train only sub-networks with at least this fraction of all parameters (e.g. 0.75 when "
             "you will deploy 75-100% sizes); 0 trains the whole space."
         ),
     ] = 0.0,

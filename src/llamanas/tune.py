@@ -118,7 +118,8 @@ class TuneArgs:
     complexity_power: float = 2.0
     """``complexity``: bucket probability ∝ (loss / lowest bucket loss) ** power."""
     min_params: float = 0.0
-    """Sample only sub-networks with at least this fraction of the full network's parameters (0: all)."""
+    """Sample only sub-networks with at least this fraction of the full network's parameters, embeddings
+    included (0: the whole space); the loss-curve buckets count decoder parameters only."""
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
