@@ -286,6 +286,7 @@ def test_size_buckets_are_balanced_under_uniform_sampling():
     counts = np.bincount([buckets.index(space.sample(rng)) for _ in range(800)], minlength=4)
     assert len(buckets) == 4 and counts.min() > 120  # about 200 each
     assert buckets.index(space.smallest()) == 0 and buckets.index(space.largest()) == 3
+    assert buckets.lo == buckets.params(space.smallest())  # the first label starts at the smallest
     assert buckets.label(3).endswith("-100% params")
 
 

@@ -49,8 +49,10 @@ class SizeBuckets:
         seed: int = 0,
         samples: int = 1000,
         draw: Callable[[np.random.Generator], SubnetConfig] | None = None,
+        smallest: Callable[[np.random.Generator], SubnetConfig] | None = None,
     ):
-        """``draw(rng)``: how sub-networks are sampled (default ``space.sample``, the whole space)."""
+        """``draw(rng)`` / ``smallest(rng)``: how sub-networks are sampled and the smallest one trained
+        (default: the whole space and its smallest network)."""
         if num_buckets < 1:
             raise LlamanasError(f"The number of size buckets must be >= 1; got {num_buckets}.")
         self.arch = space.arch
@@ -58,9 +60,7 @@ class SizeBuckets:
         rng = np.random.default_rng(seed)
         draw = draw or space.sample
         sizes = np.array([self.params(draw(rng)) for _ in range(samples)])
-        floor = (
-            space.smallest() if draw is space.sample else min((draw(rng) for _ in range(32)), key=self.params)
-        )
+        floor = smallest(rng) if smallest else space.smallest()
         sizes = np.concatenate([sizes, [self.params(floor), self.full]])
         inner = np.quantile(sizes, np.linspace(0, 1, num_buckets + 1)[1:-1]) if num_buckets > 1 else []
         # Small spaces can have repeated quantiles; equal edges would make empty buckets.
@@ -147,8 +147,13 @@ class Sampler:
         self.power = complexity_power
         self.floor = complexity_floor
         self.ema = ema
+        banded = min_params > 0
         self.buckets = SizeBuckets(
-            space, num_buckets, seed=seed, draw=(lambda r: self._draw(space, r)) if min_params > 0 else None
+            space,
+            num_buckets,
+            seed=seed,
+            draw=(lambda r: self._draw(space, r)) if banded else None,
+            smallest=(lambda r: self._band_floor(space, r)) if banded else None,
         )
         self.rng = np.random.default_rng(seed)
         self.loss_ema: list[float | None] = [None] * len(self.buckets)
@@ -180,9 +185,7 @@ class Sampler:
         if not self.shrinking(step):
             return self.largest()
         space = self.space_at(step)
-        if self.min_params <= 0:
-            return space.smallest()
-        return min((self._draw(space, self.rng) for _ in range(32)), key=self.fraction)
+        return space.smallest() if self.min_params <= 0 else self._band_floor(space, self.rng)
 
     # --- the size band (min_params) ---------------------------------------------------------------
     def fraction(self, cfg: SubnetConfig) -> float:
@@ -200,6 +203,10 @@ class Sampler:
             if self.fraction(cfg) >= self.min_params:
                 return cfg
         return space.largest()  # unreachable after _check_band, short of a freak run of draws
+
+    def _band_floor(self, space: SearchSpace, rng: np.random.Generator) -> SubnetConfig:
+        """A small network at the band's floor: the smallest of 32 band draws."""
+        return min((self._draw(space, rng) for _ in range(32)), key=self.fraction)
 
     def _check_band(self, space: SearchSpace) -> None:
         """Fail early when uniform samples almost never reach ``min_params`` (rejection would stall)."""
