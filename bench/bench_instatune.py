@@ -233,17 +233,20 @@ def main() -> None:
 
     print(
         f"\nARC-Easy ({args.split}, {n_docs} questions) accuracy ± standard error; "
-        "Δ = InstaTune − ordering only, paired ± paired standard error\n"
+        "Δ = InstaTune − peer, paired ± paired standard error\n"
     )
     print(
-        "| sub-network | params | ordering only | plain fine-tuning | InstaTune | Δ InstaTune vs ordering |"
+        "| sub-network | params | ordering only | plain fine-tuning | InstaTune | Δ InstaTune vs ordering "
+        "| Δ InstaTune vs plain |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name, cfg in subnets.items():
         cells = [f"{results[k][name]['acc']:.3f} ± {results[k][name]['stderr']:.3f}" for k in results]
-        d, se = paired(results["ordering"][name]["correct"], results["instatune"][name]["correct"])
+        for peer in ("ordering", "full-ft"):
+            d, se = paired(results[peer][name]["correct"], results["instatune"][name]["correct"])
+            cells.append(f"{d:+.1f} ± {se:.1f} pts")
         params = cfg.num_params(arch)
-        print(f"| {name} | {params / 1e6:.1f}M | {' | '.join(cells)} | {d:+.1f} ± {se:.1f} pts |")
+        print(f"| {name} | {params / 1e6:.1f}M | {' | '.join(cells)} |")
     for name, t in training.items():
         print(
             f"\n{name}: {t['steps']} steps, {t['tokens']:,} tokens, {t['forward_tokens']:,} forward tokens, "
