@@ -396,7 +396,7 @@ def finetune(
         float | None,
         typer.Option(
             help="Peak learning rate (default 2e-5, or 2e-4 with --lora). On the 135M default model, "
-            "sandwich --distill at 3e-4 gave the best sub-networks of the rates tried (docs/benchmarks.md)."
+            "sandwich --distill at 3e-4 gave the best sub-networks of 1e-4, 3e-4 and 6e-4 (docs/benchmarks.md)."
         ),
     ] = None,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
