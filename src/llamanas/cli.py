@@ -392,7 +392,7 @@ def finetune(
         int,
         typer.Option(
             help="Optimizer steps. On the default model with the 999-record Alpaca demo (batch 8), 140 steps "
-            "(1.2 epochs) gave better sub-networks than 280 (2.4 epochs over-fit; docs/benchmarks.md)."
+            "(1.2 epochs) gave better 80-100% sub-networks than 280 (2.4 epochs over-fit; docs/benchmarks.md)."
         ),
     ] = 200,
     batch_size: Annotated[int, typer.Option(help="Examples per micro-batch (per process).")] = 8,
