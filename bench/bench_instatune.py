@@ -139,6 +139,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--data", default=None, help="Alpaca-format data (default: the shared Alpaca demo).")
+    ap.add_argument(
+        "--calibration",
+        default=None,
+        help="Text of the importance ordering (default: --data); the Alpaca demo keeps the ordering of the "
+        "other runs when --data differs.",
+    )
     ap.add_argument("--task", default="arc_easy")
     ap.add_argument("--split", default="validation")
     ap.add_argument("--limit", type=int, default=570, help="Questions (570 = the whole validation split).")
@@ -180,6 +186,7 @@ def main() -> None:
         lr=args.lr,
         seed=args.seed,
         eval_size=args.eval_size,
+        calibration=args.calibration,
         save_every=25,
     )
     # InstaTune first: it is the one the goal is about, and a re-run reuses both.
@@ -197,7 +204,7 @@ def main() -> None:
     }
     t_start = time.time()
     # Ordering only: the same ordering the fine-tunings start from (calibrated on the same data).
-    base, tokenizer = load_supernet(args.model, space_file=args.space, calibration=data)
+    base, tokenizer = load_supernet(args.model, space_file=args.space, calibration=args.calibration or data)
     prepared = prepare(
         tokenizer,
         [args.task],
