@@ -45,7 +45,6 @@ def main() -> None:
     args = ap.parse_args()
 
     model, tok = load_model(args.model)
-    model.eval()
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     torch.manual_seed(args.seed)
