@@ -85,6 +85,24 @@ def fixed_subnets(space: SearchSpace) -> dict[str, SubnetConfig]:
     return out
 
 
+def focus_space(cfg: SubnetConfig, arch, path: Path) -> Path:
+    """A space file spanning ``cfg`` and the full network: per layer, ``cfg``'s MLP width or the full one,
+    its KV groups or all. Its smallest network is ``cfg``, so a sandwich with no random sub-networks
+    gives every student pass to ``cfg``: the most any sampling can give one sub-network on a budget."""
+    assert cfg.depth == arch.num_layers, "focus needs a sub-network that keeps every layer"
+    layers = {
+        str(i): {
+            "mlp_choices": sorted({m, arch.intermediate_size}),
+            "kv_groups": sorted({g, arch.num_kv_heads}),
+        }
+        for i, (m, g) in enumerate(zip(cfg.mlp, cfg.kv_groups, strict=True))
+    }
+    spec = {"mode": "per_layer", "min_depth": arch.num_layers, "layers": layers}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec, indent=1))
+    return path
+
+
 def per_doc_correct(prepared, lls: np.ndarray) -> np.ndarray:
     """1/0 per document: does the highest loglikelihood choice match the gold one (lm-eval ``acc``)."""
     offsets = prepared.request_offsets
@@ -167,6 +185,20 @@ def main() -> None:
         default=0.0,
         help="InstaTune samples only sub-networks with at least this fraction of the parameters.",
     )
+    ap.add_argument(
+        "--num-random",
+        type=int,
+        default=2,
+        help="Random sub-networks per sandwich step (TuneArgs.num_random).",
+    )
+    ap.add_argument(
+        "--focus",
+        type=float,
+        default=None,
+        help="A control, not a strategy: InstaTune trains only between the fixed sub-network of this target "
+        "(e.g. 0.8) and the full network (see focus_space); with --strategy sandwich --num-random 0 every "
+        "student pass goes to that one sub-network.",
+    )
     ap.add_argument("--distill-tokens", default="all", help="all | response (see TuneArgs.distill_tokens).")
     ap.add_argument("--eval-size", type=int, default=64, help="Held-out Alpaca examples for final losses.")
     ap.add_argument("--seed", type=int, default=0)
@@ -189,19 +221,6 @@ def main() -> None:
         calibration=args.calibration,
         save_every=25,
     )
-    # InstaTune first: it is the one the goal is about, and a re-run reuses both.
-    runs = {
-        "instatune": TuneArgs(
-            out=str(args.out / "instatune"),
-            strategy=args.strategy,
-            schedule=args.schedule,
-            distill=not args.no_distill,
-            distill_tokens=args.distill_tokens,
-            min_params=args.min_params,
-            **common,
-        ),
-        "full-ft": TuneArgs(out=str(args.out / "full-ft"), strategy="full", **common),
-    }
     t_start = time.time()
     # Ordering only: the same ordering the fine-tunings start from (calibrated on the same data).
     base, tokenizer = load_supernet(args.model, space_file=args.space, calibration=args.calibration or data)
@@ -215,6 +234,26 @@ def main() -> None:
     )
     subnets = fixed_subnets(base.space)
     arch = base.arch
+    instatune_space = args.space
+    if args.focus is not None:
+        by_target = dict(zip(TARGETS, subnets.values(), strict=True))
+        if args.focus not in by_target:
+            raise SystemExit(f"--focus {args.focus} is not a target; allowed: {list(TARGETS)}.")
+        instatune_space = str(focus_space(by_target[args.focus], arch, args.out / "focus_space.json"))
+    # InstaTune first: it is the one the goal is about, and a re-run reuses both.
+    runs = {
+        "instatune": TuneArgs(
+            out=str(args.out / "instatune"),
+            strategy=args.strategy,
+            schedule=args.schedule,
+            distill=not args.no_distill,
+            distill_tokens=args.distill_tokens,
+            min_params=args.min_params,
+            num_random=args.num_random,
+            **{**common, "space": instatune_space},
+        ),
+        "full-ft": TuneArgs(out=str(args.out / "full-ft"), strategy="full", **common),
+    }
     n_docs = prepared.n_docs
     print(f"{args.task} {args.split}: {n_docs} questions", flush=True)
     results: dict[str, dict] = {}
