@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from llamanas.data import ALPACA_DEMO, find_data
+from llamanas.data import ALPACA_DEMO, alpaca_records, find_data
 from llamanas.models import load_model
 
 INSTRUCTION = "Write a passage of text."
@@ -78,7 +78,7 @@ def main() -> None:
     records = []
     base = args.base_data or str(find_data(ALPACA_DEMO) or "")
     if base and base != "none":
-        records = json.loads(Path(base).read_text())
+        records = alpaca_records(base)
     records += [{"instruction": INSTRUCTION, "input": "", "output": t} for t in texts]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(records, indent=1, ensure_ascii=False))

@@ -58,8 +58,9 @@ _NO_INPUT = (
 )
 
 
-def load_alpaca(source: str | Path) -> list[Example]:
-    """Alpaca-format records (``instruction``, ``input``, ``output``) from a JSON/JSONL file or a hub id."""
+def alpaca_records(source: str | Path) -> list[dict]:
+    """The raw Alpaca records (``instruction``, ``input``, ``output``) of a JSON/JSONL file or a hub id,
+    checked for their keys; ``load_alpaca`` renders them, tools that write new data files extend them."""
     p = Path(source)
     if p.is_file():
         text = p.read_text()
@@ -88,17 +89,23 @@ def load_alpaca(source: str | Path) -> list[Example]:
         raise LlamanasError(
             f"Data {str(source)!r}: expected a list of records with instruction/input/output."
         )
-    out = []
     for k, r in enumerate(rows):
         if not isinstance(r, dict) or "instruction" not in r or "output" not in r:
             keys = sorted(r) if isinstance(r, dict) else type(r).__name__
             raise LlamanasError(
                 f"Data {str(source)!r}, record {k}: expected Alpaca keys instruction/input/output; got {keys}."
             )
+    if not rows:
+        raise LlamanasError(f"Data {str(source)!r} holds no records.")
+    return rows
+
+
+def load_alpaca(source: str | Path) -> list[Example]:
+    """Alpaca-format records (``instruction``, ``input``, ``output``) from a JSON/JSONL file or a hub id."""
+    out = []
+    for r in alpaca_records(source):
         template = _WITH_INPUT if r.get("input") else _NO_INPUT
         out.append(
             Example(template.format(instruction=r["instruction"], input=r.get("input", "")), str(r["output"]))
         )
-    if not out:
-        raise LlamanasError(f"Data {str(source)!r} holds no records.")
     return out
