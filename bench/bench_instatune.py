@@ -19,6 +19,7 @@ evaluations in --out (and resumes interrupted fine-tunings).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -221,6 +222,23 @@ def main() -> None:
         calibration=args.calibration,
         save_every=25,
     )
+    if args.focus is not None and args.focus not in TARGETS:
+        raise SystemExit(f"--focus {args.focus} is not a target; allowed: {list(TARGETS)}.")
+    # Built (and so checked) before the model loads; InstaTune first: it is the one the goal is about,
+    # and a re-run reuses both.
+    runs = {
+        "instatune": TuneArgs(
+            out=str(args.out / "instatune"),
+            strategy=args.strategy,
+            schedule=args.schedule,
+            distill=not args.no_distill,
+            distill_tokens=args.distill_tokens,
+            min_params=args.min_params,
+            num_random=args.num_random,
+            **common,
+        ),
+        "full-ft": TuneArgs(out=str(args.out / "full-ft"), strategy="full", **common),
+    }
     t_start = time.time()
     # Ordering only: the same ordering the fine-tunings start from (calibrated on the same data).
     base, tokenizer = load_supernet(args.model, space_file=args.space, calibration=args.calibration or data)
@@ -234,26 +252,10 @@ def main() -> None:
     )
     subnets = fixed_subnets(base.space)
     arch = base.arch
-    instatune_space = args.space
     if args.focus is not None:
-        by_target = dict(zip(TARGETS, subnets.values(), strict=True))
-        if args.focus not in by_target:
-            raise SystemExit(f"--focus {args.focus} is not a target; allowed: {list(TARGETS)}.")
-        instatune_space = str(focus_space(by_target[args.focus], arch, args.out / "focus_space.json"))
-    # InstaTune first: it is the one the goal is about, and a re-run reuses both.
-    runs = {
-        "instatune": TuneArgs(
-            out=str(args.out / "instatune"),
-            strategy=args.strategy,
-            schedule=args.schedule,
-            distill=not args.no_distill,
-            distill_tokens=args.distill_tokens,
-            min_params=args.min_params,
-            num_random=args.num_random,
-            **{**common, "space": instatune_space},
-        ),
-        "full-ft": TuneArgs(out=str(args.out / "full-ft"), strategy="full", **common),
-    }
+        target = dict(zip(TARGETS, subnets.values(), strict=True))[args.focus]
+        space = str(focus_space(target, arch, args.out / "focus_space.json"))
+        runs["instatune"] = dataclasses.replace(runs["instatune"], space=space)
     n_docs = prepared.n_docs
     print(f"{args.task} {args.split}: {n_docs} questions", flush=True)
     results: dict[str, dict] = {}
