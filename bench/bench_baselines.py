@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from llamanas.baselines import run_baselines
-from llamanas.evaluate import evaluate
-from llamanas.search import SearchArgs, search
-from llamanas.space import SubnetConfig
-from llamanas.supernet import load_supernet
+from llamanas.evaluation.evaluate import evaluate
+from llamanas.evidence.baselines import run_baselines
+from llamanas.search.run import SearchArgs, search
+from llamanas.supernet.elastic import load_supernet
+from llamanas.supernet.space import SubnetConfig
 
 WIDTH_ONLY_SPACE = Path(__file__).with_name("instatune_space.yaml")
 

@@ -51,7 +51,12 @@ class Run:
 def run_ours(
     model, tokenizer, task: str, split: str, limit: int | None, batch_tokens: int
 ) -> tuple[Run, np.ndarray]:
-    from llamanas.evaluate import loglikelihoods, model_max_length, prepare, results_from_loglikelihoods
+    from llamanas.evaluation.evaluate import (
+        loglikelihoods,
+        model_max_length,
+        prepare,
+        results_from_loglikelihoods,
+    )
 
     t0 = time.perf_counter()
     prepared = prepare(
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llamanas.tasks import get_task, write_lm_eval_configs
+    from llamanas.evaluation.tasks import get_task, write_lm_eval_configs
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()

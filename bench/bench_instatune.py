@@ -28,11 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llamanas.data import ALPACA_DEMO, find_data
-from llamanas.evaluate import loglikelihoods, model_max_length, prepare, results_from_loglikelihoods
-from llamanas.space import SearchSpace, SubnetConfig
-from llamanas.supernet import SuperNet, load_supernet
-from llamanas.tune import TuneArgs, finetune
+from llamanas.evaluation.evaluate import (
+    loglikelihoods,
+    model_max_length,
+    prepare,
+    results_from_loglikelihoods,
+)
+from llamanas.model.data import ALPACA_DEMO, find_data
+from llamanas.supernet.elastic import SuperNet, load_supernet
+from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.tuning.tune import TuneArgs, finetune
 
 TARGETS = (1.0, 0.9, 0.8, 0.7, 0.6)
 DROP_PENALTY = 0.003  # per dropped layer: prefer narrowing to dropping when sizes are within ~1%

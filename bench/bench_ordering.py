@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from llamanas.evaluate import model_max_length, prepare, score
-from llamanas.importance import order_model
-from llamanas.models import load_model
-from llamanas.space import Arch, SubnetConfig
-from llamanas.supernet import SuperNet
+from llamanas.evaluation.evaluate import model_max_length, prepare, score
+from llamanas.model.arch import Arch
+from llamanas.model.load import load_model
+from llamanas.supernet.elastic import SuperNet
+from llamanas.supernet.importance import order_model
+from llamanas.supernet.space import SubnetConfig
 
 
 def fixed_subnets(arch: Arch) -> dict[str, SubnetConfig]:

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llamanas.search import SearchArgs, resolve_space, search
-from llamanas.workers import SupernetSpec
+from llamanas.search.run import SearchArgs, resolve_space, search
+from llamanas.search.workers import SupernetSpec
 
 ALGORITHMS = ("random", "nsga2", "linas")
 

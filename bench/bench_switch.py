@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from llamanas.extract import standalone
-from llamanas.models import load_model
-from llamanas.supernet import SuperNet
+from llamanas.model.load import load_model
+from llamanas.supernet.elastic import SuperNet
+from llamanas.supernet.slicing import standalone
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from llamanas.data import ALPACA_DEMO, alpaca_records, find_data
-from llamanas.models import load_model
+from llamanas.model.data import ALPACA_DEMO, alpaca_records, find_data
+from llamanas.model.load import load_model
 
 INSTRUCTION = "Write a passage of text."
 

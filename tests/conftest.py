@@ -21,7 +21,7 @@ FAMILY_KW = {
 def arc_available() -> bool:
     """Whether ARC-Easy's validation split loads (offline copy or hub): tests on real task data skip without it."""
     try:
-        from llamanas.tasks import load_docs
+        from llamanas.evaluation.tasks import load_docs
 
         return len(load_docs("arc_easy", "validation")) > 0
     except Exception:  # noqa: BLE001 - any missing data source means: skip
@@ -31,7 +31,7 @@ def arc_available() -> bool:
 def tiny_arch(num_layers: int = 6, **kw):
     """The dimensions of a tiny model (64 hidden, MLP 256, 4 heads in 2 KV groups), for tests of the
     search space, objectives, predictors and search that need no weights."""
-    from llamanas.space import Arch
+    from llamanas.model.arch import Arch
 
     dims = dict(
         num_layers=num_layers,
@@ -58,7 +58,7 @@ def tiny_model(
     """A random model of ``family`` small enough to run in milliseconds."""
     import transformers
 
-    from llamanas.families import FAMILIES
+    from llamanas.model.families import FAMILIES
 
     fam = FAMILIES[family]
     config_cls, model_cls = getattr(transformers, fam.config_class), getattr(transformers, fam.model_class)

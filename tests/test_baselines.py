@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import tiny_model, tiny_tokenizer
 
-from llamanas.baselines import (
+from llamanas.errors import LlamanasError
+from llamanas.evidence.baselines import (
     baseline_configs,
     block_influence,
     depth_truncation,
@@ -19,9 +20,9 @@ from llamanas.baselines import (
     shortgpt,
     uniform_width,
 )
-from llamanas.errors import LlamanasError
-from llamanas.space import Arch, SubnetConfig
-from llamanas.supernet import SuperNet
+from llamanas.model.arch import Arch
+from llamanas.supernet.elastic import SuperNet
+from llamanas.supernet.space import SubnetConfig
 
 # SmolLM2-135M's shape: 30 layers, tied 49152 x 576 embeddings (a fifth of the parameters).
 SMOL = Arch(
@@ -204,7 +205,7 @@ def test_read_baselines_missing_file_is_clear(tmp_path):
 def test_cli_baselines_rejects_bad_sizes():
     from typer.testing import CliRunner
 
-    from llamanas.cli import app
+    from llamanas.cli.app import app
 
     r = CliRunner().invoke(app, ["baselines", "--tasks", "arc_easy", "--out", "/tmp/x", "--sizes", "0.9,1.5"])
     assert r.exit_code != 0
@@ -214,8 +215,8 @@ def test_cli_baselines_rejects_bad_sizes():
 def test_recovered_baselines_get_the_supernets_fine_tuning_budget(tiny_dir, tmp_path):
     """recover=True prunes the original model, fine-tunes each baseline with the super-network's recorded
     budget, and evaluates the fine-tuned pruned model."""
-    from llamanas.supernet import load_supernet
-    from llamanas.tune import TuneArgs, finetune
+    from llamanas.supernet.elastic import load_supernet
+    from llamanas.tuning.tune import TuneArgs, finetune
 
     data = tmp_path / "alpaca.json"
     data.write_text(

@@ -6,9 +6,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from llamanas.cli import app
+from llamanas import cli
+from llamanas.cli.app import app
 from llamanas.errors import LlamanasError
-from llamanas.models import load_model
+from llamanas.model.load import load_model
 
 runner = CliRunner()
 
@@ -102,7 +103,6 @@ def test_subnet_that_does_not_fit(tiny_dir):
 
 
 def test_main_prints_error_line(tiny_dir, capsys, monkeypatch):
-    from llamanas import cli
 
     monkeypatch.setattr("sys.argv", ["llamanas", "space", "--model", "/no/such"])
     with pytest.raises(SystemExit) as e:
@@ -113,8 +113,10 @@ def test_main_prints_error_line(tiny_dir, capsys, monkeypatch):
 
 
 def test_extract_quantize_writes_a_smaller_checkpoint_that_eval_reads(tiny_dir, tmp_path):
-    from llamanas.quantize import QuantLinear, load_quantized, policy_bytes
-    from llamanas.space import Arch, SubnetConfig
+    from llamanas.deploy.quantize import load_quantized
+    from llamanas.model.arch import Arch
+    from llamanas.supernet.precision import QuantLinear, policy_bytes
+    from llamanas.supernet.space import SubnetConfig
 
     sub = '{"layers": [0, 2, 3], "mlp": [96, 24, 48], "kv_groups": [2, 1, 2]}'
     r = run("extract", "--model", tiny_dir, "--subnet", sub, "--out", tmp_path / "fp", "--no-order")

@@ -6,8 +6,8 @@ import pytest
 from conftest import arc_available
 from rich.console import Console
 
-from llamanas.data import ALPACA_DEMO, find_data
-from llamanas.demo import DemoArgs, run_demo
+from llamanas.cli.demo import DemoArgs, run_demo
+from llamanas.model.data import ALPACA_DEMO, find_data
 
 
 @pytest.mark.skipif(not (arc_available() and find_data(ALPACA_DEMO)), reason="offline data not available")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from llamanas import evaluate as E
-from llamanas import tasks as T
 from llamanas.errors import LlamanasError
-from llamanas.tasks import build_prompts, load_docs
+from llamanas.evaluation import evaluate as E
+from llamanas.evaluation import tasks as T
+from llamanas.evaluation.tasks import build_prompts, load_docs
 
 CORPUS_TASKS = [("arc_easy", "validation"), ("winogrande", "validation"), ("truthfulqa_mc2", "validation")]
 

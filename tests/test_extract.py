@@ -6,9 +6,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import llamanas  # noqa: F401 - registers the llamanas_* model types
-from llamanas.extract import extract
-from llamanas.space import SubnetConfig
-from llamanas.supernet import SuperNet
+from llamanas.deploy.extract import extract
+from llamanas.supernet.elastic import SuperNet
+from llamanas.supernet.space import SubnetConfig
 from tests.conftest import tiny_model
 
 
@@ -47,7 +47,7 @@ def test_uniform_subnet_is_a_plain_checkpoint(family, ids, tmp_path):
     # loads with transformers' own class, no llamanas code involved
     import transformers
 
-    from llamanas.families import FAMILIES
+    from llamanas.model.families import FAMILIES
 
     cls = getattr(transformers, FAMILIES[family].model_class)
     loaded = cls.from_pretrained(path).eval()

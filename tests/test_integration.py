@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from llamanas.extract import extract
-from llamanas.models import load_model
-from llamanas.space import SubnetConfig
-from llamanas.supernet import SuperNet
+from llamanas.deploy.extract import extract
+from llamanas.model.load import load_model
+from llamanas.supernet.elastic import SuperNet
+from llamanas.supernet.space import SubnetConfig
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_default_model_shape(default):
 
 
 def test_ordering_invariance_and_extraction_on_default(default, text_ids, tmp_path):
-    from llamanas.importance import order_model
+    from llamanas.supernet.importance import order_model
 
     model, tok = default
     with torch.inference_mode():
@@ -59,7 +59,7 @@ def test_ordering_invariance_and_extraction_on_default(default, text_ids, tmp_pa
 
 
 def test_eval_full_vs_sliced_on_default(default):
-    from llamanas.evaluate import model_max_length, prepare, score
+    from llamanas.evaluation.evaluate import model_max_length, prepare, score
 
     model, tok = default
     supernet = SuperNet(model)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from conftest import tiny_arch
 
-from llamanas import objectives as obj
 from llamanas.errors import LlamanasError
-from llamanas.space import Arch, SearchSpace, SubnetConfig
+from llamanas.model.arch import Arch
+from llamanas.search import objectives as obj
+from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 ARCH = tiny_arch(6)
 UNTIED = Arch(**{**ARCH.__dict__, "tie_word_embeddings": False, "attention_bias": True})
@@ -163,7 +164,7 @@ def test_pareto_mask_and_hypervolume():
 
 
 def test_counts_bytes_follow_the_precision_genes():
-    from llamanas.quantize import policy_bytes
+    from llamanas.supernet.precision import policy_bytes
 
     for arch in (ARCH, UNTIED):
         space = SearchSpace.from_dict({"bits": [4, 8, 16], "kv_groups": [1, 2]}, arch)

@@ -7,8 +7,8 @@ import pytest
 from conftest import tiny_arch
 
 from llamanas.errors import LlamanasError
-from llamanas.predictors import Encoder, Predictor, kendall_tau, mape
-from llamanas.space import SearchSpace, SubnetConfig
+from llamanas.search.predictors import Encoder, Predictor, kendall_tau, mape
+from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 ARCH = tiny_arch(4)
 SPACE = SearchSpace.from_arch(ARCH, min_depth=2)  # mlp 64/128/192/256, kv 1/2

@@ -10,24 +10,27 @@ import torch
 from conftest import tiny_model, tiny_tokenizer
 from torch import nn
 
-from llamanas.errors import LlamanasError
-from llamanas.extract import build_extracted
-from llamanas.quantize import (
+from llamanas.deploy.quantize import (
     QUANT_FILE,
     WEIGHTS_FILE,
-    QuantLinear,
-    apply_precision,
     compare_quantization,
-    effective_group_size,
     load_quantized,
-    model_bytes,
-    policy_bytes,
     quantize_front,
-    quantize_model,
     save_quantized,
 )
-from llamanas.space import Arch, SubnetConfig
-from llamanas.supernet import SuperNet
+from llamanas.errors import LlamanasError
+from llamanas.model.arch import Arch
+from llamanas.supernet.elastic import SuperNet
+from llamanas.supernet.precision import (
+    QuantLinear,
+    apply_precision,
+    effective_group_size,
+    model_bytes,
+    policy_bytes,
+    quantize_model,
+)
+from llamanas.supernet.slicing import build_extracted
+from llamanas.supernet.space import SubnetConfig
 
 
 def _linears(model):
@@ -356,7 +359,7 @@ def test_quantize_front_needs_a_front(tmp_path):
 def test_cli_quantize_checkpoint(tiny_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from llamanas.cli import app
+    from llamanas.cli.app import app
 
     r = CliRunner().invoke(
         app,

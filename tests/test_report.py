@@ -12,17 +12,9 @@ import numpy as np
 import pytest
 from conftest import tiny_arch
 
-from llamanas.baselines import BaselineResult, BaselineRun, write_baselines
-from llamanas.report import (
-    FIG_DIR,
-    Point,
-    Score,
-    highlights,
-    layer_stats,
-    load_data,
-    report,
-)
-from llamanas.space import SearchSpace, SubnetConfig
+from llamanas.evidence.baselines import BaselineResult, BaselineRun, write_baselines
+from llamanas.evidence.report import FIG_DIR, Point, Score, highlights, layer_stats, load_data, report
+from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 ARCH = tiny_arch(6, intermediate_size=128, vocab_size=128)
 SPACE = SearchSpace.from_arch(ARCH)
@@ -136,7 +128,7 @@ def build_run(tmp_path, with_store: bool = True, quantized: bool = True, baselin
     )
     if with_store:
         pytest.importorskip("llamanas.search")
-        from llamanas.store import Record, Store
+        from llamanas.search.store import Record, Store
 
         with Store(run / "results.sqlite") as store:
             run_id = store.open_run(info["run_name"], {"x": 1})

@@ -16,16 +16,10 @@ import pytest
 from conftest import tiny_arch
 
 from llamanas.errors import LlamanasError
-from llamanas.objectives import pareto_mask
-from llamanas.search import (
-    SearchArgs,
-    canonical_keys,
-    load_run,
-    parse_member_ref,
-    search,
-)
-from llamanas.space import SearchSpace
-from llamanas.workers import Outcome
+from llamanas.search.objectives import pareto_mask
+from llamanas.search.run import SearchArgs, canonical_keys, load_run, parse_member_ref, search
+from llamanas.search.workers import Outcome
+from llamanas.supernet.space import SearchSpace
 
 ARCH = tiny_arch(8)
 SPACE = SearchSpace.from_arch(ARCH)  # 8 layers, depth >= 4, MLP 64..256, KV 1..2
@@ -215,7 +209,7 @@ KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 from test_search import SPACE, SyntheticSpec, args_for
-from llamanas.search import search
+from llamanas.search.run import search
 search(args_for({tmp!r}, "linas", name="killed"), SyntheticSpec(delay=0.15, log_file={log!r}), SPACE)
 """
 
@@ -321,7 +315,7 @@ def test_corrupt_store_is_left_intact(tmp_path):
 
 
 def test_canonical_keys_ignore_skipped_genes():
-    from llamanas.objectives import Counts
+    from llamanas.search.objectives import Counts
 
     counts = Counts(SPACE)
     rng = np.random.default_rng(0)
@@ -355,7 +349,7 @@ def test_joint_precision_search_trades_bits_for_bytes(tmp_path):
     view = load_run(r.run_dir)
     assert all(e.config.bits is not None and len(e.config.bits) == e.config.depth for e in view.evaluated)
     assert view.evaluated[0].config == space.largest()  # all 16-bit, the base model
-    from llamanas.quantize import policy_bytes
+    from llamanas.supernet.precision import policy_bytes
 
     for m in r.front:
         assert m.values["bytes"] == policy_bytes(ARCH, m.config)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from llamanas.errors import LlamanasError
-from llamanas.space import Arch, SearchSpace, SubnetConfig
+from llamanas.model.arch import Arch
+from llamanas.supernet.space import SearchSpace, SubnetConfig
 from tests.conftest import tiny_model
 
 ARCH = Arch(

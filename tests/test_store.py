@@ -6,8 +6,8 @@ import sqlite3
 import pytest
 
 from llamanas.errors import LlamanasError
-from llamanas.space import SubnetConfig
-from llamanas.store import Record, Store, write_csv, write_json
+from llamanas.search.store import Record, Store, write_csv, write_json
+from llamanas.supernet.space import SubnetConfig
 
 CFG = SubnetConfig((0, 2), (64, 128), (1, 2))
 OTHER = SubnetConfig((1,), (64,), (1,))

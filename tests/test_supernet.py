@@ -3,10 +3,10 @@ import time
 import numpy as np
 import torch
 
-from llamanas.extract import build_extracted
-from llamanas.importance import calibration_batches, compute_ordering
-from llamanas.space import SubnetConfig
-from llamanas.supernet import ElasticLinear, SuperNet
+from llamanas.supernet.elastic import ElasticLinear, SuperNet
+from llamanas.supernet.importance import calibration_batches, compute_ordering
+from llamanas.supernet.slicing import build_extracted
+from llamanas.supernet.space import SubnetConfig
 from tests.conftest import tiny_model
 
 

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from llamanas import tasks as T
 from llamanas.errors import LlamanasError
+from llamanas.evaluation import tasks as T
 
 TRUTHFULQA_PREFIX = (
     "Q: What is human life expectancy in the United States?\n"

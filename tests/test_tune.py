@@ -11,12 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llamanas.data import load_alpaca
+from llamanas import cli
 from llamanas.errors import LlamanasError
-from llamanas.sampling import SCHEDULES, Sampler, SizeBuckets, restrict
-from llamanas.space import Arch, SearchSpace, SubnetConfig
-from llamanas.supernet import SUPERNET_FILE, SuperNet, load_supernet
-from llamanas.tune import (
+from llamanas.model.arch import Arch
+from llamanas.model.data import load_alpaca
+from llamanas.supernet.elastic import SUPERNET_FILE, SuperNet, load_supernet
+from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.tuning.sampling import SCHEDULES, Sampler, SizeBuckets, restrict
+from llamanas.tuning.tune import (
     IGNORE,
     STRATEGIES,
     Batches,
@@ -186,7 +188,6 @@ def test_bad_data_gives_one_clear_line(tiny, tmp_path):
 
 
 def test_cli_prints_one_error_line(tiny, tmp_path, monkeypatch, capsys):
-    from llamanas import cli
 
     model_dir, data = tiny
     argv = ["llamanas", "finetune", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path)]
@@ -204,7 +205,7 @@ def test_cli_defaults_mirror_tune_args():
     """The flags and TuneArgs must not drift apart (same names, same defaults)."""
     import typer
 
-    from llamanas.cli import app
+    from llamanas.cli.app import app
 
     command = typer.main.get_command(app).commands["finetune"]
     flags = {p.name: p.default for p in command.params}
@@ -216,7 +217,6 @@ def test_cli_defaults_mirror_tune_args():
 
 
 def test_cli_finetune_end_to_end(tiny, tmp_path, monkeypatch):
-    from llamanas import cli
 
     model_dir, data = tiny
     out = tmp_path / "sn"
@@ -581,7 +581,7 @@ def test_saved_super_network_loads_without_reordering(tiny, tmp_path, monkeypatc
     def no_reordering(*a, **k):
         raise AssertionError("a trained super-network must not be re-ordered")
 
-    monkeypatch.setattr("llamanas.importance.order_model", no_reordering)
+    monkeypatch.setattr("llamanas.supernet.importance.order_model", no_reordering)
     loaded, tok = load_supernet(str(result.out))
     assert loaded.space == result.supernet.space
     ids = torch.tensor([tok("Name color number 3.")["input_ids"]])
@@ -607,7 +607,7 @@ def test_fine_tuning_a_super_network_keeps_its_space(tiny, tmp_path, monkeypatch
     space_file = tmp_path / "space.yaml"
     space_file.write_text("mlp_choices: [0.5, 1.0]\nkv_groups: [2]\n")
     first = finetune(args_for(tiny, tmp_path / "a", steps=2, space=str(space_file)), progress=False)
-    monkeypatch.setattr("llamanas.importance.order_model", lambda *a, **k: pytest.fail("re-ordered"))
+    monkeypatch.setattr("llamanas.supernet.importance.order_model", lambda *a, **k: pytest.fail("re-ordered"))
     second = finetune(args_for(tiny, tmp_path / "b", steps=2, model=str(first.out)), progress=False)
     assert second.supernet.space == first.supernet.space
     assert second.supernet.space.mlp_choices[0] == (32, 64)

@@ -8,12 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from llamanas.cli import app
+from llamanas.cli.app import app
 from llamanas.errors import LlamanasError
-from llamanas.search import SearchArgs, load_run, search
-from llamanas.space import SearchSpace, SubnetConfig
-from llamanas.supernet import SuperNet
-from llamanas.workers import EvalSettings, LocalPool, Outcome, SupernetSpec, make_pool
+from llamanas.search.run import SearchArgs, load_run, search
+from llamanas.search.workers import EvalSettings, LocalPool, Outcome, SupernetSpec, make_pool
+from llamanas.supernet.elastic import SuperNet
+from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 runner = CliRunner()
 
@@ -62,7 +62,7 @@ def tiny_llama(seed: int = 0):
 
 class TinyEvaluator:
     def __init__(self):
-        from llamanas.models import fingerprint
+        from llamanas.model.load import fingerprint
 
         self.supernet = SuperNet(tiny_llama())
         self.fp = fingerprint(self.supernet.model)
@@ -139,7 +139,7 @@ def test_supernet_evaluator_counts_and_timing(tiny_dir):
 
 def _arc_available() -> bool:
     try:
-        from llamanas.tasks import load_docs
+        from llamanas.evaluation.tasks import load_docs
 
         return len(load_docs("arc_easy", "validation")) > 0
     except Exception:  # noqa: BLE001 - any missing data source means: skip
@@ -239,9 +239,11 @@ def test_gold_nll_reference_is_a_uniform_guess(tiny_dir):
 
 def test_quantized_subnets_are_scored_as_extracted_and_quantized(tiny_dir, tmp_path):
     """A config with per-layer bits is scored on the extracted model at those bits, not on 16-bit slices."""
-    from llamanas.evaluate import score
-    from llamanas.extract import extract, standalone
-    from llamanas.quantize import QuantLinear, apply_precision, load_quantized
+    from llamanas.deploy.extract import extract
+    from llamanas.deploy.quantize import load_quantized
+    from llamanas.evaluation.evaluate import score
+    from llamanas.supernet.precision import QuantLinear, apply_precision
+    from llamanas.supernet.slicing import standalone
 
     space = SearchSpace.from_dict({"bits": [4, 8, 16]}, SuperNet(tiny_llama()).arch)
     settings = EvalSettings(tasks=("arc_easy",), limit=6)
@@ -338,7 +340,7 @@ def test_ray_workers_equal_sequential(tmp_path):
     assert seq.hypervolume == par.hypervolume
     for name in ("front.csv", "hypervolume.csv", "predictors.csv"):
         assert (seq.run_dir / name).read_text() == (par.run_dir / name).read_text()
-    from llamanas.store import Store
+    from llamanas.search.store import Store
 
     with Store(par.run_dir / "results.sqlite") as s:
         used = {r.worker for _, r in s.run_records(1)}

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from llamanas.data import find_data
 from llamanas.errors import LlamanasError, unknown
+from llamanas.model.data import find_data
 
 log = logging.getLogger(__name__)
 

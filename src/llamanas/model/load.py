@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from llamanas.errors import LlamanasError
-from llamanas.families import FAMILIES, family_of
+from llamanas.model.families import FAMILIES, family_of
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -87,7 +87,7 @@ def load_config(name: str):
     """The HF config of a model, with a clear error for anything unsupported."""
     from transformers import AutoConfig
 
-    import llamanas.extract  # noqa: F401  - registers our per-layer model types with the Auto classes
+    import llamanas.model.hf_types  # noqa: F401  - registers our per-layer model types with the Auto classes
 
     path = resolve(name)
     try:
@@ -102,7 +102,7 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", device: str = "c
     """Load (model, tokenizer) for any supported causal LM; the model is in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import llamanas.extract  # noqa: F401
+    import llamanas.model.hf_types  # noqa: F401
 
     if isinstance(dtype, str):
         if dtype not in DTYPES:

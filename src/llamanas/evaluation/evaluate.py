@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from llamanas.errors import LlamanasError
-from llamanas.tasks import (
+from llamanas.evaluation.tasks import (
     GROUPS,
     build_prompts,
     effective_num_fewshot,

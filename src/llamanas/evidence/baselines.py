@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from llamanas.errors import LlamanasError
-from llamanas.space import Arch, SubnetConfig
+from llamanas.model.arch import Arch
+from llamanas.supernet.space import SubnetConfig
 
 METHODS = ("depth", "shortgpt", "width")
 DEFAULT_WIDTH_MULTIPLE = 8  # MLP widths in multiples of 8: vector-friendly, and < 1% from the target size
@@ -292,7 +293,7 @@ def run_baselines(
     ``loader(name) -> (SuperNet, tokenizer)`` defaults to ``load_supernet`` (which orders the channels
     by importance, as the width baseline needs); tests pass fakes for ``loader`` and ``evaluate_fn``.
     """
-    from llamanas.importance import calibration_batches, calibration_texts
+    from llamanas.supernet.importance import calibration_batches, calibration_texts
 
     if not tasks:
         raise LlamanasError("Baselines need at least one task.")
@@ -306,11 +307,11 @@ def run_baselines(
             )
         tune_args = training_budget(supernet_dir)
     if loader is None:
-        from llamanas.supernet import load_supernet
+        from llamanas.supernet.elastic import load_supernet
 
         loader = lambda name: load_supernet(name, calibration=calibration)  # noqa: E731
     if evaluate_fn is None:
-        from llamanas.evaluate import evaluate as evaluate_fn
+        from llamanas.evaluation.evaluate import evaluate as evaluate_fn
     eval_kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
     sources = [("base", model)] + ([("supernet", supernet_dir)] if supernet_dir else [])
     rows: list[BaselineResult] = []
@@ -357,9 +358,9 @@ def run_baselines(
 
 def training_budget(supernet_dir: str):
     """The ``TuneArgs`` a super-network folder was fine-tuned with (its ``llamanas_supernet.json``)."""
-    from llamanas.models import resolve
-    from llamanas.supernet import SUPERNET_FILE
-    from llamanas.tune import TuneArgs
+    from llamanas.model.load import resolve
+    from llamanas.supernet.elastic import SUPERNET_FILE
+    from llamanas.tuning.tune import TuneArgs
 
     meta = Path(resolve(supernet_dir)) / SUPERNET_FILE
     training = json.loads(meta.read_text()).get("training") if meta.is_file() else None
@@ -378,8 +379,8 @@ def recover_baseline(supernet, tokenizer, spec: BaselineSpec, tune_args, work: P
     """
     import dataclasses
 
-    from llamanas.extract import extract
-    from llamanas.tune import finetune
+    from llamanas.deploy.extract import extract
+    from llamanas.tuning.tune import finetune
 
     name = "base" if spec.method == "base" else f"{spec.method}-{spec.target:g}"
     pruned, tuned = work / name / "pruned", work / name / "tuned"

@@ -31,19 +31,19 @@ class DemoArgs:
 
 
 def run_demo(args: DemoArgs, console, front_table) -> Path:
-    from llamanas.baselines import run_baselines
-    from llamanas.extract import extract
-    from llamanas.report import report
-    from llamanas.search import SearchArgs, load_run, search
-    from llamanas.supernet import load_supernet
+    from llamanas.deploy.extract import extract
+    from llamanas.evidence.baselines import run_baselines
+    from llamanas.evidence.report import report
+    from llamanas.search.run import SearchArgs, load_run, search
+    from llamanas.supernet.elastic import load_supernet
 
     out = Path(args.out)
     run_dir = out / "search"
     model = args.model
     supernet_dir = None
     if args.finetune_steps:
-        from llamanas.data import ALPACA_DEMO, find_data
-        from llamanas.tune import TuneArgs, finetune
+        from llamanas.model.data import ALPACA_DEMO, find_data
+        from llamanas.tuning.tune import TuneArgs, finetune
 
         data = find_data(ALPACA_DEMO)
         console.rule(
@@ -103,7 +103,7 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
     console.print(f"front member {best.id}: accuracy {best.values['accuracy']:.3f}, saved to {small}")
 
     console.rule("3/5 INT8 weight-only quantization: the extracted model, and the whole front re-evaluated")
-    from llamanas.quantize import quantize_front
+    from llamanas.deploy.quantize import quantize_front
 
     quantize_front(run_dir, "int8", supernet=supernet, tokenizer=tokenizer, progress=True)
     qdir = extract(supernet, best.config, out / "extracted-int8", tokenizer, metadata=meta, quantize="int8")

@@ -39,16 +39,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llamanas.data import Example, load_alpaca
 from llamanas.errors import LlamanasError, from_dict_strict, unknown
-from llamanas.sampling import SCHEDULES, Sampler
-from llamanas.space import SearchSpace, SubnetConfig
-from llamanas.supernet import SUPERNET_FILE, ElasticLinear, SuperNet
+from llamanas.model.data import Example, load_alpaca
+from llamanas.model.families import LINEARS
+from llamanas.supernet.elastic import SUPERNET_FILE, ElasticLinear, SuperNet
+from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.tuning.sampling import SCHEDULES, Sampler
 
 STRATEGIES = ("full", "alternate", "sandwich")
 DISTILL_TOKENS = ("all", "response")
 PRECISIONS = ("auto", "fp32", "bf16")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS = LINEARS
 CHECKPOINT_DIR = "checkpoint"
 # Arguments that may change between an interrupted run and its resumption (they do not change results).
 RESUME_FREE = ("out", "save_every", "keep_checkpoint")  # a moved folder still resumes
@@ -432,7 +433,7 @@ def finetune(args: TuneArgs, callback: StepCallback | None = None, progress: boo
         raise LlamanasError(f"Output {str(out)!r} exists and is not a folder.")
     done = _finished_record(out, args)
     if done is not None:
-        from llamanas.supernet import load_supernet
+        from llamanas.supernet.elastic import load_supernet
 
         supernet, tokenizer = load_supernet(str(out))
         return TuneResult(out, supernet, tokenizer, done)
@@ -478,9 +479,9 @@ class _Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
         from transformers import get_cosine_schedule_with_warmup
 
-        from llamanas.importance import Ordering, order_model
-        from llamanas.models import resolve
-        from llamanas.supernet import load_supernet
+        from llamanas.model.load import resolve
+        from llamanas.supernet.elastic import load_supernet
+        from llamanas.supernet.importance import Ordering, order_model
 
         a = self.args
         # Skipped layers get no gradient on a step; DDP must be told that this is expected. Autocast is

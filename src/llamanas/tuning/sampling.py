@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from llamanas.errors import LlamanasError, unknown
-from llamanas.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 SCHEDULES = ("uniform", "progressive", "delayed", "complexity")
 

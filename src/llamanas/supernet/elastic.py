@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamanas.errors import LlamanasError
-from llamanas.families import family_of
-from llamanas.space import Arch, SearchSpace, SubnetConfig
+from llamanas.model.arch import Arch
+from llamanas.model.families import family_of
+from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 
 class ElasticLinear(nn.Linear):
@@ -154,8 +155,8 @@ def load_supernet(
     import json
     from pathlib import Path
 
-    from llamanas.importance import order_model
-    from llamanas.models import load_model, resolve
+    from llamanas.model.load import load_model, resolve
+    from llamanas.supernet.importance import order_model
 
     model, tokenizer = load_model(name, dtype=dtype)
     meta_path = Path(resolve(name)) / SUPERNET_FILE

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llamanas.errors import LlamanasError, unknown
-from llamanas.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 MIN, MAX = "min", "max"
 TASK, COUNT, TIMING = "task", "count", "timing"  # where a value comes from
@@ -263,7 +263,7 @@ class Counts:
         # bytes[layer, mlp index, kv index, bits index]; one bits slot when the space has no precision genes.
         self.bits_max = np.array([len(b) - 1 for b in space.bits_choices], dtype=int)
         if space.bits_choices:
-            from llamanas.quantize import fixed_bytes, layer_bytes
+            from llamanas.supernet.precision import fixed_bytes, layer_bytes
 
             cb = int(self.bits_max.max()) + 1
             self.tables["bytes"] = np.zeros((a.num_layers, cm, ck, cb))
@@ -317,7 +317,7 @@ class Counts:
         a = self.space.arch
         params = cfg.num_params(a)
         if self.space.bits_choices:
-            from llamanas.quantize import policy_bytes
+            from llamanas.supernet.precision import policy_bytes
 
             size = float(policy_bytes(a, cfg))
         else:

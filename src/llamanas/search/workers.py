@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from llamanas.errors import LlamanasError, from_dict_strict
-from llamanas.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,8 @@ class SupernetEvaluator:
     """Scores sub-networks of one loaded super-network on prepared tasks; optionally times them."""
 
     def __init__(self, spec: SupernetSpec, device: str | None = None):
-        from llamanas.models import fingerprint
-        from llamanas.supernet import load_supernet
+        from llamanas.model.load import fingerprint
+        from llamanas.supernet.elastic import load_supernet
 
         self.spec, s = spec, spec.settings
         supernet, tokenizer = load_supernet(
@@ -130,7 +130,7 @@ class SupernetEvaluator:
         self._fingerprint = fingerprint(supernet.model)
         self.prepared = None
         if s.tasks:
-            from llamanas.evaluate import model_max_length, prepare
+            from llamanas.evaluation.evaluate import model_max_length, prepare
 
             self.prepared = prepare(
                 tokenizer,
@@ -164,21 +164,21 @@ class SupernetEvaluator:
         return ref
 
     def _time(self, cfg: SubnetConfig) -> dict[str, float]:
-        from llamanas.measure import measure
+        from llamanas.evaluation.measure import measure
 
         s = self.spec.settings
         m = measure(self.supernet, cfg, s.seq_len, True, s.prefill_tokens, s.gen_tokens, repeats=s.repeats)
         return {"latency": float(m.latency_ms), "throughput": float(m.throughput_tok_s)}
 
     def evaluate(self, cfg: SubnetConfig) -> Outcome:
-        from llamanas.evaluate import score
+        from llamanas.evaluation.evaluate import score
 
         started = time.time()
         values: dict[str, float] = {}
         split, n_items = None, None
         if self.prepared is not None:
             if cfg.quantized:  # precision genes: score the extracted sub-network at its layers' bits
-                from llamanas.extract import standalone
+                from llamanas.supernet.slicing import standalone
 
                 results = score(standalone(self.supernet, cfg), self.prepared)
             else:
@@ -221,7 +221,7 @@ def uniform_gold_nll(prepared, tasks, vocab_size: int) -> dict[str, float]:
         if t in per_task:
             out[t] = per_task[t]
         else:  # a group: size-weighted mean of its tasks, as lm-eval aggregates
-            from llamanas.tasks import GROUPS
+            from llamanas.evaluation.tasks import GROUPS
 
             parts = [p for p in GROUPS[t] if p in per_task]
             out[t] = sum(per_task[p] * sizes[p] for p in parts) / sum(sizes[p] for p in parts)

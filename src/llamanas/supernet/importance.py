@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from llamanas.errors import LlamanasError
-from llamanas.space import Arch
+from llamanas.model.arch import Arch
 
 
 @dataclass
@@ -127,13 +127,13 @@ def calibration_texts(path: str | Path | None = None) -> list[str]:
     Default: the Alpaca demo data when the shared data folder is found (the data InstaTune trains on),
     else a short built-in text.
     """
-    from llamanas.data import ALPACA_DEMO, find_data
+    from llamanas.model.data import ALPACA_DEMO, find_data
 
     p = Path(path) if path else (find_data(ALPACA_DEMO) or BUILTIN)
     if not p.is_file():
         raise LlamanasError(f"Calibration file {str(path)!r} does not exist.")
     if p.suffix in (".json", ".jsonl"):
-        from llamanas.data import load_alpaca
+        from llamanas.model.data import load_alpaca
 
         return [r.prompt + r.response for r in load_alpaca(p)]
     return [t.strip() for t in p.read_text().split("\n\n") if t.strip()]

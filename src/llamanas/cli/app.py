@@ -75,7 +75,7 @@ def _quiet_libraries() -> None:
 
 
 def _subnet(spec: str | None, supernet):
-    from llamanas.space import SubnetConfig
+    from llamanas.supernet.space import SubnetConfig
 
     if spec is None:
         return SubnetConfig.full(supernet.arch)
@@ -84,7 +84,7 @@ def _subnet(spec: str | None, supernet):
 
 
 def _load(model: str, space: str | None = None, order: bool = True):
-    from llamanas.supernet import load_supernet
+    from llamanas.supernet.elastic import load_supernet
 
     with console.status(f"Loading {model}" + (" and ordering channels by importance" if order else "")):
         return load_supernet(model, space_file=space, order=order)
@@ -103,8 +103,9 @@ def space(
     """Print the search space of a model (dimensions, choices, number of sub-networks), or sample from it."""
     import numpy as np
 
-    from llamanas.models import load_config
-    from llamanas.space import Arch, SearchSpace
+    from llamanas.model.arch import Arch
+    from llamanas.model.load import load_config
+    from llamanas.supernet.space import SearchSpace
 
     arch = Arch.from_hf(load_config(model))
     sp = SearchSpace.from_file(space, arch) if space else SearchSpace.from_arch(arch)
@@ -144,14 +145,14 @@ def eval_(
     no_order: NoOrderOpt = False,
 ):
     """Evaluate a model or one of its sub-networks on multiple-choice tasks, scored exactly as lm-eval 0.4 does."""
-    from llamanas.evaluate import evaluate
+    from llamanas.evaluation.evaluate import evaluate
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()]
     if not task_list:
         raise LlamanasError(f"--tasks needs at least one task name; got {tasks!r}.")
     if limit is not None and limit < 1:
         raise LlamanasError(f"--limit must be >= 1; got {limit}.")
-    from llamanas.quantize import is_quantized_dir, load_quantized
+    from llamanas.deploy.quantize import is_quantized_dir, load_quantized
 
     kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
     title = model
@@ -165,7 +166,7 @@ def eval_(
         supernet, tokenizer = _load(model, order=subnet is not None and not no_order)
         cfg = _subnet(subnet, supernet)
         if cfg.quantized:  # per-layer bits from a joint precision search: run the extracted sub-network
-            from llamanas.extract import standalone
+            from llamanas.supernet.slicing import standalone
 
             results = evaluate(standalone(supernet, cfg), tokenizer, task_list, **kwargs)
         else:
@@ -224,7 +225,7 @@ def measure(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
     """Report parameters, bytes, MACs per token, prefill latency and generation throughput of a (sub-)network."""
-    from llamanas.measure import measure as measure_fn
+    from llamanas.evaluation.measure import measure as measure_fn
 
     for flag, v in (
         ("--seq-len", seq_len),
@@ -272,10 +273,10 @@ def extract(
 ):
     """Write a sub-network as a standalone checkpoint that `AutoModelForCausalLM.from_pretrained` loads
     (or, with --quantize, an INT8/INT4 checkpoint)."""
-    from llamanas.extract import extract as extract_fn
+    from llamanas.deploy.extract import extract as extract_fn
 
     if quantize is not None:
-        from llamanas.quantize import check_method
+        from llamanas.supernet.precision import check_method
 
         check_method(quantize)
     subnet = _member_subnet(subnet)
@@ -313,7 +314,7 @@ def demo(
     ] = "runs/demo",
 ):
     """The whole pipeline in about 15 minutes: short InstaTune, LINAS search, front, extraction, INT8, baselines, report."""
-    from llamanas.demo import DemoArgs, run_demo
+    from llamanas.cli.demo import DemoArgs, run_demo
 
     if not 0 < size <= 1:
         raise LlamanasError(f"--size must be a fraction in (0, 1]; got {size}.")
@@ -335,7 +336,7 @@ def demo(
 @app.command()
 def tasks():
     """List the available evaluation tasks."""
-    from llamanas.tasks import available_tasks
+    from llamanas.evaluation.tasks import available_tasks
 
     for name in available_tasks():
         print(name)
@@ -452,8 +453,8 @@ def finetune(
     checkpoint with `llamanas_supernet.json` (search space, training record), `losses.csv` and
     `losses.png`; pass it to any other command as `--model`.
     """
-    from llamanas.tune import TuneArgs
-    from llamanas.tune import finetune as finetune_fn
+    from llamanas.tuning.tune import TuneArgs
+    from llamanas.tuning.tune import finetune as finetune_fn
 
     args = TuneArgs(
         data=data,
@@ -553,7 +554,8 @@ def quantize(
 ):
     """Quantize a checkpoint's decoder linears to INT8/INT4 (embeddings and head stay 16-bit) and report size,
     accuracy and latency before and after; or, with --front, re-evaluate a search's front after quantization."""
-    from llamanas.quantize import check_method, quantize_checkpoint, quantize_front
+    from llamanas.deploy.quantize import quantize_checkpoint, quantize_front
+    from llamanas.supernet.precision import check_method
 
     check_method(method)
     if limit is not None and limit < 1:
@@ -646,7 +648,7 @@ def baselines(
     ] = False,
 ):
     """Evaluate pruning baselines at matched size: depth truncation, ShortGPT layer removal, uniform MLP width."""
-    from llamanas.baselines import run_baselines
+    from llamanas.evidence.baselines import run_baselines
 
     task_list = _task_list(tasks)
     try:
@@ -706,7 +708,7 @@ def report(
     png: Annotated[bool, typer.Option(help="Also write PNG figures (--no-png: HTML only).")] = True,
 ):
     """Write one self-contained HTML report (offline, interactive) and PNG figures of a search run."""
-    from llamanas.report import report as report_fn
+    from llamanas.evidence.report import report as report_fn
 
     path = report_fn(run_dir, baselines_dir, out_dir, png=png)
     console.print(f"wrote {path}")
@@ -718,7 +720,7 @@ def _split_list(text: str | None) -> list[str]:
 
 def _member_subnet(spec: str) -> str:
     """``RUN_DIR:ID`` (a member of a search run) -> its config as inline JSON; anything else unchanged."""
-    from llamanas.search import load_run, parse_member_ref
+    from llamanas.search.run import load_run, parse_member_ref
 
     ref = parse_member_ref(spec)
     if ref is None:
@@ -827,8 +829,8 @@ def search(
     """Multi-objective search for sub-networks (LINAS, NSGA-II or random), resumable, optionally on Ray."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from llamanas.search import SearchArgs, load_run
-    from llamanas.search import search as search_fn
+    from llamanas.search.run import SearchArgs, load_run
+    from llamanas.search.run import search as search_fn
 
     args = SearchArgs(
         model=model,
@@ -887,7 +889,7 @@ def front(
     as_json: Annotated[bool, typer.Option("--json", help="Print the front as JSON.")] = False,
 ):
     """Print the current Pareto front of a search run (also while it runs); extract one with --subnet RUN_DIR:ID."""
-    from llamanas.search import load_run
+    from llamanas.search.run import load_run
 
     view = load_run(run_dir)
     if as_json:

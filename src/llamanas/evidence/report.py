@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llamanas.errors import LlamanasError
-from llamanas.space import Arch, SubnetConfig
+from llamanas.model.arch import Arch
+from llamanas.supernet.space import SubnetConfig
 
 REPORT_FILE = "report.html"
 FIG_DIR = "figures"
@@ -242,7 +243,7 @@ def load_data(run_dir: str | Path, baselines: str | Path | None = None) -> Repor
     # All evaluations (the store), else the front only.
     evaluated: list[Point] = []
     try:
-        from llamanas.search import load_run
+        from llamanas.search.run import load_run
 
         view = load_run(run)
         front_ids = {m.id for m in view.front}
@@ -308,7 +309,7 @@ def load_data(run_dir: str | Path, baselines: str | Path | None = None) -> Repor
     base_points: list[Point] = []
     b_info = None
     if baselines is not None:
-        from llamanas.baselines import read_baselines
+        from llamanas.evidence.baselines import read_baselines
 
         try:
             b = read_baselines(baselines)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from llamanas.space import SubnetConfig
+from llamanas.supernet.space import SubnetConfig
 
 
 @dataclass
@@ -99,7 +99,7 @@ def measure(
     """Counts, plus measured latency and throughput of the extracted sub-network when ``timing``."""
     m = count(supernet, cfg, seq_len)
     if timing:
-        from llamanas.extract import standalone
+        from llamanas.supernet.slicing import standalone
 
         model = standalone(supernet, cfg)  # at its layers' bits when cfg has them
         model.generation_config.pad_token_id = 0

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from llamanas.errors import LlamanasError, unknown
-from llamanas.objectives import Counts
-from llamanas.space import SearchSpace
+from llamanas.search.objectives import Counts
+from llamanas.supernet.space import SearchSpace
 
 ENCODINGS = ("ordinal", "onehot")
 

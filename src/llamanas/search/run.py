@@ -32,14 +32,14 @@ from pymoo.core.duplicate import DuplicateElimination
 from pymoo.core.problem import Problem
 from pymoo.core.repair import Repair
 
-from llamanas import objectives as objmod
-from llamanas import store as storemod
 from llamanas.errors import LlamanasError, from_dict_strict, unknown
-from llamanas.objectives import Constraint, Counts, Objective
-from llamanas.predictors import Encoder, Predictor, kendall_tau, mape
-from llamanas.space import SearchSpace, SubnetConfig
-from llamanas.store import Record, Store
-from llamanas.workers import EvalSettings, EvaluatorSpec, Outcome, SupernetSpec, make_pool
+from llamanas.search import objectives as objmod
+from llamanas.search import store as storemod
+from llamanas.search.objectives import Constraint, Counts, Objective
+from llamanas.search.predictors import Encoder, Predictor, kendall_tau, mape
+from llamanas.search.store import Record, Store
+from llamanas.search.workers import EvalSettings, EvaluatorSpec, Outcome, SupernetSpec, make_pool
+from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 ALGORITHMS = ("random", "nsga2", "linas")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -138,7 +138,7 @@ class SearchArgs:
             raise LlamanasError(f"--inner-population must be >= 4; got {self.inner_population}.")
         if self.dtype not in DTYPE_BYTES:
             raise unknown("dtype", self.dtype, DTYPE_BYTES)
-        from llamanas.predictors import KINDS
+        from llamanas.search.predictors import KINDS
 
         if self.predictor not in KINDS:
             raise unknown("predictor", self.predictor, KINDS)
@@ -869,9 +869,9 @@ class SearchResult:
 
 def resolve_space(args: SearchArgs) -> SearchSpace:
     """The space the super-network would use (space file > saved super-network space > default)."""
-    from llamanas.models import load_config, resolve
-    from llamanas.space import Arch
-    from llamanas.supernet import SUPERNET_FILE
+    from llamanas.model.arch import Arch
+    from llamanas.model.load import load_config, resolve
+    from llamanas.supernet.elastic import SUPERNET_FILE
 
     arch = Arch.from_hf(load_config(args.model))
     if args.space:

@@ -1,81 +1,19 @@
-"""Extraction: a sub-network becomes a standalone, smaller HF checkpoint.
+"""Slicing: a sub-network of the super-network as an in-memory standalone model.
 
-When every kept layer has the same MLP size and KV groups, the checkpoint is a plain checkpoint of the
-source family (``llama``, ``mistral``, ``qwen2``) that needs nothing of ours. Otherwise it is saved under
-the model type ``llamanas_<family>``: the family's own config plus two per-layer lists
-(``layer_intermediate_sizes``, ``layer_num_key_value_heads``), and a model class that sizes each layer
-from them. Importing ``llamanas`` registers these types with ``AutoConfig``/``AutoModelForCausalLM``.
+The weights of ``cfg`` are copied out of the full ones (first-k rows/columns, kept layers renumbered), so
+the result is an ordinary family model, or a ``llamanas_<family>`` one when layer sizes differ
+(``model/hf_types.py``). ``build_extracted(model, cfg)`` equals ``supernet.subnet(cfg)`` (tested).
 """
 
 from __future__ import annotations
 
-import functools
-import json
-from pathlib import Path
-
 import torch
-from torch import nn
 
 from llamanas.errors import LlamanasError
-from llamanas.families import ELASTIC_PREFIX, FAMILIES, Family, family_of
-from llamanas.space import Arch, SubnetConfig
-
-LAYER_MLP = "layer_intermediate_sizes"
-LAYER_KV = "layer_num_key_value_heads"
-SUBNET_FILE = "llamanas_subnet.json"
-
-
-@functools.cache
-def elastic_classes(family: Family):
-    """(config class, model class) of the per-layer-size variant of ``family``."""
-    base_config, base_model = family.classes()
-    config_cls = type(
-        f"Llamanas{base_config.__name__}", (base_config,), {"model_type": ELASTIC_PREFIX + family.model_type}
-    )
-
-    class ElasticForCausalLM(base_model):
-        config_class = config_cls
-
-        def __init__(self, config):
-            super().__init__(config)
-            resize_layers(self, getattr(config, LAYER_MLP), getattr(config, LAYER_KV))
-
-    ElasticForCausalLM.__name__ = f"Llamanas{base_model.__name__}"
-    return config_cls, ElasticForCausalLM
-
-
-def resize_layers(model, mlp_sizes: list[int], kv_heads: list[int]) -> None:
-    """Replace each layer's linears by ones of the per-layer sizes (weights are loaded afterwards)."""
-    arch = Arch.from_hf(model.config)
-    h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
-    layers = model.get_decoder().layers
-    if len(mlp_sizes) != len(layers) or len(kv_heads) != len(layers):
-        raise LlamanasError(f"{LAYER_MLP}/{LAYER_KV} need one value per layer ({len(layers)}).")
-    for layer, m, g in zip(layers, mlp_sizes, kv_heads, strict=True):
-        attn, mlp = layer.self_attn, layer.mlp
-        ab, mb = arch.attention_bias, arch.mlp_bias
-        attn.q_proj = nn.Linear(h, g * rep * hd, bias=attn.q_proj.bias is not None)
-        attn.k_proj = nn.Linear(h, g * hd, bias=attn.k_proj.bias is not None or ab)
-        attn.v_proj = nn.Linear(h, g * hd, bias=attn.v_proj.bias is not None or ab)
-        attn.o_proj = nn.Linear(g * rep * hd, h, bias=attn.o_proj.bias is not None)
-        mlp.gate_proj = nn.Linear(h, m, bias=mb)
-        mlp.up_proj = nn.Linear(h, m, bias=mb)
-        mlp.down_proj = nn.Linear(m, h, bias=mb)
-
-
-def register() -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    for family in FAMILIES.values():
-        config_cls, model_cls = elastic_classes(family)
-        try:
-            AutoConfig.register(config_cls.model_type, config_cls)
-            AutoModelForCausalLM.register(config_cls, model_cls)
-        except ValueError:  # already registered (module re-imported)
-            pass
-
-
-register()
+from llamanas.model.arch import Arch
+from llamanas.model.families import ELASTIC_PREFIX, family_of
+from llamanas.model.hf_types import LAYER_KV, LAYER_MLP, elastic_classes
+from llamanas.supernet.space import SubnetConfig
 
 
 def sliced_state_dict(model, cfg: SubnetConfig) -> dict[str, torch.Tensor]:
@@ -182,45 +120,7 @@ def standalone(supernet, cfg: SubnetConfig, group_size: int | None = None):
     finally:
         supernet.activate(previous)
     if cfg.quantized:
-        from llamanas.quantize import DEFAULT_GROUP_SIZE, apply_precision
+        from llamanas.supernet.precision import DEFAULT_GROUP_SIZE, apply_precision
 
         apply_precision(new, cfg.bits, group_size or DEFAULT_GROUP_SIZE)
     return new
-
-
-def extract(
-    supernet,
-    cfg: SubnetConfig,
-    out_dir: str | Path,
-    tokenizer=None,
-    metadata: dict | None = None,
-    quantize: str | None = None,
-    group_size: int | None = None,
-) -> Path:
-    """Write the sub-network ``cfg`` of ``supernet`` as a standalone checkpoint in ``out_dir``.
-
-    ``quantize`` (``int8`` | ``int4``), or per-layer ``cfg.bits`` below 16 from a joint precision search,
-    writes it weight-only quantized instead (``quantize.save_quantized`` format; reload with
-    ``quantize.load_quantized``), in one step and without a 16-bit copy on disk.
-    """
-    supernet.space.validate(cfg) if supernet.space.mode == "first_n" else cfg.check(supernet.arch)
-    from llamanas.quantize import DEFAULT_GROUP_SIZE, check_method, quantize_model, save_quantized
-
-    if quantize is not None:
-        check_method(quantize)  # fail before the work
-        if cfg.quantized:
-            raise LlamanasError("The sub-network has its own per-layer 'bits'; do not also pass quantize.")
-    new = standalone(supernet, cfg, group_size)  # quantized already if cfg has per-layer bits
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    info = {"subnet": cfg.to_dict(), "params": cfg.num_params(supernet.arch), **(metadata or {})}
-    if quantize is not None or cfg.quantized:
-        if quantize is not None:
-            quantize_model(new, quantize, group_size or DEFAULT_GROUP_SIZE, backend="cpu")
-        save_quantized(new, out, tokenizer, metadata=info)
-    else:
-        new.save_pretrained(out)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out)
-    (out / SUBNET_FILE).write_text(json.dumps(info, indent=2))
-    return out

@@ -1,0 +1,1 @@
+"""The deployment stage: standalone checkpoints (extraction) and quantized checkpoints."""

@@ -1,0 +1,1 @@
+"""The evidence stage: baselines at matched sizes and the HTML report."""

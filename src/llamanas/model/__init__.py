@@ -1,0 +1,1 @@
+"""The model stage: supported families as data, loading (default GGUF, folders, hub ids), HF types."""

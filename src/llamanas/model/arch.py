@@ -1,0 +1,47 @@
+"""The base model's dimensions that every size, count and slice depends on, read from its HF config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llamanas.model.families import FAMILIES, base_model_type
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The dimensions of the base model that sizes depend on (read from the HF config)."""
+
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+    @property
+    def heads_per_group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @classmethod
+    def from_hf(cls, config) -> Arch:
+        heads = config.num_attention_heads
+        kv = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        family = FAMILIES.get(base_model_type(config))
+        bias = bool(getattr(config, "attention_bias", False)) or bool(family and family.qkv_bias)
+        return cls(
+            num_layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_heads=heads,
+            num_kv_heads=kv,
+            head_dim=head_dim,
+            vocab_size=config.vocab_size,
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            attention_bias=bias,
+            mlp_bias=bool(getattr(config, "mlp_bias", False)),
+        )

@@ -1,0 +1,75 @@
+"""Model families: what llamanas needs to know about an HF architecture, as data.
+
+Every fact about a family lives in its row: HF class names, where the attention and MLP blocks sit in a
+decoder layer, the names of their linears, and bias rules the HF config does not state (Qwen2's q/k/v
+biases). All supported families share LLaMA's layout, so the rows differ only in names and biases. To add
+a family, add one ``Family`` row and a parity test on a tiny random model (tests/conftest.py FAMILY_KW).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PretrainedConfig
+
+from llamanas.errors import LlamanasError
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str  # HF ``config.model_type``
+    config_class: str  # name in ``transformers``
+    model_class: str  # name in ``transformers``
+    qkv_bias: bool = False  # q/k/v projections carry biases whatever the config says (Qwen2)
+    attention: str = "self_attn"  # attribute of a decoder layer holding the attention block
+    mlp: str = "mlp"  # attribute of a decoder layer holding the MLP block
+    # Linears of each block. Rows: sliced on their output; cols: sliced on their input.
+    attention_rows: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    attention_cols: tuple[str, ...] = ("o_proj",)
+    mlp_rows: tuple[str, ...] = ("gate_proj", "up_proj")
+    mlp_cols: tuple[str, ...] = ("down_proj",)
+
+    @property
+    def linears(self) -> tuple[str, ...]:
+        """The seven linear names of a decoder layer, attention first."""
+        return self.attention_rows + self.attention_cols + self.mlp_rows + self.mlp_cols
+
+    def classes(self):
+        import transformers
+
+        return getattr(transformers, self.config_class), getattr(transformers, self.model_class)
+
+
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in [
+        Family("llama", "LlamaConfig", "LlamaForCausalLM"),
+        Family("mistral", "MistralConfig", "MistralForCausalLM"),
+        Family("qwen2", "Qwen2Config", "Qwen2ForCausalLM", qkv_bias=True),
+    ]
+}
+
+# Extracted sub-networks with per-layer sizes are saved under these model types (see extract.py).
+ELASTIC_PREFIX = "llamanas_"
+
+
+LINEARS = FAMILIES["llama"].linears  # shared by every supported family (checked in the tests)
+
+
+def base_model_type(config: PretrainedConfig) -> str | None:
+    """The family model type of a config, also for our ``llamanas_<family>`` types."""
+    model_type = getattr(config, "model_type", None)
+    if model_type and model_type.startswith(ELASTIC_PREFIX):
+        model_type = model_type[len(ELASTIC_PREFIX) :]
+    return model_type
+
+
+def family_of(config: PretrainedConfig, source: str = "model") -> Family:
+    """The family of an HF config, or a clear error that lists the supported ones."""
+    model_type = base_model_type(config)
+    if model_type not in FAMILIES:
+        raise LlamanasError(
+            f"Model type {model_type!r} of {source} is not supported. "
+            f"Supported model types: {', '.join(sorted(FAMILIES))}."
+        )
+    return FAMILIES[model_type]

@@ -1,0 +1,74 @@
+"""The ``llamanas_<family>`` model types: a family's own model with per-layer sizes.
+
+When every kept layer of a sub-network has the same MLP size and KV groups, its checkpoint is a plain
+checkpoint of the source family (``llama``, ``mistral``, ``qwen2``) that needs nothing of ours. Otherwise
+it is saved under the model type ``llamanas_<family>``: the family's own config plus two per-layer lists
+(``layer_intermediate_sizes``, ``layer_num_key_value_heads``), and a model class that sizes each layer
+from them. Importing ``llamanas`` registers these types with ``AutoConfig``/``AutoModelForCausalLM``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from torch import nn
+
+from llamanas.errors import LlamanasError
+from llamanas.model.arch import Arch
+from llamanas.model.families import ELASTIC_PREFIX, FAMILIES, Family
+
+LAYER_MLP = "layer_intermediate_sizes"
+LAYER_KV = "layer_num_key_value_heads"
+
+
+@functools.cache
+def elastic_classes(family: Family):
+    """(config class, model class) of the per-layer-size variant of ``family``."""
+    base_config, base_model = family.classes()
+    config_cls = type(
+        f"Llamanas{base_config.__name__}", (base_config,), {"model_type": ELASTIC_PREFIX + family.model_type}
+    )
+
+    class ElasticForCausalLM(base_model):
+        config_class = config_cls
+
+        def __init__(self, config):
+            super().__init__(config)
+            resize_layers(self, getattr(config, LAYER_MLP), getattr(config, LAYER_KV))
+
+    ElasticForCausalLM.__name__ = f"Llamanas{base_model.__name__}"
+    return config_cls, ElasticForCausalLM
+
+
+def resize_layers(model, mlp_sizes: list[int], kv_heads: list[int]) -> None:
+    """Replace each layer's linears by ones of the per-layer sizes (weights are loaded afterwards)."""
+    arch = Arch.from_hf(model.config)
+    h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
+    layers = model.get_decoder().layers
+    if len(mlp_sizes) != len(layers) or len(kv_heads) != len(layers):
+        raise LlamanasError(f"{LAYER_MLP}/{LAYER_KV} need one value per layer ({len(layers)}).")
+    for layer, m, g in zip(layers, mlp_sizes, kv_heads, strict=True):
+        attn, mlp = layer.self_attn, layer.mlp
+        ab, mb = arch.attention_bias, arch.mlp_bias
+        attn.q_proj = nn.Linear(h, g * rep * hd, bias=attn.q_proj.bias is not None)
+        attn.k_proj = nn.Linear(h, g * hd, bias=attn.k_proj.bias is not None or ab)
+        attn.v_proj = nn.Linear(h, g * hd, bias=attn.v_proj.bias is not None or ab)
+        attn.o_proj = nn.Linear(g * rep * hd, h, bias=attn.o_proj.bias is not None)
+        mlp.gate_proj = nn.Linear(h, m, bias=mb)
+        mlp.up_proj = nn.Linear(h, m, bias=mb)
+        mlp.down_proj = nn.Linear(m, h, bias=mb)
+
+
+def register() -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for family in FAMILIES.values():
+        config_cls, model_cls = elastic_classes(family)
+        try:
+            AutoConfig.register(config_cls.model_type, config_cls)
+            AutoModelForCausalLM.register(config_cls, model_cls)
+        except ValueError:  # already registered (module re-imported)
+            pass
+
+
+register()

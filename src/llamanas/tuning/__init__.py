@@ -1,0 +1,1 @@
+"""The fine-tuning stage: InstaTune (sub-network sampling schedules, distillation, LoRA, resume)."""
