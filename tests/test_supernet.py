@@ -1,13 +1,32 @@
 import time
 
 import numpy as np
+import pytest
 import torch
 
+from llamanas.model.families import FAMILIES, LINEARS
 from llamanas.supernet.elastic import ElasticLinear, SuperNet
 from llamanas.supernet.importance import calibration_batches, compute_ordering
 from llamanas.supernet.slicing import build_extracted
 from llamanas.supernet.space import SubnetConfig
-from tests.conftest import tiny_model
+from tests.conftest import FAMILY_KW, tiny_model
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_rows_name_the_linears_of_its_models(name):
+    """Every Family row's block and linear names are those of a real (tiny) model of the family."""
+    assert set(FAMILY_KW) == set(FAMILIES)  # every family has a tiny test config
+    family = FAMILIES[name]
+    assert family.linears == LINEARS
+    for layer in tiny_model(name).get_decoder().layers:
+        linears = {n for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+        block = {n: family.attention for n in family.attention_rows + family.attention_cols}
+        block |= {n: family.mlp for n in family.mlp_rows + family.mlp_cols}
+        assert linears == {f"{block[n]}.{n}" for n in family.linears}
+        found = family.linears_of(layer)
+        assert list(found) == list(family.linears)
+        assert all(found[n] is layer.get_submodule(f"{block[n]}.{n}") for n in family.linears)
+        assert all((found[n].bias is not None) == family.qkv_bias for n in family.attention_rows)
 
 
 def test_full_subnet_reproduces_hf_logits(family, ids):

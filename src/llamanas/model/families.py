@@ -23,7 +23,8 @@ class Family:
     qkv_bias: bool = False  # q/k/v projections carry biases whatever the config says (Qwen2)
     attention: str = "self_attn"  # attribute of a decoder layer holding the attention block
     mlp: str = "mlp"  # attribute of a decoder layer holding the MLP block
-    # Linears of each block. Rows: sliced on their output; cols: sliced on their input.
+    # Linears of each block. Rows: sliced on their output; cols: sliced on their input. The attention's
+    # rows are the query's first, then the keys' and values' (sliced by whole KV groups).
     attention_rows: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
     attention_cols: tuple[str, ...] = ("o_proj",)
     mlp_rows: tuple[str, ...] = ("gate_proj", "up_proj")
@@ -33,6 +34,26 @@ class Family:
     def linears(self) -> tuple[str, ...]:
         """The seven linear names of a decoder layer, attention first."""
         return self.attention_rows + self.attention_cols + self.mlp_rows + self.mlp_cols
+
+    def block_of(self, layer, name: str):
+        """The block (attention or MLP) of decoder ``layer`` that holds the linear ``name``."""
+        in_attention = name in self.attention_rows + self.attention_cols
+        return getattr(layer, self.attention if in_attention else self.mlp)
+
+    def linears_of(self, layer) -> dict:
+        """The linears of decoder ``layer`` by name, attention first."""
+        return {name: getattr(self.block_of(layer, name), name) for name in self.linears}
+
+    def rows_and_cols(self, q, kv, mlp) -> tuple[dict, dict]:
+        """What each linear is cut by, by name: (on its output rows, on its input columns).
+
+        ``q``, ``kv`` and ``mlp`` describe the query, key/value and MLP channels: sizes when slicing,
+        index tensors when permuting. The attention output takes the query's channels as input.
+        """
+        query, *key_value = self.attention_rows
+        rows = {query: q, **dict.fromkeys(key_value, kv), **dict.fromkeys(self.mlp_rows, mlp)}
+        cols = {**dict.fromkeys(self.attention_cols, q), **dict.fromkeys(self.mlp_cols, mlp)}
+        return rows, cols
 
     def classes(self):
         import transformers

@@ -15,7 +15,7 @@ from torch import nn
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
-from llamanas.model.families import ELASTIC_PREFIX, FAMILIES, Family
+from llamanas.model.families import ELASTIC_PREFIX, FAMILIES, Family, family_of
 
 LAYER_MLP = "layer_intermediate_sizes"
 LAYER_KV = "layer_num_key_value_heads"
@@ -43,20 +43,17 @@ def elastic_classes(family: Family):
 def resize_layers(model, mlp_sizes: list[int], kv_heads: list[int]) -> None:
     """Replace each layer's linears by ones of the per-layer sizes (weights are loaded afterwards)."""
     arch = Arch.from_hf(model.config)
+    family = family_of(model.config)
     h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
     layers = model.get_decoder().layers
     if len(mlp_sizes) != len(layers) or len(kv_heads) != len(layers):
         raise LlamanasError(f"{LAYER_MLP}/{LAYER_KV} need one value per layer ({len(layers)}).")
     for layer, m, g in zip(layers, mlp_sizes, kv_heads, strict=True):
-        attn, mlp = layer.self_attn, layer.mlp
-        ab, mb = arch.attention_bias, arch.mlp_bias
-        attn.q_proj = nn.Linear(h, g * rep * hd, bias=attn.q_proj.bias is not None)
-        attn.k_proj = nn.Linear(h, g * hd, bias=attn.k_proj.bias is not None or ab)
-        attn.v_proj = nn.Linear(h, g * hd, bias=attn.v_proj.bias is not None or ab)
-        attn.o_proj = nn.Linear(g * rep * hd, h, bias=attn.o_proj.bias is not None)
-        mlp.gate_proj = nn.Linear(h, m, bias=mb)
-        mlp.up_proj = nn.Linear(h, m, bias=mb)
-        mlp.down_proj = nn.Linear(m, h, bias=mb)
+        rows, cols = family.rows_and_cols(g * rep * hd, g * hd, m)
+        for name, old in family.linears_of(layer).items():
+            # Each linear keeps the bias HF gave it from the config (and the family's q/k/v bias rule).
+            in_f, out_f = (h, rows[name]) if name in rows else (cols[name], h)
+            setattr(family.block_of(layer, name), name, nn.Linear(in_f, out_f, bias=old.bias is not None))
 
 
 def register() -> None:

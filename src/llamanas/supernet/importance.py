@@ -20,6 +20,7 @@ import torch
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
+from llamanas.model.families import family_of
 
 
 @dataclass
@@ -39,22 +40,19 @@ class Ordering:
     def apply(self, model) -> None:
         """Permute the weights in place (the full network's function is unchanged)."""
         arch = Arch.from_hf(model.config)
+        family = family_of(model.config)
         rep, hd = arch.heads_per_group, arch.head_dim
         for layer, mp, gp in zip(model.get_decoder().layers, self.mlp, self.kv_groups, strict=True):
-            mp = torch.tensor(mp, dtype=torch.long)
-            mlp = layer.mlp
-            _permute_rows(mlp.gate_proj, mp)
-            _permute_rows(mlp.up_proj, mp)
-            _permute_cols(mlp.down_proj, mp)
             # Query rows come in heads of hd rows, heads in groups of ``rep``; K/V rows in groups of hd.
             gp = torch.tensor(gp, dtype=torch.long)
-            kv_rows = (gp[:, None] * hd + torch.arange(hd)).flatten()
-            q_rows = (gp[:, None] * (rep * hd) + torch.arange(rep * hd)).flatten()
-            attn = layer.self_attn
-            _permute_rows(attn.q_proj, q_rows)
-            _permute_rows(attn.k_proj, kv_rows)
-            _permute_rows(attn.v_proj, kv_rows)
-            _permute_cols(attn.o_proj, q_rows)
+            q = (gp[:, None] * (rep * hd) + torch.arange(rep * hd)).flatten()
+            kv = (gp[:, None] * hd + torch.arange(hd)).flatten()
+            rows, cols = family.rows_and_cols(q, kv, torch.tensor(mp, dtype=torch.long))
+            for name, lin in family.linears_of(layer).items():
+                if name in rows:
+                    _permute_rows(lin, rows[name])
+                else:
+                    _permute_cols(lin, cols[name])
 
 
 def _permute_rows(lin, idx: torch.Tensor) -> None:
@@ -91,9 +89,12 @@ def measure_importance(model, batches: list[torch.Tensor]) -> tuple[list[torch.T
         return hook
 
     handles = []
+    family = family_of(model.config)
+    (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols  # inputs: head outputs, MLP channels
     for i, layer in enumerate(layers):
-        handles.append(layer.mlp.down_proj.register_forward_pre_hook(mlp_hook(i)))
-        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(attn_hook(i)))
+        linears = family.linears_of(layer)
+        handles.append(linears[mlp_out].register_forward_pre_hook(mlp_hook(i)))
+        handles.append(linears[attn_out].register_forward_pre_hook(attn_hook(i)))
     try:
         for ids in batches:
             model(input_ids=ids, use_cache=False)

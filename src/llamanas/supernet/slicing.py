@@ -19,6 +19,7 @@ from llamanas.supernet.space import SubnetConfig
 def sliced_state_dict(model, cfg: SubnetConfig) -> dict[str, torch.Tensor]:
     """The kept weights of ``cfg``, renamed to consecutive layer indices (copies, contiguous)."""
     arch = Arch.from_hf(model.config)
+    family = family_of(model.config)
     hd, rep = arch.head_dim, arch.heads_per_group
     prefix = "model.layers."
     out = {}
@@ -27,9 +28,7 @@ def sliced_state_dict(model, cfg: SubnetConfig) -> dict[str, torch.Tensor]:
         if not name.startswith(prefix):
             out[name] = t.detach().clone()
     for pos, (i, m, g) in enumerate(zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True)):
-        q, kv = g * rep * hd, g * hd
-        rows = {"q_proj": q, "k_proj": kv, "v_proj": kv, "gate_proj": m, "up_proj": m}
-        cols = {"o_proj": q, "down_proj": m}
+        rows, cols = family.rows_and_cols(g * rep * hd, g * hd, m)
         src = f"{prefix}{i}."
         for name, t in sd.items():
             if not name.startswith(src):
