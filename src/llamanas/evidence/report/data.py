@@ -1,0 +1,370 @@
+"""Reading a run folder (and optionally a baselines folder) into one ``ReportData``.
+
+Kept apart from the drawing so the analysis and both figure back ends work on one in-memory view, and
+so a half-written run (no store yet, no quantized fronts, no baselines) is handled in one place: every
+input that is missing is recorded in ``ReportData.missing`` with the reason instead of raising.
+
+The results store and ``run.json`` are read through the search stage's ``load_run``; the files the
+search and ``quantize_front`` export (``front.json``, ``hypervolume.csv``, ``predictors.csv``,
+``front_int8.json``/``front_int4.json``) are read here. An accuracy within two standard errors of chance
+is marked (``Point.at_chance``): such a sub-network cannot be told from random guessing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llamanas.errors import LlamanasError
+from llamanas.model.arch import Arch
+from llamanas.supernet.space import SubnetConfig
+
+QUANT_METHODS = ("int8", "int4")
+# Chance of uniform guessing by task, for stores that do not record it (4-way unless noted); ARC and
+# TruthfulQA have a varying number of choices, so theirs are nominal.
+NOMINAL_CHANCE = {
+    "arc_easy": 0.25,
+    "arc_challenge": 0.25,
+    "hellaswag": 0.25,
+    "openbookqa": 0.25,
+    "sciq": 0.25,
+    "piqa": 0.5,
+    "winogrande": 0.5,
+    "boolq": 0.5,
+    "mmlu": 0.25,
+}
+BOUNDED = ("acc", "acc_norm")
+
+
+def nominal_chance(task: str) -> float | None:
+    if task in NOMINAL_CHANCE:
+        return NOMINAL_CHANCE[task]
+    if task.startswith("mmlu"):
+        return 0.25
+    return None
+
+
+@dataclass(frozen=True)
+class Score:
+    """The accuracy-like value plotted on the y axis: the mean of ``metric`` over ``tasks``."""
+
+    name: str
+    metric: str
+    tasks: tuple[str, ...]
+    higher_is_better: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.metric} over {', '.join(self.tasks)})" if self.tasks else self.name
+
+    def from_measured(self, m: dict) -> tuple[float | None, float | None, float | None]:
+        """(value, standard error, chance) from a store's measured values (``acc:<task>``, ``n:<task>``)."""
+        vals = [m.get(f"{self.metric}:{t}") for t in self.tasks]
+        if not self.tasks or any(v is None or not math.isfinite(v) for v in vals):
+            return None, None, None
+        value = sum(vals) / len(vals)
+        se = chance = None
+        if self.metric in BOUNDED:
+            ses = []
+            for t, p in zip(self.tasks, vals, strict=True):
+                n = m.get(f"n:{t}")
+                ses.append(math.sqrt(max(p * (1 - p), 0.0) / (n - 1)) if n and n > 1 else None)
+            if all(s is not None for s in ses):
+                se = math.sqrt(sum(s * s for s in ses)) / len(ses)
+            chances = [m.get(f"chance:{t}", nominal_chance(t)) for t in self.tasks]
+            if all(c is not None for c in chances):
+                chance = sum(chances) / len(chances)
+        return value, se, chance
+
+    def from_results(self, results: dict) -> tuple[float | None, float | None, float | None]:
+        """(value, standard error, chance) from ``{task: TaskResult.to_dict()}``."""
+        rs = [results.get(t) for t in self.tasks]
+        if not self.tasks or any(r is None or self.metric not in r.get("metrics", {}) for r in rs):
+            return None, None, None
+        value = sum(r["metrics"][self.metric] for r in rs) / len(rs)
+        ses = [r.get("stderr", {}).get(self.metric) for r in rs]
+        se = math.sqrt(sum(s * s for s in ses)) / len(ses) if all(s is not None for s in ses) else None
+        chance = None
+        if self.metric in BOUNDED:
+            cs = [
+                r.get("chance") if r.get("chance") is not None else nominal_chance(t)
+                for r, t in zip(rs, self.tasks, strict=True)
+            ]
+            chance = sum(cs) / len(cs) if all(c is not None for c in cs) else None
+        return value, se, chance
+
+
+@dataclass
+class Point:
+    """One model on the plots: a search evaluation, a baseline, the base model or a quantized one."""
+
+    label: str
+    kind: str  # evaluated | base | depth | shortgpt | width | int8 | int4 ...
+    config: dict | None
+    params: float | None
+    score: float | None
+    stderr: float | None = None
+    chance: float | None = None
+    latency: float | None = None
+    bytes: float | None = None
+    source: str = ""
+    on_front: bool = False
+
+    @property
+    def at_chance(self) -> bool:
+        """Within two standard errors of chance (only when both are known)."""
+        if self.score is None or self.stderr is None or self.chance is None:
+            return False
+        return abs(self.score - self.chance) <= 2 * self.stderr
+
+
+@dataclass
+class ReportData:
+    run_dir: Path
+    info: dict
+    score: Score
+    arch: Arch | None
+    space: dict | None
+    evaluated: list[Point]
+    front: list[Point]
+    hypervolume: list[dict] | None
+    predictors: list[dict] | None
+    quantized: dict[str, list[tuple[Point, Point]]]
+    baselines: list[Point]
+    baselines_info: dict | None
+    base: Point | None
+    notes: list[str] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _read_csv(path: Path) -> list[dict] | None:
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        d = {}
+        for k, v in r.items():
+            try:
+                d[k] = float(v) if v not in ("", None, "None") else None
+            except ValueError:
+                d[k] = v
+        out.append(d)
+    return out
+
+
+def choose_score(info: dict, front: dict | None) -> Score:
+    """The run's first maximised task objective (``accuracy``, ``acc_norm``, ``acc:<task>``), else its
+    first task objective, else accuracy over its tasks."""
+    args = info.get("args", {}) if info else {}
+    tasks = tuple(args.get("tasks") or ())
+    objectives = (info or {}).get("objectives") or (front or {}).get("objectives") or []
+    task_objs = [o for o in objectives if o.get("source") == "task"]
+    pick = next((o for o in task_objs if o.get("direction") == "max"), task_objs[0] if task_objs else None)
+    if pick is None:
+        return Score("accuracy", "acc", tasks)
+    name = pick["name"]
+    metric, _, task = name.partition(":")
+    metric = {"accuracy": "acc"}.get(metric, metric)
+    return Score(name, metric, (task,) if task else tasks, pick.get("direction", "max") == "max")
+
+
+def _point_from_measured(label: str, kind: str, cfg: dict, measured: dict, score: Score, arch) -> Point:
+    value, se, chance = score.from_measured(measured)
+    params = measured.get("params")
+    if params is None and arch is not None:
+        params = SubnetConfig.from_dict(cfg).num_params(arch)
+    lat = measured.get("latency")
+    return Point(
+        label,
+        kind,
+        cfg,
+        params,
+        value,
+        se,
+        chance,
+        latency=lat if lat is not None and math.isfinite(lat) else None,
+        bytes=measured.get("bytes"),
+    )
+
+
+def _point_from_results(label, kind, cfg, results, score, arch, **kw) -> Point:
+    value, se, chance = score.from_results(results)
+    params = kw.pop("params", None)
+    if params is None and cfg is not None and arch is not None:
+        params = SubnetConfig.from_dict(cfg).num_params(arch)
+    return Point(label, kind, cfg, params, value, se, chance, **kw)
+
+
+def load_data(run_dir: str | Path, baselines: str | Path | None = None) -> ReportData:
+    """Read everything the report shows; what is missing is recorded in ``missing`` with the reason."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise LlamanasError(f"Run folder {str(run_dir)!r} does not exist.")
+    # The store and run.json through the search stage's reader; run.json by hand only when that fails.
+    view, unread = None, None
+    try:
+        from llamanas.search.run import load_run
+
+        view = load_run(run)
+    except Exception as e:  # noqa: BLE001 - the report must still be written without the store
+        unread = e
+    info = view.info if view is not None else _read_json(run / "run.json") or {}
+    front_json = _read_json(run / "front.json")
+    missing: dict[str, str] = {}
+    notes: list[str] = []
+    if not info:
+        notes.append("No run.json in the run folder: settings unknown.")
+    score = choose_score(info, front_json)
+    arch = space = None
+    if isinstance(info.get("space"), dict):
+        space = info["space"]
+        try:
+            arch = Arch(**space["arch"])
+        except (KeyError, TypeError):
+            arch = None
+
+    # All evaluations (the store), else the front only.
+    evaluated: list[Point] = []
+    try:
+        if view is None:
+            raise unread
+        front_ids = {m.id for m in view.front}
+        for e in view.evaluated:
+            p = _point_from_measured(f"#{e.seq}", "evaluated", e.config.to_dict(), e.measured, score, arch)
+            p.on_front = e.seq in front_ids
+            evaluated.append(p)
+    except Exception as e:  # noqa: BLE001 - the report must still be written without the store
+        missing["evaluations"] = (
+            f"the results store could not be read ({_first_line(e)}); using front.json only"
+        )
+    front: list[Point] = []
+    if front_json:
+        for m in front_json.get("members", []):
+            p = _point_from_measured(
+                f"#{m.get('id')}", "evaluated", m["config"], m.get("measured", {}), score, arch
+            )
+            p.on_front = True
+            front.append(p)
+    elif evaluated:
+        front = [p for p in evaluated if p.on_front]
+    else:
+        missing["front"] = "no front.json in the run folder"
+    if not evaluated:
+        evaluated = list(front)
+    front.sort(key=lambda p: p.params or 0)
+
+    hv = _read_csv(run / "hypervolume.csv")
+    if not hv:
+        missing["hypervolume"] = "no hypervolume.csv (or it is empty) in the run folder"
+    pred = _read_csv(run / "predictors.csv")
+    if not pred:
+        missing["predictors"] = "no predictors.csv rows (random and NSGA-II searches train no predictors)"
+
+    quantized: dict[str, list[tuple[Point, Point]]] = {}
+    for method in QUANT_METHODS:
+        q = _read_json(run / f"front_{method}.json")
+        if not q:
+            continue
+        pairs = []
+        for i, e in enumerate(q.get("points", [])):
+            orig_measured = (e.get("original") or {}).get("measured", {})
+            before = _point_from_measured(f"front {i + 1}", "front", e["config"], orig_measured, score, arch)
+            before.bytes = e.get("bytes_fp16")
+            after = _point_from_results(
+                f"front {i + 1} {method}",
+                method,
+                e["config"],
+                e.get("results", {}),
+                score,
+                arch,
+                params=e.get("params"),
+                bytes=e.get("bytes"),
+                latency=e.get("latency_ms"),
+            )
+            pairs.append((before, after))
+        quantized[method] = pairs
+    if not quantized:
+        missing["quantized"] = (
+            "no front_int8.json / front_int4.json in the run folder (run `llamanas quantize --front RUN_DIR`)"
+        )
+
+    base_points: list[Point] = []
+    b_info = None
+    if baselines is not None:
+        from llamanas.evidence.baselines import read_baselines
+
+        try:
+            b = read_baselines(baselines)
+            b_info = {k: v for k, v in b.to_dict().items() if k != "rows"}
+            for r in b.rows:
+                if r.config is None:
+                    continue
+                label = "base model" if r.method == "base" else f"{r.method} {r.target:.0%}"
+                if r.source != "base":
+                    label += f" ({r.source})"
+                base_points.append(
+                    _point_from_results(
+                        label, r.method, r.config, r.results, score, arch, params=r.params, source=r.source
+                    )
+                )
+            args = info.get("args", {})
+            diff = [
+                k
+                for k in ("split", "limit", "num_fewshot", "seed")
+                if args and k in args and args.get(k) != getattr(b, k)
+            ]
+            if set(score.tasks) - set(b.tasks):
+                diff.append("tasks")
+            if diff:
+                notes.append(
+                    "Baselines were evaluated with different settings than the search ("
+                    + ", ".join(f"{k}: {getattr(b, k)!r} vs {args.get(k)!r}" for k in diff)
+                    + "); they are not directly comparable."
+                )
+        except LlamanasError as e:
+            missing["baselines"] = str(e)
+    else:
+        missing["baselines"] = "no baselines folder given (llamanas report RUN_DIR --baselines DIR)"
+
+    base = None
+    if arch is not None:
+        full = SubnetConfig.full(arch).to_dict()
+        base = next((p for p in evaluated if p.config == full), None)
+    if base is None:
+        base = next((p for p in base_points if p.kind == "base" and p.source == "base"), None)
+    if base is not None:
+        base = Point(**{**base.__dict__, "label": "base model", "kind": "base"})
+    return ReportData(
+        run,
+        info,
+        score,
+        arch,
+        space,
+        evaluated,
+        front,
+        hv,
+        pred,
+        quantized,
+        base_points,
+        b_info,
+        base,
+        notes,
+        missing,
+    )
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
