@@ -11,6 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from llamanas.cli.tables import (
+    baselines_table,
+    front_table,
+    key_value_table,
+    quantization_table,
+    results_table,
+)
 from llamanas.errors import LlamanasError
 
 app = typer.Typer(
@@ -174,27 +181,7 @@ def eval_(
                 results = evaluate(supernet.model, tokenizer, task_list, **kwargs)
         if subnet is not None:
             title += f" sub-network ({cfg.num_params(supernet.arch):,} params)"
-    table = Table(title=title)
-    for col in ("task", "split", "n", "shots", "metric", "value", "± stderr", "chance"):
-        table.add_column(col, justify="right" if col not in ("task", "split", "metric") else "left")
-    for name, r in results.items():
-        for metric, value in r.metrics.items():
-            se = r.stderr.get(metric)
-            chance = f"{r.chance:.3f}" if r.chance is not None and metric.startswith("acc") else ""
-            flag = ""
-            if chance and se is not None and abs(value - r.chance) <= 2 * se:
-                flag = " (at chance)"
-            table.add_row(
-                name,
-                r.split,
-                str(r.n),
-                str(r.num_fewshot),
-                metric,
-                f"{value:.4f}{flag}",
-                f"{se:.4f}" if se else "",
-                chance,
-            )
-    out.print(table)
+    out.print(results_table(title, results))
     if json_path:
         payload = {
             "model": model,
@@ -242,13 +229,7 @@ def measure(
     if json_out:
         print(json.dumps({"subnet": cfg.to_dict(), **m.to_dict()}))
         return
-    table = Table(title=f"{model}" + ("" if subnet is None else " sub-network"), show_header=False)
-    for k, v in m.to_dict().items():
-        if v is not None:
-            table.add_row(
-                k, f"{v:,.2f}" if isinstance(v, float) else (f"{v:,}" if isinstance(v, int) else str(v))
-            )
-    out.print(table)
+    out.print(key_value_table(f"{model}" + ("" if subnet is None else " sub-network"), m.to_dict()))
 
 
 @app.command()
@@ -330,7 +311,7 @@ def demo(
         seed=seed,
         out=out_dir,
     )
-    run_demo(args, out, _front_table)
+    run_demo(args, out, front_table)
 
 
 @app.command()
@@ -599,21 +580,7 @@ def quantize(
     if json_out:
         print(json.dumps(c.to_dict()))
         return
-    table = Table(title=f"{model} -> {method} ({out_dir})")
-    for col in ("", "before (16-bit)", f"after ({method})"):
-        table.add_column(col, justify="right" if col else "left")
-    b, a = c.before, c.after
-    table.add_row("weight MiB", f"{b.bytes / 2**20:.2f}", f"{a.bytes / 2**20:.2f} (x{c.size_ratio:.3f})")
-    if a.file_bytes:
-        table.add_row("file MiB", "", f"{a.file_bytes / 2**20:.2f}")
-    if b.latency_ms is not None:
-        table.add_row(f"prefill ms ({c.dtype})", f"{b.latency_ms:.1f}", f"{a.latency_ms:.1f}")
-        table.add_row("generation tok/s", f"{b.throughput_tok_s:.1f}", f"{a.throughput_tok_s:.1f}")
-    for task, r in a.results.items():
-        for metric, v in r["metrics"].items():
-            before = b.results.get(task, {}).get("metrics", {}).get(metric)
-            table.add_row(f"{task} {metric}", f"{before:.4f}" if before is not None else "", f"{v:.4f}")
-    out.print(table)
+    out.print(quantization_table(f"{model} -> {method} ({out_dir})", c, method))
 
 
 @app.command()
@@ -678,23 +645,7 @@ def baselines(
             calibration=calibration,
             recover=recover,
         )
-    table = Table(title=f"Baselines of {model}")
-    for col in ("source", "method", "target", "params", "fraction", *task_list):
-        table.add_column(col, justify="left" if col in ("source", "method") else "right")
-    for r in run.rows:
-        accs = [
-            f"{r.results[t]['metrics'].get('acc', float('nan')):.4f}" if t in r.results else ""
-            for t in task_list
-        ]
-        table.add_row(
-            r.source,
-            r.method,
-            f"{r.target:.2f}",
-            f"{r.params:,}" if r.params else r.note[:40],
-            f"{r.fraction:.3f}" if r.fraction else "",
-            *accs,
-        )
-    out.print(table)
+    out.print(baselines_table(f"Baselines of {model}", run.rows, task_list))
     console.print(f"wrote {out_dir / 'baselines.json'} and baselines.csv")
 
 
@@ -726,47 +677,6 @@ def _member_subnet(spec: str) -> str:
     if ref is None:
         return spec
     return load_run(ref[0]).member(ref[1]).config.to_json()
-
-
-def _front_table(view, title: str) -> Table:
-    goals = view.goals
-    table = Table(title=title)
-    names = [o.name for o in goals.objectives]
-    extra = [c.objective.name for c in goals.constraints if c.objective.name not in names]
-    for col in (
-        "id",
-        *(f"{n} ({o.direction})" for n, o in zip(names, goals.objectives, strict=True)),
-        *extra,
-    ):
-        table.add_column(col, justify="right")
-    params = [] if "params" in names + extra else ["params"]
-    for col in (*params, "depth"):
-        table.add_column(col, justify="right")
-    table.add_column("config")
-    for m in view.front:
-        table.add_row(
-            str(m.id),
-            *(_num(m.values[n]) for n in names + extra),
-            *(f"{int(m.measured[p]):,}" for p in params),
-            str(m.config.depth),
-            _short_config(m.config),
-        )
-    return table
-
-
-def _num(v: float) -> str:
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
-
-
-def _short_config(cfg) -> str:
-    """Layers as ranges plus the distinct MLP sizes and KV groups (the full JSON is in front.json)."""
-    parts, start = [], cfg.layers[0]
-    for a, b in zip(cfg.layers, [*cfg.layers[1:], None], strict=True):
-        if b != a + 1:
-            parts.append(str(start) if start == a else f"{start}-{a}")
-            start = b
-    bits = f"; bits {sorted(set(cfg.bits))}" if cfg.bits else ""
-    return f"layers {','.join(parts)}; mlp {sorted(set(cfg.mlp))}; kv {sorted(set(cfg.kv_groups))}{bits}"
 
 
 @app.command(
@@ -874,7 +784,7 @@ def search(
         result = search_fn(args, progress=update)
     finally:
         bar.stop()
-    out.print(_front_table(load_run(out_dir), f"Pareto front of {out_dir}"))
+    out.print(front_table(load_run(out_dir), f"Pareto front of {out_dir}"))
     hv = result.hypervolume[-1][1] if result.hypervolume else 0.0
     console.print(
         f"{result.evaluations} evaluations ({result.computed} run now, {result.evaluations - result.computed} "
@@ -899,7 +809,7 @@ def front(
             )
         )
         return
-    out.print(_front_table(view, f"Pareto front of {run_dir} ({len(view.evaluated)} evaluations)"))
+    out.print(front_table(view, f"Pareto front of {run_dir} ({len(view.evaluated)} evaluations)"))
 
 
 def main() -> None:

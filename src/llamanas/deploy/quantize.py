@@ -94,7 +94,7 @@ def load_quantized(path: str | Path, dtype: str | torch.dtype = "float32"):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     import llamanas.model.hf_types  # noqa: F401 - registers the per-layer model types
-    from llamanas.model.load import DTYPES
+    from llamanas.model.device import DTYPES
 
     p = Path(path)
     if not is_quantized_dir(p):

@@ -45,3 +45,21 @@ class Arch:
             attention_bias=bias,
             mlp_bias=bool(getattr(config, "mlp_bias", False)),
         )
+
+    def layer_params(self, mlp: int, kv_groups: int) -> int:
+        """Parameters of one decoder layer with ``mlp`` MLP channels and ``kv_groups`` KV groups."""
+        h, hd, rep = self.hidden_size, self.head_dim, self.heads_per_group
+        q, kv = kv_groups * rep * hd, kv_groups * hd
+        attn = h * q + 2 * h * kv + q * h + (q + 2 * kv if self.attention_bias else 0)
+        mlp_params = 3 * h * mlp + (2 * mlp + h if self.mlp_bias else 0)
+        return attn + mlp_params + 2 * h  # two RMSNorms
+
+    def fixed_params(self, embeddings: bool = True) -> int:
+        """Parameters outside the decoder layers: the final norm, and the embeddings (with an untied head)."""
+        emb = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        return self.hidden_size + (emb if embeddings else 0)
+
+    def num_params(self) -> int:
+        """Parameters of the whole model, from its config alone (nothing loaded)."""
+        per_layer = self.layer_params(self.intermediate_size, self.num_kv_heads)
+        return self.num_layers * per_layer + self.fixed_params()

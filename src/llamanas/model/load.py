@@ -17,12 +17,19 @@ from pathlib import Path
 import torch
 
 from llamanas.errors import LlamanasError
+from llamanas.model.arch import Arch
+from llamanas.model.device import (
+    check_memory,
+    checkpoint_dtype,
+    plan_memory,
+    resolve_device,
+    resolve_dtype,
+)
 from llamanas.model.families import FAMILIES, family_of
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cache_dir() -> Path:
@@ -98,22 +105,33 @@ def load_config(name: str):
     return config
 
 
-def load_model(name: str, dtype: str | torch.dtype = "float32", device: str = "cpu"):
-    """Load (model, tokenizer) for any supported causal LM; the model is in eval mode."""
+def load_model(
+    name: str,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    work: str = "inference",
+    say=None,
+):
+    """Load (model, tokenizer) for any supported causal LM on ``device`` in ``dtype``; eval mode.
+
+    ``auto`` resolves as ``model.device`` explains. Before loading, the memory ``work`` needs is
+    estimated from the config, said through ``say`` (e.g. ``print``) and refused when it cannot fit. The
+    weights load straight into ``dtype`` (a bf16 checkpoint is never materialized in float32).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import llamanas.model.hf_types  # noqa: F401
-
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise LlamanasError(f"Unknown dtype {dtype!r}. Available: {', '.join(DTYPES)}.")
-        dtype = DTYPES[dtype]
+    config = load_config(name)
+    arch = Arch.from_hf(config)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev, checkpoint_dtype(config), arch.num_params())
+    check_memory(plan_memory(arch.num_params(), dt, dev, work), say)
     path = resolve(name)
-    load_config(name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dt, low_cpu_mem_usage=True, device_map=str(dev) if dev.type == "cuda" else None
+            )
     except Exception as e:  # noqa: BLE001
         raise LlamanasError(
             f"Cannot load model {name!r} (corrupt or incomplete checkpoint?): {_first_line(e)}"
@@ -122,7 +140,7 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", device: str = "c
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001
         raise LlamanasError(f"Cannot load the tokenizer of model {name!r}: {_first_line(e)}") from None
-    model.to(device).eval()
+    model.to(dev).eval()
     return model, tokenizer
 
 
@@ -137,10 +155,11 @@ def fingerprint(model) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(model.config.to_diff_dict(), sort_keys=True, default=str).encode())
     for name, p in sorted(model.state_dict().items()):
-        t = p.detach().float().flatten()
+        t = p.detach().flatten()
         h.update(name.encode())
-        # Sampling a strided subset keeps this fast (milliseconds) while any retrained weight changes it.
-        h.update(t[:: max(1, t.numel() // 4096)].cpu().numpy().tobytes())
+        # Sampling a strided subset keeps this fast (milliseconds) while any retrained weight changes it;
+        # it is converted to float32 after sampling, so a 7B model never gets a float32 copy here.
+        h.update(t[:: max(1, t.numel() // 4096)].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

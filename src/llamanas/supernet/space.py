@@ -101,21 +101,8 @@ class SubnetConfig:
 
     def num_params(self, arch: Arch, embeddings: bool = True) -> int:
         """Parameters of the sub-network (the same count its extracted checkpoint has)."""
-        h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
-        total = 0
-        for m, g in zip(self.mlp, self.kv_groups, strict=True):
-            q, kv = g * rep * hd, g * hd
-            attn = h * q + 2 * h * kv + q * h
-            if arch.attention_bias:
-                attn += q + 2 * kv
-            mlp = 3 * h * m + (2 * m + h if arch.mlp_bias else 0)
-            total += attn + mlp + 2 * h  # two RMSNorms
-        total += h  # final norm
-        if embeddings:
-            total += arch.vocab_size * h * (1 if arch.tie_word_embeddings else 2)
-        elif not arch.tie_word_embeddings:
-            total += 0  # the untied head is counted with embeddings
-        return total
+        layers = sum(arch.layer_params(m, g) for m, g in zip(self.mlp, self.kv_groups, strict=True))
+        return layers + arch.fixed_params(embeddings)
 
     def macs_per_token(self, arch: Arch, seq_len: int = 128) -> int:
         """Multiply-accumulates per token when processing ``seq_len`` tokens with causal attention.

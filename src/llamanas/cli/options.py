@@ -1,0 +1,138 @@
+"""Command-line options built from the configs' dataclass fields: the dataclass is the interface.
+
+A command such as ``finetune`` takes one ``TuneArgs``; its flags, defaults and help come from the fields
+and their attribute docstrings (as litgpt's CLI takes them from function signatures), so an option is
+declared once, where the Python API declares it.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import textwrap
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (the string literal after each field), one line each."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(inspect.cleandoc(nxt.value.value).split())
+    return docs
+
+
+def _cli_type(tp: Any) -> tuple[Any, bool]:
+    """(annotation typer understands, whether values are a comma-separated tuple)."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:  # tuple[str, ...]: one comma-separated option
+        return str | None, True
+    return tp, False
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How one field appears on the command line when its name or help differ from the field's."""
+
+    name: str | None = (
+        None  # e.g. "--out" for the field ``out`` needs nothing; "--constraint" for ``constraints``
+    )
+    help: str | None = None  # extra sentence appended to the field's docstring
+    repeat: bool = False  # a repeatable option (list) instead of one comma-separated value
+
+
+def dataclass_command(
+    app: typer.Typer,
+    cls: type,
+    *,
+    name: str | None = None,
+    required: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    flags: dict[str, Flag] | None = None,
+    **command_kwargs,
+) -> Callable[[Callable], Callable]:
+    """Register ``fn(args: cls, **extra)`` as a command whose options are ``cls``'s fields plus ``fn``'s extra
+    keyword parameters (declared the usual typer way)."""
+    flags = flags or {}
+    exclude = set(exclude)
+    required = set(required)
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+
+    def decorator(fn: Callable) -> Callable:
+        params: list[inspect.Parameter] = []
+        tuple_fields: set[str] = set()
+        for f in dataclasses.fields(cls):
+            if f.name in exclude:
+                continue
+            flag = flags.get(f.name, Flag())
+            tp, is_tuple = _cli_type(hints[f.name])
+            if flag.repeat:
+                tp, is_tuple = list[str] | None, True
+            if is_tuple:
+                tuple_fields.add(f.name)
+            help_text = " ".join(x for x in (docs.get(f.name, ""), flag.help or "") if x)
+            if is_tuple and not flag.repeat:
+                help_text += " Comma-separated."
+            decls = [flag.name] if flag.name else []
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if is_tuple:
+                default = None if flag.repeat else (",".join(default) if default else None)
+            option = typer.Option(*decls, help=help_text, show_default=f.name not in required)
+            params.append(
+                inspect.Parameter(
+                    f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=Annotated[tp, option],
+                    default=inspect.Parameter.empty if f.name in required else default,
+                )
+            )
+        extra = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
+        ]
+        # typer wants parameters without defaults first
+        all_params = sorted(params + extra, key=lambda p: p.default is not inspect.Parameter.empty)
+        names = {f.name for f in dataclasses.fields(cls)} - exclude
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            values = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            for k in tuple_fields & values.keys():
+                v = values[k]
+                values[k] = tuple(v or ()) if isinstance(v, list) or v is None else _split(v)
+            for k, v in values.items():
+                if isinstance(v, Path):
+                    values[k] = str(v)
+            return fn(cls(**values), **kwargs)
+
+        command.__signature__ = inspect.Signature(all_params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in all_params}
+        del command.__wrapped__  # typer must read the signature above, not fn's
+        app.command(name or fn.__name__, **command_kwargs)(command)
+        return command
+
+    return decorator
+
+
+__all__ = ["Flag", "dataclass_command", "field_docs"]
