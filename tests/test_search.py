@@ -17,7 +17,8 @@ from conftest import tiny_arch
 
 from llamanas.errors import LlamanasError
 from llamanas.search.objectives import pareto_mask
-from llamanas.search.run import SearchArgs, canonical_keys, load_run, parse_member_ref, search
+from llamanas.search.problem import canonical_keys
+from llamanas.search.run import SearchArgs, load_run, parse_member_ref, search
 from llamanas.search.workers import Outcome
 from llamanas.supernet.space import SearchSpace
 

@@ -1,0 +1,342 @@
+"""The search algorithms: random sampling, NSGA-II on real evaluations, and LINAS.
+
+LINAS (lightweight iterative NAS, as in the LLaMA-NAS paper and DyNAS-T): start from a random
+population; then loop: evaluate the population for real, fit one light predictor per measured objective
+on every real evaluation so far, run NSGA-II for many generations on the predictors (cheap; exact
+counts such as params are computed, never predicted), and evaluate a batch chosen from its final
+population. Unlike the reference code, a real evaluation is never spent twice on one sub-network (dedupe by
+decoded config, also against the store), and the batch is chosen to spread along the front: greedy
+predicted hypervolume gain over the real front and the configs already chosen, then predicted fronts in
+greedy max-min distance order; random new configs fill what is left.
+
+Every algorithm works on a ``Context`` and is registered in ``RUNNERS`` under its ``--algorithm`` name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from llamanas.errors import LlamanasError
+from llamanas.search import objectives as objmod
+from llamanas.search.objectives import Counts
+from llamanas.search.predictors import Encoder, Predictor, kendall_tau, mape
+from llamanas.search.problem import Goals, SubnetProblem, canonical_keys, make_nsga2
+from llamanas.search.store import Store
+from llamanas.search.trajectory import Evaluated, Trajectory
+from llamanas.supernet.space import SearchSpace, SubnetConfig
+
+if TYPE_CHECKING:
+    from llamanas.search.run import SearchArgs
+
+
+class BatchCache:
+    """LINAS batches already proposed in this run, keyed by loop and a digest of the evaluations they were
+    computed from: a resumed run replays its loops without refitting predictors or re-running NSGA-II."""
+
+    def __init__(self, store: Store, run_id: int):
+        self.store, self.run_id = store, run_id
+
+    @staticmethod
+    def digest(history: list[Evaluated]) -> str:
+        import hashlib
+
+        data = [[e.config.key(), sorted(e.measured.items())] for e in history]
+        return hashlib.sha256(json.dumps(data).encode()).hexdigest()
+
+    def get(self, loop: int, history: list[Evaluated]) -> dict | None:
+        return self.store.get_batch(self.run_id, loop, self.digest(history))
+
+    def put(self, loop: int, history: list[Evaluated], payload: dict) -> None:
+        self.store.put_batch(self.run_id, loop, self.digest(history), payload)
+
+
+@dataclass
+class Context:
+    """What an algorithm works with."""
+
+    args: SearchArgs
+    space: SearchSpace
+    goals: Goals
+    counts: Counts
+    traj: Trajectory
+    on_batch: Callable[[], None] = field(default=lambda: None)
+    quality: Callable[[int, str, dict], None] = field(default=lambda loop, name, row: None)
+    batches: BatchCache | None = None
+
+    def analytic_ok(self, cfg: SubnetConfig) -> bool:
+        cs = self.goals.analytic_constraints
+        if not cs:
+            return True
+        c = self.counts.of(cfg)
+        return all(k.satisfied(c[k.objective.name]) for k in cs)
+
+    def sample_new(
+        self, rng: np.random.Generator, n: int, exclude: set[str] | None = None
+    ) -> list[SubnetConfig]:
+        """Up to n distinct random configs, new to the run and meeting the analytic constraints."""
+        exclude = set(self.traj.keys) | (exclude or set())
+        out: list[SubnetConfig] = []
+        tries = 0
+        max_tries = 200 * n + 2000
+        while len(out) < n and tries < max_tries:
+            tries += 1
+            cfg = self.space.sample(rng)
+            k = cfg.key()
+            if k in exclude or not self.analytic_ok(cfg):
+                continue
+            exclude.add(k)
+            out.append(cfg)
+        if n and not out and not self.traj.history:
+            raise LlamanasError(
+                f"No sub-network meeting the constraints {[c.text for c in self.goals.constraints]} was found "
+                f"in {max_tries} random samples; relax them."
+            )
+        return out
+
+    def initial(self) -> list[SubnetConfig]:
+        """The first population, the same for every algorithm with the same seed: the largest and the
+        smallest sub-networks (the ends of the front, so it always spans the space; the largest is the base
+        model) where the constraints allow them, then random ones."""
+        anchors = []
+        for cfg in (self.space.largest(), self.space.smallest()):
+            if self.args.population > len(anchors) and self.traj.is_new(cfg) and self.analytic_ok(cfg):
+                anchors.append(cfg)
+        rng = np.random.default_rng(self.args.seed)
+        return anchors + self.sample_new(rng, self.args.population - len(anchors), {c.key() for c in anchors})
+
+
+def run_random(ctx: Context) -> None:
+    """Uniform random sampling in batches of --population (the first batch is everyone's initial one)."""
+    ctx.traj.evaluate(ctx.initial())
+    ctx.on_batch()
+    rng = np.random.default_rng([ctx.args.seed, 2])
+    while ctx.traj.remaining > 0:
+        batch = ctx.sample_new(rng, min(ctx.args.population, ctx.traj.remaining))
+        if not batch:
+            break  # the space (or its feasible part) is exhausted
+        ctx.traj.evaluate(batch)
+        ctx.on_batch()
+
+
+def run_nsga2(ctx: Context) -> None:
+    """pymoo's NSGA-II with every offspring evaluated for real (ask/tell)."""
+    from pymoo.core.termination import NoTermination
+
+    space, traj, goals = ctx.space, ctx.traj, ctx.goals
+    init = ctx.initial()
+    X0 = np.array([space.encode(c) for c in init])
+    algo = make_nsga2(space, ctx.counts, ctx.args.population, X0, traj.canon)
+    algo.setup(SubnetProblem(space, goals), seed=ctx.args.seed, termination=NoTermination())
+    rng = np.random.default_rng([ctx.args.seed, 1])
+    while traj.remaining > 0:
+        pop = algo.ask()
+        X = np.asarray(pop.get("X"), dtype=int)
+        cfgs = [space.decode(x) for x in X]
+        new = [i for i, c in enumerate(cfgs) if traj.is_new(c) and ctx.analytic_ok(c)]
+        if not new:  # nothing new: inject random configs so the search cannot stall
+            extra = ctx.sample_new(rng, ctx.args.population)
+            if not extra:
+                break
+            from pymoo.core.population import Population
+
+            pop = Population.new(X=np.array([space.encode(c) for c in extra]))
+            X, cfgs, new = pop.get("X").astype(int), extra, list(range(len(extra)))
+        evaluated = traj.evaluate([cfgs[i] for i in new])
+        ctx.on_batch()
+        if len(evaluated) < len(new):
+            break  # budget spent mid-generation
+        by_key = {e.config.key(): e.values for e in traj.history}
+        rows = [by_key.get(c.key()) or _infeasible_values(ctx, c) for c in cfgs]
+        pop.set("F", goals.minimised(goals.F(rows)))
+        if goals.constraints:
+            pop.set(
+                "G", np.array([[c.violation(r[c.objective.name]) for c in goals.constraints] for r in rows])
+            )
+        algo.tell(infills=pop)
+
+
+def _infeasible_values(ctx: Context, cfg: SubnetConfig) -> dict[str, float]:
+    """Values for a config skipped because it breaks an analytic constraint: exact counts, worst bounds
+    for measured objectives, and a neutral value (the bound) for measured constraint targets."""
+    counts = ctx.counts.of(cfg)
+    goals = ctx.goals
+    out = {c.objective.name: c.bound for c in goals.constraints}
+    out.update({o.name: worst for o, (_, worst) in zip(goals.objectives, goals.bounds, strict=True)})
+    out.update({k: v for k, v in counts.items() if k in out})
+    return out
+
+
+def run_linas(ctx: Context) -> None:
+    """LINAS: real evaluations of batches proposed by NSGA-II on per-objective predictors."""
+    args, traj, goals = ctx.args, ctx.traj, ctx.goals
+    traj.evaluate(ctx.initial())
+    ctx.on_batch()
+    loop = 0
+    while traj.remaining > 0:
+        loop += 1
+        batch_size = min(args.population, traj.remaining)
+        payload = ctx.batches.get(loop, traj.history) if ctx.batches else None
+        if payload is None:
+            payload = propose_linas(ctx, loop, batch_size)
+            if ctx.batches:
+                ctx.batches.put(loop, traj.history, payload)
+        chosen = [SubnetConfig.from_dict(d) for d in payload["configs"]][:batch_size]
+        if not chosen:
+            break
+        evaluated = traj.evaluate(chosen)
+        for o in goals.measured:
+            true = [e.values[o.name] for e in evaluated]
+            pred = payload["predicted"][o.name][: len(evaluated)]
+            row = {
+                "loop": loop,
+                "objective": o.name,
+                **payload["predictors"][o.name],
+                "n_new": len(evaluated),
+                "kendall_tau": kendall_tau(true, pred),
+                "mape": mape(true, pred),
+            }
+            ctx.quality(loop, o.name, row)
+        ctx.on_batch()
+
+
+def propose_linas(ctx: Context, loop: int, batch_size: int) -> dict:
+    """One LINAS step: fit predictors on every evaluation so far, search them with NSGA-II, pick a batch.
+
+    Returns the batch (config dicts) with the predictions for it and the predictors' CV summaries.
+    """
+    from pymoo.optimize import minimize
+    from sklearn import config_context
+
+    args, space, traj, goals = ctx.args, ctx.space, ctx.traj, ctx.goals
+    encoder = Encoder(space)
+    inner_pop = args.inner_population or max(50, 2 * args.population)
+    hist = traj.history
+    features = encoder(np.array([e.x for e in hist]))
+    predictors = {
+        o.name: Predictor(args.predictor, seed=args.seed).fit(features, [e.values[o.name] for e in hist])
+        for o in goals.measured
+    }
+
+    def values(X):
+        out = dict(ctx.counts(X))
+        if predictors:
+            F = encoder(X)
+            out.update({name: p.predict(F) for name, p in predictors.items()})
+        return out
+
+    rng = np.random.default_rng([args.seed, loop])
+    # Warm start: the best-ranked real evaluations, then random configs (then the other real ones).
+    ranked = [hist[i].config for i in _rank_order(goals, [e.values for e in hist])]
+    seeds = ranked[: inner_pop // 2]
+    seeds += ctx.sample_new(rng, inner_pop - len(seeds))
+    seeds += ranked[inner_pop // 2 :][: max(0, inner_pop - len(seeds))]
+    X0 = np.array([space.encode(c) for c in seeds])
+    inner_seed = int(np.random.SeedSequence([args.seed, loop]).generate_state(1)[0] % (2**31))
+    with config_context(assume_finite=True):  # skips sklearn's input checks in the hot loop
+        res = minimize(
+            SubnetProblem(space, goals, values),
+            make_nsga2(space, ctx.counts, inner_pop, X0, set()),
+            ("n_gen", args.inner_generations),
+            seed=inner_seed,
+            verbose=False,
+        )
+        Xc = np.asarray(res.pop.get("X"), dtype=int)
+        chosen = select_batch(ctx, Xc, values(Xc), batch_size)
+        if len(chosen) < batch_size:
+            chosen += ctx.sample_new(rng, batch_size - len(chosen), exclude={c.key() for c in chosen})
+        predicted = values(np.array([space.encode(c) for c in chosen]).reshape(len(chosen), -1))
+    return {
+        "configs": [c.to_dict() for c in chosen],
+        "predicted": {o.name: [float(v) for v in predicted[o.name]] for o in goals.measured},
+        "predictors": {name: p.summary() for name, p in predictors.items()},
+    }
+
+
+def _rank_order(goals: Goals, rows: list[dict[str, float]]) -> list[int]:
+    """Indices by (infeasible last, non-dominated rank, index)."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    if not rows:
+        return []
+    F = goals.minimised(goals.F(rows))
+    feas = goals.feasible(rows)
+    rank = np.full(len(rows), len(rows) + 1)
+    idx = np.flatnonzero(feas)
+    if len(idx):
+        for r, front in enumerate(NonDominatedSorting().do(F[idx])):
+            rank[idx[front]] = r
+    return sorted(range(len(rows)), key=lambda i: (rank[i], i))
+
+
+def select_batch(ctx: Context, X: np.ndarray, values: dict[str, np.ndarray], k: int) -> list[SubnetConfig]:
+    """Up to k new configs from the candidates X (rows), given their predicted values, in order.
+
+    1. Greedy predicted hypervolume gain: next comes the feasible candidate that adds the most hypervolume
+       to the real front plus the candidates already chosen. A candidate next to a chosen one adds little,
+       so the batch spreads along the front instead of clustering where the predictor is most optimistic.
+    2. When no candidate adds anything, the other feasible ones by predicted front rank, each front in
+       greedy max-min order (farthest from every real or chosen point first).
+    3. Candidates predicted to break a constraint come last, least violation first.
+    """
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    goals, space, traj = ctx.goals, ctx.space, ctx.traj
+    if k <= 0:
+        return []
+    first: dict[bytes, int] = {}
+    for i, key in enumerate(canonical_keys(ctx.counts, X)):
+        first.setdefault(key, i)
+    cand = np.array(sorted(i for key, i in first.items() if key not in traj.canon), dtype=int)
+    if not len(cand):
+        return []
+    # Normalised, minimised; predictions beyond the best bound (e.g. a negative NLL) are clipped to it.
+    Fn = np.maximum(
+        objmod.normalise(np.column_stack([values[o.name][cand] for o in goals.objectives]), goals.bounds), 0.0
+    )
+    cv = np.zeros(len(cand))
+    if goals.constraints:
+        G = np.column_stack([c.violation(values[c.objective.name][cand]) for c in goals.constraints])
+        cv = np.maximum(G, 0).sum(axis=1)
+    real = [e.values for e in traj.history]
+    pts = np.zeros((0, Fn.shape[1]))
+    if real:
+        pts = objmod.normalise(goals.F(real), goals.bounds)[goals.feasible(real)]
+        pts = pts[objmod.pareto_mask(pts)] if len(pts) else pts
+    chosen: list[int] = []
+    left = [int(i) for i in np.flatnonzero(cv <= 0)]
+    hv = objmod.hypervolume(pts)
+    while left and len(chosen) < k:
+        gains = np.array([objmod.hypervolume(np.vstack([pts, Fn[i]])) - hv for i in left])
+        j = int(np.argmax(gains))  # first wins ties: deterministic
+        if gains[j] <= 1e-12:
+            break
+        chosen.append(left.pop(j))
+        pts = np.vstack([pts, Fn[chosen[-1]]])
+        pts = pts[objmod.pareto_mask(pts)]
+        hv = objmod.hypervolume(pts)
+    if left and len(chosen) < k:
+        placed = np.vstack([pts, Fn[chosen]]) if chosen else pts
+        rest = np.array(left)
+        for front in NonDominatedSorting().do(Fn[rest]):
+            g = list(rest[front])
+            while g and len(chosen) < k:
+                if len(placed):
+                    d = np.min(np.linalg.norm(Fn[g][:, None, :] - placed[None, :, :], axis=2), axis=1)
+                    j = int(np.argmax(d))
+                else:
+                    j = int(np.argmin(Fn[g].sum(axis=1)))
+                chosen.append(g.pop(j))
+                placed = np.vstack([placed, Fn[chosen[-1]]])
+    infeasible = np.flatnonzero(cv > 0)
+    chosen += [int(i) for i in infeasible[np.argsort(cv[infeasible], kind="stable")]][
+        : max(0, k - len(chosen))
+    ]
+    return [space.decode(X[cand[i]]) for i in chosen]
+
+
+RUNNERS: dict[str, Callable[[Context], None]] = {"random": run_random, "nsga2": run_nsga2, "linas": run_linas}
