@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_model, tiny_tokenizer
+
 from llamanas.errors import LlamanasError
 from llamanas.model import device as D
 from llamanas.model.arch import Arch
