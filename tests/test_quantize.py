@@ -349,6 +349,28 @@ def test_quantize_front_writes_points_beside_the_originals(tmp_path):
     assert sn.active == SubnetConfig.full(sn.arch)  # the super-network is left as it was
 
 
+def test_quantize_front_uses_the_runs_evaluation_settings(tmp_path):
+    """run.json's evaluation settings win over its args: the subset seed is the data seed, not the search's."""
+    sn = SuperNet(tiny_model("llama", hidden=64, inter=96))
+    run, _ = _synthetic_run(tmp_path, sn)
+    info = json.loads((run / "run.json").read_text())
+    info["args"].update(seed=3, data_seed=7)
+    info["settings"] = {"tasks": ["taskA"], "split": "validation", "limit": 10, "num_fewshot": 0, "seed": 7}
+    (run / "run.json").write_text(json.dumps(info))
+    seen = {}
+
+    def evaluate_fn(m, tok, tasks, **kw):
+        seen.update(kw)
+        return fake_evaluate(m, tok, tasks)
+
+    path = quantize_front(
+        run, "int4", supernet=sn, tokenizer=tiny_tokenizer(), evaluate_fn=evaluate_fn, limit=5
+    )
+    assert seen == {"split": "validation", "limit": 5, "num_fewshot": 0, "seed": 7}
+    d = json.loads(path.read_text())
+    assert (d["split"], d["limit"], d["num_fewshot"], d["seed"]) == ("validation", 5, 0, 7)
+
+
 def test_quantize_front_needs_a_front(tmp_path):
     with pytest.raises(LlamanasError, match="no front.json"):
         quantize_front(

@@ -18,7 +18,7 @@ from conftest import tiny_arch
 from llamanas.errors import LlamanasError
 from llamanas.search.objectives import pareto_mask
 from llamanas.search.problem import canonical_keys
-from llamanas.search.run import SearchArgs, load_run, parse_member_ref, search
+from llamanas.search.run import RunFiles, SearchArgs, load_run, parse_member_ref, search
 from llamanas.search.workers import Outcome
 from llamanas.supernet.space import SearchSpace
 
@@ -185,6 +185,28 @@ def test_run_files(tmp_path):
     assert load_run(d).member(r.front[0].id).config == r.front[0].config
     with pytest.raises(LlamanasError, match="No evaluation #99"):
         load_run(d).member(99)
+
+
+def test_run_files_reader_and_writer(tmp_path):
+    r = search(args_for(tmp_path, "random", evaluations=10, data_seed=3), SyntheticSpec(), SPACE)
+    files = RunFiles(r.run_dir)
+    assert files.has_info() and files.info() == json.loads((r.run_dir / "run.json").read_text())
+    assert files.args() == args_for(tmp_path, "random", evaluations=10, data_seed=3)
+    assert files.eval_settings().seed == 3 and files.eval_settings().tasks == ("syn",)  # the data seed
+    assert [m["id"] for m in files.front()] == [m.id for m in r.front]
+    path = files.write_front_after("int8", {"points": []})
+    assert path == r.run_dir / "front_int8.json" and json.loads(path.read_text()) == {"points": []}
+    assert not list(r.run_dir.glob(".*.tmp*"))  # written atomically, nothing left behind
+    bare = RunFiles(tmp_path / "nothing")
+    assert not bare.has_info()
+    with pytest.raises(LlamanasError, match="not a search run directory"):
+        bare.info()
+    with pytest.raises(LlamanasError, match="no front.json"):
+        bare.front()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "front.json").write_text(json.dumps({"members": [{"id": 1}]}))
+    with pytest.raises(LlamanasError, match="member 0 has no 'config'"):
+        RunFiles(tmp_path / "bad").front()
 
 
 @pytest.mark.parametrize("algorithm", ["nsga2", "linas"])

@@ -31,6 +31,11 @@ def test_eval_settings_round_trip_and_hash():
         EvalSettings.from_dict({"shots": 5})
 
 
+def test_eval_settings_evaluate_kwargs():
+    s = EvalSettings(tasks=("piqa",), split="test", limit=9, num_fewshot=2, seed=4, timing=True)
+    assert s.evaluate_kwargs() == {"split": "test", "limit": 9, "num_fewshot": 2, "seed": 4}
+
+
 # ------------------------------------------------------------------------------------------------------
 # A tiny random LLaMA as the evaluated super-network (no tokenizer or data needed): "accuracy" is next-token
 # top-1 accuracy and "gold_nll" the mean next-token NLL on fixed random tokens.

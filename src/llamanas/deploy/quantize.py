@@ -250,12 +250,10 @@ def _num_params(model) -> int:
     return total
 
 
-def _point(
-    model, tokenizer, label, bits, tasks, eval_kwargs, timing, evaluate_fn, timing_kwargs
-) -> QuantPoint:
+def _point(model, tokenizer, label, bits, settings, timing, evaluate_fn, timing_kwargs) -> QuantPoint:
     point = QuantPoint(label=label, bits=bits, params=_num_params(model), bytes=model_bytes(model))
-    if tasks:
-        results = evaluate_fn(model, tokenizer, list(tasks), **eval_kwargs)
+    if settings.tasks:
+        results = evaluate_fn(model, tokenizer, list(settings.tasks), **settings.evaluate_kwargs())
         point.results = {k: r.to_dict() for k, r in results.items()}
     if timing:
         from llamanas.evaluation.measure import time_model
@@ -286,14 +284,16 @@ def compare_quantization(
     Returns the comparison and the quantized model; with ``out_dir`` the quantized model is also saved
     (with ``comparison.json``) and ``after.file_bytes`` is its weights file's size.
     """
+    from llamanas.search.workers import EvalSettings
+
     check_method(method)
     if evaluate_fn is None and tasks:
         from llamanas.evaluation.evaluate import evaluate as evaluate_fn
-    eval_kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
+    settings = EvalSettings(tasks=tuple(tasks), split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
     timing_kwargs = timing_kwargs or {}
-    before = _point(model, tokenizer, "before", "16", tasks, eval_kwargs, timing, evaluate_fn, timing_kwargs)
+    before = _point(model, tokenizer, "before", "16", settings, timing, evaluate_fn, timing_kwargs)
     quantize_model(model, method, group_size, backend="cpu")
-    after = _point(model, tokenizer, "after", method, tasks, eval_kwargs, timing, evaluate_fn, timing_kwargs)
+    after = _point(model, tokenizer, "after", method, settings, timing, evaluate_fn, timing_kwargs)
     comparison = QuantComparison(
         method,
         group_size,
@@ -346,38 +346,46 @@ def quantize_front(
     """Re-evaluate every sub-network of a search's front after quantization; writes
     ``front_<method>.json`` in the run folder beside ``front.json`` (the paper's "front moves left").
 
-    The model, tasks and evaluation settings default to those recorded in the run's ``run.json``; pass a
-    loaded ``supernet``/``tokenizer`` to skip loading.
+    The model, tasks and evaluation settings default to those recorded in the run's ``run.json`` (its
+    evaluation settings: ``seed`` is the seed of the run's --limit subset, its data seed); pass a loaded
+    ``supernet``/``tokenizer`` to skip loading. The run folder is read and written through
+    ``search.run.RunFiles``.
     """
+    from llamanas.search.run import RunFiles
+    from llamanas.search.workers import EvalSettings
     from llamanas.supernet.slicing import standalone
 
     check_method(method)
     run = Path(run_dir)
-    points = read_front(run)
-    settings = read_run_settings(run)
-    tasks = list(tasks or settings.get("tasks") or [])
+    files = RunFiles(run)
+    points = files.front()
+    args = files.args() if files.has_info() else None
+    saved = files.eval_settings() if args else EvalSettings(split=None)
+    tasks = list(tasks or (args.tasks if args else ()))
     if not tasks:
         raise LlamanasError(f"{run}: no tasks recorded in run.json; pass tasks=[...] (--tasks).")
-    kw = dict(
-        split=split if split is not None else settings.get("split"),
-        limit=limit if limit is not None else settings.get("limit"),
-        num_fewshot=num_fewshot if num_fewshot is not None else settings.get("num_fewshot"),
-        seed=seed if seed is not None else settings.get("seed", 0),
+    settings = EvalSettings(
+        tasks=tuple(tasks),
+        split=split if split is not None else saved.split,
+        limit=limit if limit is not None else saved.limit,
+        num_fewshot=num_fewshot if num_fewshot is not None else saved.num_fewshot,
+        seed=seed if seed is not None else saved.seed,
     )
     fingerprint_ok = None
     if supernet is None:
         from llamanas.model.load import fingerprint
         from llamanas.supernet.elastic import load_supernet
 
-        name = model or settings.get("model")
+        name = model or (args.model if args else None)
         if not name:
             raise LlamanasError(f"{run}: no model recorded in run.json; pass model=... (--model).")
         supernet, tokenizer = load_supernet(
-            name, order=settings.get("order", True), dtype=settings.get("dtype", "float32")
+            name, order=args.order if args else True, dtype=args.dtype if args else "float32"
         )
-        if "fingerprint" in settings:
+        run_fingerprint = files.info().get("fingerprint") if args else None
+        if run_fingerprint:
             # The search's weights (after ordering) must be the ones we quantize, or the points differ.
-            fingerprint_ok = fingerprint(supernet.model) == settings["fingerprint"]
+            fingerprint_ok = fingerprint(supernet.model) == run_fingerprint
     if evaluate_fn is None:
         from llamanas.evaluation.evaluate import evaluate as evaluate_fn
     out_points = []
@@ -391,7 +399,7 @@ def quantize_front(
         small = standalone(supernet, cfg)
         bytes_16 = model_bytes(small)
         quantize_model(small, method, group_size, backend="cpu")
-        results = evaluate_fn(small, tokenizer, tasks, **kw)
+        results = evaluate_fn(small, tokenizer, tasks, **settings.evaluate_kwargs())
         entry = {
             "config": cfg.to_dict(),
             "params": cfg.num_params(supernet.arch),
@@ -407,42 +415,12 @@ def quantize_front(
             entry["latency_ms"], _, entry["throughput_tok_s"] = time_model(small)
         out_points.append(entry)
         del small
-    path = run / f"front_{method}.json"
     payload = {
         "method": method,
         "group_size": group_size,
         "tasks": tasks,
-        **kw,
+        **settings.evaluate_kwargs(),
         "fingerprint_matches_run": fingerprint_ok,
         "points": out_points,
     }
-    path.write_text(json.dumps(payload, indent=2))
-    return path
-
-
-def read_run_settings(run: Path) -> dict:
-    """The search settings of a run: ``run.json``'s ``args`` (model, tasks, split, limit, ...) plus its
-    ``fingerprint``; {} when there is no run.json."""
-    f = Path(run) / "run.json"
-    if not f.is_file():
-        return {}
-    d = json.loads(f.read_text())
-    out = dict(d.get("args") or {})
-    if "fingerprint" in d:
-        out["fingerprint"] = d["fingerprint"]
-    return out
-
-
-def read_front(run: Path) -> list[dict]:
-    """The members of a run's ``front.json``: dicts with ``id``, ``values``, ``measured`` and ``config``."""
-    f = Path(run) / "front.json"
-    if not f.is_file():
-        raise LlamanasError(f"{run}: no front.json in the run folder (has the search finished a batch?).")
-    d = json.loads(f.read_text())
-    members = d.get("members") if isinstance(d, dict) else None
-    if not isinstance(members, list):
-        raise LlamanasError(f"{f}: expected an object with a 'members' list (written by llamanas search).")
-    for i, m in enumerate(members):
-        if not isinstance(m, dict) or not isinstance(m.get("config"), dict):
-            raise LlamanasError(f"{f}: member {i} has no 'config' (a sub-network config object).")
-    return members
+    return files.write_front_after(method, payload)

@@ -32,6 +32,7 @@ from llamanas.supernet.space import SearchSpace, SubnetConfig
 ALGORITHMS = ("random", "nsga2", "linas")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RUN_FILE = "run.json"
+FRONT_FILE = "front.json"
 STORE_FILE = "results.sqlite"
 
 
@@ -193,44 +194,108 @@ def hypervolume_trace(goals: Goals, evaluated: list[Evaluated]) -> list[tuple[in
     return out
 
 
-def export(run_dir: Path, goals: Goals, evaluated: list[Evaluated], quality: list[dict]) -> None:
-    """front.json, front.csv, hypervolume.csv and predictors.csv: views of the store, written atomically."""
-    front = front_of(goals, evaluated)
-    names = [o.name for o in goals.objectives]
-    extra = [c.objective.name for c in goals.constraints if c.objective.name not in names]
-    storemod.write_json(
-        run_dir / "front.json",
-        {
-            "objectives": [o.to_dict() for o in goals.objectives],
-            "constraints": [c.to_dict() for c in goals.constraints],
-            "members": [
-                {"id": m.id, "values": m.values, "measured": m.measured, "config": m.config.to_dict()}
+class RunFiles:
+    """A run directory's files: the one reader and the one writer of ``run.json``, ``front.json``,
+    ``front.csv``, ``hypervolume.csv``, ``predictors.csv`` (views of the results store) and
+    ``front_<method>.json`` (``deploy.quantize``), each written atomically (``store.write_*``). The
+    evaluations themselves are in the store: ``load_run`` reads both.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+
+    # --- reading -------------------------------------------------------------------------------
+    def has_info(self) -> bool:
+        return (self.dir / RUN_FILE).is_file()
+
+    def info(self) -> dict:
+        """``run.json``: the run's settings, space, goals, bounds, fingerprint and store."""
+        if not self.has_info():
+            raise LlamanasError(f"{str(self.dir)!r} is not a search run directory (no {RUN_FILE} in it).")
+        return json.loads((self.dir / RUN_FILE).read_text())
+
+    def args(self) -> SearchArgs:
+        return SearchArgs.from_dict(self.info()["args"])
+
+    def eval_settings(self) -> EvalSettings:
+        """What the run's evaluations measured (run.json's ``settings``; from its ``args`` if it has none)."""
+        info = self.info()
+        if "settings" in info:
+            return EvalSettings.from_dict(info["settings"])
+        return SearchArgs.from_dict(info["args"]).settings(timing=False)
+
+    def front(self) -> list[dict]:
+        """The members of ``front.json``: dicts with ``id``, ``values``, ``measured`` and ``config``."""
+        f = self.dir / FRONT_FILE
+        if not f.is_file():
+            raise LlamanasError(
+                f"{self.dir}: no {FRONT_FILE} in the run folder (has the search finished a batch?)."
+            )
+        d = json.loads(f.read_text())
+        members = d.get("members") if isinstance(d, dict) else None
+        if not isinstance(members, list):
+            raise LlamanasError(
+                f"{f}: expected an object with a 'members' list (written by llamanas search)."
+            )
+        for i, m in enumerate(members):
+            if not isinstance(m, dict) or not isinstance(m.get("config"), dict):
+                raise LlamanasError(f"{f}: member {i} has no 'config' (a sub-network config object).")
+        return members
+
+    # --- writing (atomic) ----------------------------------------------------------------------
+    def write_info(self, info: dict) -> None:
+        storemod.write_json(self.dir / RUN_FILE, info)
+
+    def write_front_after(self, method: str, payload: dict) -> Path:
+        """``front_<method>.json``: the front re-evaluated after quantization (``deploy.quantize``)."""
+        path = self.dir / f"front_{method}.json"
+        storemod.write_json(path, payload)
+        return path
+
+    def export(self, goals: Goals, evaluated: list[Evaluated], quality: list[dict]) -> None:
+        """front.json, front.csv, hypervolume.csv and predictors.csv."""
+        run_dir = self.dir
+        front = front_of(goals, evaluated)
+        names = [o.name for o in goals.objectives]
+        extra = [c.objective.name for c in goals.constraints if c.objective.name not in names]
+        storemod.write_json(
+            run_dir / FRONT_FILE,
+            {
+                "objectives": [o.to_dict() for o in goals.objectives],
+                "constraints": [c.to_dict() for c in goals.constraints],
+                "members": [
+                    {"id": m.id, "values": m.values, "measured": m.measured, "config": m.config.to_dict()}
+                    for m in front
+                ],
+            },
+        )
+        params = [] if "params" in names + extra else ["params"]
+        storemod.write_csv(
+            run_dir / "front.csv",
+            ["id", *names, *extra, *params, "depth", "config"],
+            [
+                [
+                    m.id,
+                    *(m.values[n] for n in names + extra),
+                    *(int(m.measured[p]) for p in params),
+                    m.config.depth,
+                    m.config.to_json(),
+                ]
                 for m in front
             ],
-        },
-    )
-    params = [] if "params" in names + extra else ["params"]
-    storemod.write_csv(
-        run_dir / "front.csv",
-        ["id", *names, *extra, *params, "depth", "config"],
-        [
-            [
-                m.id,
-                *(m.values[n] for n in names + extra),
-                *(int(m.measured[p]) for p in params),
-                m.config.depth,
-                m.config.to_json(),
-            ]
-            for m in front
-        ],
-    )
-    storemod.write_csv(
-        run_dir / "hypervolume.csv",
-        ["evaluations", "hypervolume", "front_size"],
-        [[n, f"{hv:.6f}", size] for n, hv, size in hypervolume_trace(goals, evaluated)],
-    )
-    cols = ["loop", "objective", "model", "n_train", "cv_mse", "cv_tau", "n_new", "kendall_tau", "mape"]
-    storemod.write_csv(run_dir / "predictors.csv", cols, [[q.get(c) for c in cols] for q in quality])
+        )
+        storemod.write_csv(
+            run_dir / "hypervolume.csv",
+            ["evaluations", "hypervolume", "front_size"],
+            [[n, f"{hv:.6f}", size] for n, hv, size in hypervolume_trace(goals, evaluated)],
+        )
+        cols = ["loop", "objective", "model", "n_train", "cv_mse", "cv_tau", "n_new", "kendall_tau", "mape"]
+        storemod.write_csv(run_dir / "predictors.csv", cols, [[q.get(c) for c in cols] for q in quality])
+
+
+def export(run_dir: Path, goals: Goals, evaluated: list[Evaluated], quality: list[dict]) -> None:
+    """front.json, front.csv, hypervolume.csv and predictors.csv: views of the store, written atomically."""
+    RunFiles(run_dir).export(goals, evaluated, quality)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -302,8 +367,8 @@ def search(
                 "settings_hash": settings.hash(),
             }
             run_id = store.open_run(run_name, run_config)
-            storemod.write_json(
-                run_dir / RUN_FILE,
+            files = RunFiles(run_dir)
+            files.write_info(
                 {
                     "args": args.to_dict(),
                     "run_name": run_name,
@@ -324,7 +389,7 @@ def search(
             )
 
             def on_batch():
-                export(run_dir, goals, traj.history, store.quality(run_id))
+                files.export(goals, traj.history, store.quality(run_id))
 
             ctx = Context(
                 args,
@@ -375,10 +440,7 @@ class RunView:
 def load_run(run_dir: str | Path) -> RunView:
     """Read a run directory (while it runs, too: the store is opened alongside the writer)."""
     run_dir = Path(run_dir)
-    path = run_dir / RUN_FILE
-    if not path.is_file():
-        raise LlamanasError(f"{str(run_dir)!r} is not a search run directory (no {RUN_FILE} in it).")
-    info = json.loads(path.read_text())
+    info = RunFiles(run_dir).info()
     args = SearchArgs.from_dict(info["args"])
     store_path = Path(info["store"])
     if not store_path.exists() and (run_dir / STORE_FILE).exists():
@@ -401,6 +463,6 @@ def load_run(run_dir: str | Path) -> RunView:
 def parse_member_ref(ref: str) -> tuple[Path, int] | None:
     """``RUN_DIR:ID`` -> (run dir, id) when RUN_DIR holds a run; None for anything else."""
     head, sep, tail = ref.rpartition(":")
-    if not sep or not tail.strip().isdigit() or not (Path(head) / RUN_FILE).is_file():
+    if not sep or not tail.strip().isdigit() or not RunFiles(head).has_info():
         return None
     return Path(head), int(tail)

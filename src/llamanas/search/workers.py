@@ -55,6 +55,11 @@ class EvalSettings:
     def from_dict(cls, d: dict) -> EvalSettings:
         return from_dict_strict(cls, d, "evaluation settings")
 
+    def evaluate_kwargs(self) -> dict:
+        """Which items are scored and how: ``split``, ``limit``, ``num_fewshot`` and ``seed`` (the subset's), as
+        ``evaluation.evaluate``/``prepare`` take them."""
+        return {"split": self.split, "limit": self.limit, "num_fewshot": self.num_fewshot, "seed": self.seed}
+
     def hash(self) -> str:
         """Stable key of these settings (sorted JSON; task order does not change any value)."""
         d = self.to_dict()
@@ -135,10 +140,7 @@ class SupernetEvaluator:
             self.prepared = prepare(
                 tokenizer,
                 list(s.tasks),
-                s.split,
-                s.limit,
-                s.num_fewshot,
-                s.seed,
+                **s.evaluate_kwargs(),
                 max_length=model_max_length(supernet.model, tokenizer),
             )
 
