@@ -17,7 +17,7 @@ from llamanas.model.arch import Arch
 from llamanas.model.data import load_alpaca
 from llamanas.supernet.elastic import SUPERNET_FILE, SuperNet, load_supernet
 from llamanas.supernet.space import SearchSpace, SubnetConfig
-from llamanas.tuning.sampling import SCHEDULES, Sampler, SizeBuckets, restrict
+from llamanas.tuning.sampling import SCHEDULES, Sampler, Schedule, SizeBuckets, restrict
 from llamanas.tuning.tune import (
     IGNORE,
     STRATEGIES,
@@ -362,6 +362,18 @@ def test_unknown_schedule_lists_the_allowed_ones():
     with pytest.raises(LlamanasError, match="Unknown schedule 'fast'. Available: uniform, progressive"):
         Sampler(space_30(), "fast")
     assert SCHEDULES == ("uniform", "progressive", "delayed", "complexity")
+    assert tuple(Schedule) == SCHEDULES and Sampler(space_30(), Schedule.DELAYED).schedule == "delayed"
+
+
+def test_sampler_state_stores_the_schedule_as_a_plain_string():
+    """Checkpoints hold the schedule as text (as before the enum), and such states load."""
+    s = Sampler(space_30(), "complexity", total_steps=10)
+    state = s.state_dict()
+    assert type(state["schedule"]) is str and state["schedule"] == "complexity"
+    old = {**json.loads(json.dumps(state)), "schedule": "complexity"}
+    Sampler(space_30(), Schedule.COMPLEXITY, total_steps=10, seed=3).load_state_dict(old)
+    with pytest.raises(LlamanasError, match="for schedule 'uniform', not 'complexity'"):
+        s.load_state_dict({**old, "schedule": "uniform"})
 
 
 # --- training: every strategy and schedule learns ----------------------------------------------------
@@ -526,7 +538,11 @@ def test_resume_equals_an_uninterrupted_run(tiny, tmp_path, kw):
         finetune(args, callback=stop_at_5, progress=False)
     ckpt = tmp_path / "cut" / "checkpoint"
     assert json.loads((ckpt / "args.json").read_text())["steps"] == 8
-    assert torch.load(ckpt / "trainer.pt", weights_only=False)["step"] == 3
+    state = torch.load(ckpt / "trainer.pt", weights_only=False)
+    assert state["step"] == 3
+    # Plain strings, not enum members: checkpoints stay readable without this version's classes.
+    assert type(state["sampler"]["schedule"]) is str
+    assert {type(r["role"]) for r in state["records"]} == {str}
     seen = []
     resumed = finetune(args, callback=lambda step, losses: seen.append(step), progress=False)
     assert seen == [4, 5, 6, 7, 8]

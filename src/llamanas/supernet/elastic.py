@@ -12,7 +12,9 @@ be ordered by importance first (``importance.py``) so that a slice keeps the bes
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -60,23 +62,14 @@ class SuperNet:
     """Wraps a loaded LLaMA-family model and switches sub-networks on it."""
 
     def __init__(self, model, space: SearchSpace | None = None):
-        family_of(model.config)
+        self.family = family_of(model.config)
         self.model = model
         self.arch = Arch.from_hf(model.config)
         self.space = space or SearchSpace.from_arch(self.arch)
         self._all_layers = decoder_layers(model)
         self._layer_types = getattr(model.config, "layer_types", None)
         for layer in self._all_layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            for lin in (
-                attn.q_proj,
-                attn.k_proj,
-                attn.v_proj,
-                attn.o_proj,
-                mlp.gate_proj,
-                mlp.up_proj,
-                mlp.down_proj,
-            ):
+            for lin in self.family.linears_of(layer).values():
                 if not isinstance(lin, ElasticLinear):
                     ElasticLinear.convert(lin)
         self.active: SubnetConfig = SubnetConfig.full(self.arch)
@@ -94,21 +87,23 @@ class SuperNet:
                 "This sub-network has layers below 16 bits, which the super-network cannot switch on in place; "
                 "extract it (extract.standalone, or `llamanas extract`)."
             )
-        a = self.arch
+        a, family = self.arch, self.family
         # bits are None or all 16 here, so the architecture alone says whether this is the full network.
         full = SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups) == SubnetConfig.full(a)
         kept = []
         for pos, (i, m, g) in enumerate(zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True)):
             layer = self._all_layers[i]
-            attn, mlp = layer.self_attn, layer.mlp
-            q, kv = g * a.heads_per_group * a.head_dim, g * a.head_dim
-            attn.q_proj.active_out = None if q == a.num_heads * a.head_dim else q
-            attn.k_proj.active_out = attn.v_proj.active_out = None if g == a.num_kv_heads else kv
-            attn.o_proj.active_in = attn.q_proj.active_out
-            mlp.gate_proj.active_out = mlp.up_proj.active_out = None if m == a.intermediate_size else m
-            mlp.down_proj.active_in = mlp.gate_proj.active_out
+            # Slice sizes; None (no slicing) where the whole dimension is kept.
+            q = None if g == a.num_kv_heads else g * a.heads_per_group * a.head_dim
+            kv = None if g == a.num_kv_heads else g * a.head_dim
+            rows, cols = family.rows_and_cols(q, kv, None if m == a.intermediate_size else m)
+            for name, lin in family.linears_of(layer).items():
+                if name in rows:
+                    lin.active_out = rows[name]
+                else:
+                    lin.active_in = cols[name]
             # The KV cache is indexed by position among the layers that run.
-            attn.layer_idx = pos
+            getattr(layer, family.attention).layer_idx = pos
             kept.append(layer)
         decoder = self.model.get_decoder()
         decoder.layers = self._all_layers if full else nn.ModuleList(kept)
@@ -120,7 +115,7 @@ class SuperNet:
         """Back to the full network (required before saving or training the whole model)."""
         self.activate(SubnetConfig.full(self.arch))
         for i, layer in enumerate(self._all_layers):
-            layer.self_attn.layer_idx = i
+            getattr(layer, self.family.attention).layer_idx = i
         if self._layer_types is not None:
             self.model.config.layer_types = list(self._layer_types)
 
@@ -137,7 +132,24 @@ class SuperNet:
         return (cfg or self.active).num_params(self.arch, embeddings=embeddings)
 
 
+# --- a super-network folder: an HF checkpoint plus this file -------------------------------------------
+
 SUPERNET_FILE = "llamanas_supernet.json"
+
+
+def read_supernet_meta(folder: str | Path) -> dict:
+    """The super-network metadata in ``folder``; ``{}`` when it has none (a plain model, a hub id).
+
+    Keys, as ``write_supernet_meta`` writes them: ``ordered`` (the weights are importance-ordered),
+    ``space`` (the search space, ``SearchSpace.to_dict``) and ``training`` (``finetune``'s record).
+    """
+    path = Path(folder) / SUPERNET_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_supernet_meta(folder: str | Path, space: SearchSpace, training: dict, ordered: bool = True) -> None:
+    meta = {"ordered": ordered, "space": space.to_dict(), "training": training}
+    (Path(folder) / SUPERNET_FILE).write_text(json.dumps(meta, indent=2))
 
 
 def load_supernet(
@@ -152,15 +164,11 @@ def load_supernet(
     A folder written by ``llamanas finetune`` carries ``llamanas_supernet.json``: its weights are
     already ordered and its search space is the one it was trained for.
     """
-    import json
-    from pathlib import Path
-
     from llamanas.model.load import load_model, resolve
     from llamanas.supernet.importance import order_model
 
     model, tokenizer = load_model(name, dtype=dtype)
-    meta_path = Path(resolve(name)) / SUPERNET_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_supernet_meta(resolve(name))
     arch = Arch.from_hf(model.config)
     if space_file:
         space = SearchSpace.from_file(space_file, arch)

@@ -26,13 +26,38 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from enum import Enum
 
 import numpy as np
 
 from llamanas.errors import LlamanasError, unknown
 from llamanas.supernet.space import SearchSpace, SubnetConfig
 
-SCHEDULES = ("uniform", "progressive", "delayed", "complexity")
+
+class Schedule(str, Enum):
+    """The sampling schedules (module docstring). Members equal their strings, which CLI, JSON and
+    checkpoints use."""
+
+    UNIFORM = "uniform"
+    PROGRESSIVE = "progressive"
+    DELAYED = "delayed"
+    COMPLEXITY = "complexity"
+
+    __str__ = str.__str__
+
+
+SCHEDULES = tuple(s.value for s in Schedule)
+
+
+class Role(str, Enum):
+    """What a sub-network trained in a step is: ``Sampler.largest``, ``.smallest`` or ``.sample``'s.
+    Loss records and curves store the string."""
+
+    LARGEST = "largest"  # the full network (the teacher when distilling)
+    SMALLEST = "smallest"
+    RANDOM = "random"
+
+    __str__ = str.__str__
 
 
 class SizeBuckets:
@@ -136,7 +161,7 @@ class Sampler:
                 f"min_params must lie in [0, 1) (a fraction of the full network's parameters); got {min_params}."
             )
         self.space = space
-        self.schedule = schedule
+        self.schedule = Schedule(schedule)
         self.min_params = min_params
         self._full_params = space.largest().num_params(space.arch)
         if min_params > 0:
@@ -163,14 +188,14 @@ class Sampler:
     # --- the schedule --------------------------------------------------------------------------
     def shrinking(self, step: int) -> bool:
         """False while only the full network trains (the delay of ``delayed``)."""
-        return not (self.schedule == "delayed" and step < self.delay_fraction * self.total_steps)
+        return not (self.schedule is Schedule.DELAYED and step < self.delay_fraction * self.total_steps)
 
     def stage(self, step: int) -> int:
         return min(self.stages - 1, step * self.stages // self.total_steps)
 
     def space_at(self, step: int) -> SearchSpace:
         """The (sub-)space sampled from at ``step``."""
-        if self.schedule != "progressive":
+        if self.schedule is not Schedule.PROGRESSIVE:
             return self.space
         s = self.stage(step)
         if s not in self._restricted:
@@ -224,7 +249,7 @@ class Sampler:
         if not self.shrinking(step):
             return self.largest()
         space = self.space_at(step)
-        if self.schedule != "complexity":
+        if self.schedule is not Schedule.COMPLEXITY:
             return self._draw(space, self.rng)
         b = int(self.rng.choice(len(self.buckets), p=self.bucket_probs()))
         best, best_gap = None, math.inf
@@ -261,7 +286,7 @@ class Sampler:
     # --- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "schedule": self.schedule,
+            "schedule": self.schedule.value,  # a plain string, as checkpoints have always stored it
             "rng": self.rng.bit_generator.state,
             "loss_ema": list(self.loss_ema),
             "counts": list(self.counts),
@@ -270,7 +295,7 @@ class Sampler:
     def load_state_dict(self, state: dict) -> None:
         if state.get("schedule") != self.schedule:
             raise LlamanasError(
-                f"Sampler state is for schedule {state.get('schedule')!r}, not {self.schedule!r}."
+                f"Sampler state is for schedule {state.get('schedule')!r}, not {self.schedule.value!r}."
             )
         if len(state["loss_ema"]) != len(self.buckets):
             raise LlamanasError(

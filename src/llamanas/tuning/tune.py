@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +43,22 @@ import torch.nn.functional as F
 from llamanas.errors import LlamanasError, from_dict_strict, unknown
 from llamanas.model.data import Example, load_alpaca
 from llamanas.model.families import LINEARS
-from llamanas.supernet.elastic import SUPERNET_FILE, ElasticLinear, SuperNet
+from llamanas.supernet.elastic import ElasticLinear, SuperNet, read_supernet_meta, write_supernet_meta
 from llamanas.supernet.space import SearchSpace, SubnetConfig
-from llamanas.tuning.sampling import SCHEDULES, Sampler
+from llamanas.tuning.sampling import SCHEDULES, Role, Sampler
 
-STRATEGIES = ("full", "alternate", "sandwich")
+
+class Strategy(str, Enum):
+    """Which sub-networks train together (module docstring); members equal their CLI/JSON strings."""
+
+    FULL = "full"
+    ALTERNATE = "alternate"
+    SANDWICH = "sandwich"
+
+    __str__ = str.__str__
+
+
+STRATEGIES = tuple(s.value for s in Strategy)
 DISTILL_TOKENS = ("all", "response")
 PRECISIONS = ("auto", "fp32", "bf16")
 LORA_TARGETS = LINEARS
@@ -147,7 +159,7 @@ class TuneArgs:
             raise LlamanasError(f"warmup is a fraction of the steps in [0, 1); got {self.warmup}.")
         if self.distill_temperature <= 0:
             raise LlamanasError(f"distill_temperature must be > 0; got {self.distill_temperature}.")
-        if self.distill and self.strategy == "full":
+        if self.distill and self.strategy == Strategy.FULL:
             raise LlamanasError("distill needs sub-networks to teach: use strategy alternate or sandwich.")
 
     @property
@@ -442,10 +454,10 @@ def finetune(args: TuneArgs, callback: StepCallback | None = None, progress: boo
 
 def _finished_record(out: Path, args: TuneArgs) -> dict | None:
     """The training record if ``out`` already holds this run's finished super-network."""
-    meta = out / SUPERNET_FILE
-    if not meta.is_file():
+    meta = read_supernet_meta(out)
+    if not meta:
         return None
-    record = json.loads(meta.read_text()).get("training")
+    record = meta.get("training")
     if record is None:
         raise LlamanasError(
             f"{out} already holds a super-network not made by finetune; choose another --out."
@@ -500,8 +512,7 @@ class _Trainer:
 
         state = self._read_checkpoint_state()
         supernet, tok = load_supernet(a.model, space_file=a.space, order=False)
-        meta = Path(resolve(a.model)) / SUPERNET_FILE
-        already_ordered = meta.is_file() and json.loads(meta.read_text()).get("ordered", False)
+        already_ordered = read_supernet_meta(resolve(a.model)).get("ordered", False)
         self.ordering = None
         if state is not None and (self.ckpt / "ordering.json").is_file():
             # Re-measuring could flip near-ties and misalign the saved weights; apply the saved one.
@@ -543,16 +554,17 @@ class _Trainer:
             self._load_checkpoint(state)
 
     # --- the loop ------------------------------------------------------------------------------
-    def plan(self, step: int) -> list[tuple[str, SubnetConfig]]:
+    def plan(self, step: int) -> list[tuple[Role, SubnetConfig]]:
         """(role, config) of the sub-networks trained at ``step``; the largest comes first."""
         a, s = self.args, self.sampler
-        largest = s.largest()
-        if a.strategy == "full" or not s.shrinking(step):
-            return [("largest", largest)]
-        if a.strategy == "alternate":
-            return [("largest", largest)] if step % 2 == 0 else [("random", s.sample(step))]
-        return [("largest", largest), ("smallest", s.smallest(step))] + [
-            ("random", s.sample(step)) for _ in range(a.num_random)
+        strategy = Strategy(a.strategy)
+        largest = (Role.LARGEST, s.largest())
+        if strategy is Strategy.FULL or not s.shrinking(step):
+            return [largest]
+        if strategy is Strategy.ALTERNATE:
+            return [largest] if step % 2 == 0 else [(Role.RANDOM, s.sample(step))]
+        return [largest, (Role.SMALLEST, s.smallest(step))] + [
+            (Role.RANDOM, s.sample(step)) for _ in range(a.num_random)
         ]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -588,7 +600,7 @@ class _Trainer:
             teacher = None
             for j, (role, cfg) in enumerate(plan):
                 last = micro == a.grad_accum - 1 and j == len(plan) - 1
-                student = a.distill and role != "largest"
+                student = a.distill and role is not Role.LARGEST
                 if student and teacher is None:
                     with torch.no_grad(), self.supernet.subnet(self.sampler.largest()):
                         teacher = self.soft_targets(self.forward(batch), batch)
@@ -602,7 +614,7 @@ class _Trainer:
                         kinds[j] = "kd"
                     else:
                         loss = F.cross_entropy(*response_logits(logits, batch["labels"]))
-                        if a.distill and role == "largest":
+                        if a.distill and role is Role.LARGEST:
                             teacher = self.soft_targets(logits.detach(), batch)
                     acc.backward(loss / a.grad_accum)
                 sums[j] += loss.item() / a.grad_accum
@@ -621,12 +633,12 @@ class _Trainer:
         self.forward_tokens += int(counts[1])
         records = []
         for (role, cfg), loss, kind in zip(plan, losses, kinds, strict=True):
-            if role != "largest":
+            if role is not Role.LARGEST:
                 self.sampler.update(cfg, loss)
             records.append(
                 {
                     "step": step + 1,
-                    "role": role,
+                    "role": role.value,
                     "series": self.series(role, cfg),
                     "params": self.sampler.buckets.params(cfg),
                     "kind": kind,
@@ -636,10 +648,10 @@ class _Trainer:
             )
         return records
 
-    def series(self, role: str, cfg: SubnetConfig) -> str:
+    def series(self, role: Role, cfg: SubnetConfig) -> str:
         """The loss-curve label of a sub-network: 'largest' or its size bucket."""
-        if role == "largest":
-            return "largest"
+        if role is Role.LARGEST:
+            return Role.LARGEST.value
         return self.sampler.buckets.label(self.sampler.buckets.index(cfg))
 
     def run(self) -> TuneResult:
@@ -758,8 +770,8 @@ class _Trainer:
         held = {}
         if self.eval_batches is not None:
             space = self.supernet.space
-            for name, cfg in (("largest", space.largest()), ("smallest", space.smallest())):
-                held[name] = eval_loss(self.supernet, self.eval_batches, cfg)
+            for role, cfg in ((Role.LARGEST, space.largest()), (Role.SMALLEST, space.smallest())):
+                held[role.value] = eval_loss(self.supernet, self.eval_batches, cfg)
         return {"train": {k: float(np.mean(v)) for k, v in train.items()}, "held_out": held}
 
     def finish(self) -> TuneResult:
@@ -790,8 +802,7 @@ class _Trainer:
             model.save_pretrained(self.out)
             self.tokenizer.save_pretrained(self.out)
             self._write_curves(self.out)
-            meta = {"ordered": True, "space": self.supernet.space.to_dict(), "training": record}
-            (self.out / SUPERNET_FILE).write_text(json.dumps(meta, indent=2))
+            write_supernet_meta(self.out, self.supernet.space, record)
             if not a.keep_checkpoint:
                 shutil.rmtree(self.ckpt, ignore_errors=True)
         self.acc.wait_for_everyone()
