@@ -190,3 +190,34 @@ def test_precision_genes_roundtrip_count_and_validate():
         SearchSpace.from_dict({"layers": {1: {"bits": [8]}}}, arch)
     assert SearchSpace.from_saved(sp.to_dict()) == sp
     assert ("weight bits", "4, 8, 16") in sp.describe()
+
+
+@pytest.mark.parametrize("spec", [{}, {"mode": "first_n", "depth_choices": [4, 6]}, {"bits": [4, 16]}])
+def test_gene_layout_is_defined_once(spec):
+    sp = SearchSpace.from_dict(spec, ARCH)
+    n = ARCH.num_layers
+    slices = sp.gene_slices()
+    head = "depth" if sp.mode == "first_n" else "keep"
+    assert list(slices) == [head, "mlp", "kv"] + (["bits"] if sp.bits_choices else [])
+    assert slices["mlp"].stop - slices["mlp"].start == n and slices["kv"].start == slices["mlp"].stop
+    assert max(s.stop for s in slices.values()) == len(sp.variable_names) == len(sp.bounds()[1])
+    for group, s in slices.items():
+        assert all(name.split(".")[0] == group for name in sp.variable_names[s])
+    rng = np.random.default_rng(0)
+    cfgs = [sp.sample(rng) for _ in range(20)]
+    X = np.array([sp.encode(c) for c in cfgs])
+    genes = sp.split_genes(X)
+    assert genes["mlp"].shape == genes["kv"].shape == (20, n)
+    for x, cfg in zip(X, cfgs, strict=True):
+        one = sp.split_genes(x)
+        assert sp.join_genes(one).tolist() == x.tolist()
+        assert np.flatnonzero(sp.kept(x)).tolist() == list(cfg.layers)
+        assert [sp.mlp_choices[i][one["mlp"][i]] for i in cfg.layers] == list(cfg.mlp)
+    assert sp.kept(X).tolist() == [[i in c.layers for i in range(n)] for c in cfgs]
+    # Skipped layers' genes do not matter: canonical() writes the filler encode() writes.
+    noisy = X.copy()
+    noisy_genes = sp.split_genes(noisy)  # views: writing them writes noisy
+    noisy_genes["mlp"][~sp.kept(X)] = 0
+    noisy_genes["kv"][~sp.kept(X)] = 0
+    assert np.array_equal(sp.canonical(noisy), X) and not np.array_equal(sp.canonical(noisy), noisy)
+    assert [sp.decode(x) for x in noisy] == cfgs

@@ -280,25 +280,19 @@ class Counts:
 
     def keep(self, X: np.ndarray) -> np.ndarray:
         """(n, layers) bool: which layers each (repaired) row keeps."""
-        X = np.atleast_2d(X)
-        if self.depths is not None:
-            depth = self.depths[X[:, 0]]
-            return np.arange(self.n_layers)[None, :] < depth[:, None]
-        return X[:, : self.n_layers].astype(bool)
+        return self.space.kept(np.atleast_2d(X))
 
     def widths(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mlp choice index, kv choice index), each (n, layers)."""
-        X = np.atleast_2d(X)
-        off = 1 if self.depths is not None else self.n_layers
-        return X[:, off : off + self.n_layers], X[:, off + self.n_layers : off + 2 * self.n_layers]
+        genes = self.space.split_genes(np.atleast_2d(X))
+        return genes["mlp"], genes["kv"]
 
     def bits(self, X: np.ndarray) -> np.ndarray:
         """(n, layers) precision choice index (all 0 in a space without precision genes)."""
         X = np.atleast_2d(X)
         if not self.space.bits_choices:
             return np.zeros((X.shape[0], self.n_layers), dtype=int)
-        off = (1 if self.depths is not None else self.n_layers) + 2 * self.n_layers
-        return X[:, off : off + self.n_layers]
+        return self.space.split_genes(X)["bits"]
 
     def __call__(self, X: np.ndarray) -> dict[str, np.ndarray]:
         keep = self.keep(X)

@@ -78,8 +78,7 @@ def repair_rows(space: SearchSpace, X: np.ndarray, xl=None, xu=None) -> np.ndarr
         xl, xu = space.bounds()
     X = np.clip(np.atleast_2d(X), xl, xu).astype(int)
     if space.mode == "per_layer":
-        n = space.arch.num_layers
-        keep = X[:, :n]
+        keep = space.split_genes(X)["keep"]  # a view: switching layers on writes X
         keep[:, list(space.always_keep)] = 1
         missing = space.min_depth - keep.sum(axis=1, keepdims=True)
         # Switch on the lowest-index skipped layers: the first `missing` zeros of each row.
@@ -91,16 +90,7 @@ def repair_rows(space: SearchSpace, X: np.ndarray, xl=None, xu=None) -> np.ndarr
 def canonical_keys(counts: Counts, X: np.ndarray) -> list[bytes]:
     """One key per decoded sub-network: genes of skipped layers are set to their largest choice."""
     X = np.array(np.atleast_2d(X), dtype=np.int64)
-    keep = counts.keep(X)
-    off = 1 if counts.depths is not None else counts.n_layers
-    n = counts.n_layers
-    X[:, off : off + n] = np.where(keep, X[:, off : off + n], counts.mlp_max[None, :])
-    X[:, off + n : off + 2 * n] = np.where(keep, X[:, off + n : off + 2 * n], counts.kv_max[None, :])
-    if len(counts.bits_max):
-        X[:, off + 2 * n : off + 3 * n] = np.where(
-            keep, X[:, off + 2 * n : off + 3 * n], counts.bits_max[None, :]
-        )
-    return [row.tobytes() for row in X]
+    return [row.tobytes() for row in counts.space.canonical(X)]
 
 
 class KeyDuplicates(DuplicateElimination):

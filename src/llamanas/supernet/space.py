@@ -460,56 +460,97 @@ class SearchSpace:
         return sum(poly[self.min_depth :])
 
     # --- integer-vector encoding (for search algorithms) ---------------------------------------
+    def _layout(self) -> list[tuple[str, list[int]]]:
+        """The gene vector, group by group: (group, each gene's largest choice index). The one definition of
+        the layout: a ``depth`` gene (first_n) or one ``keep`` gene per layer (per_layer), then one ``mlp``
+        and one ``kv`` gene per layer, then one ``bits`` gene per layer in a space with precision genes."""
+        n = self.arch.num_layers
+        head = ("depth", [len(self.depth_choices) - 1]) if self.mode == "first_n" else ("keep", [1] * n)
+        groups = [
+            head,
+            ("mlp", [len(m) - 1 for m in self.mlp_choices]),
+            ("kv", [len(k) - 1 for k in self.kv_choices]),
+        ]
+        if self.bits_choices:
+            groups.append(("bits", [len(b) - 1 for b in self.bits_choices]))
+        return groups
+
     @property
     def variable_names(self) -> tuple[str, ...]:
-        n = self.arch.num_layers
-        depth = ["depth"] if self.mode == "first_n" else [f"keep.{i}" for i in range(n)]
-        bits = [f"bits.{i}" for i in range(n)] if self.bits_choices else []
-        return tuple(depth + [f"mlp.{i}" for i in range(n)] + [f"kv.{i}" for i in range(n)] + bits)
+        return tuple(
+            group if group == "depth" else f"{group}.{i}"
+            for group, top in self._layout()
+            for i in range(len(top))
+        )
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Inclusive integer bounds (xl, xu) of each variable."""
-        n = self.arch.num_layers
-        first = [len(self.depth_choices) - 1] if self.mode == "first_n" else [1] * n
-        xu = first + [len(m) - 1 for m in self.mlp_choices] + [len(k) - 1 for k in self.kv_choices]
-        xu += [len(b) - 1 for b in self.bits_choices]
+        xu = [t for _, top in self._layout() for t in top]
         return np.zeros(len(xu), dtype=int), np.array(xu, dtype=int)
+
+    def gene_slices(self) -> dict[str, slice]:
+        """Where each group of genes lies in a vector: ``depth`` or ``keep``, ``mlp``, ``kv`` (and ``bits``)."""
+        out, start = {}, 0
+        for group, top in self._layout():
+            out[group] = slice(start, start + len(top))
+            start += len(top)
+        return out
+
+    def split_genes(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """A vector, or rows of vectors, as named groups of genes (``gene_slices``); each is a view of X
+        (writing to it writes X): ``mlp``, ``kv`` and ``bits`` are (..., layers) choice indices."""
+        return {group: X[..., s] for group, s in self.gene_slices().items()}
+
+    def join_genes(self, genes: dict[str, list[int] | np.ndarray]) -> np.ndarray:
+        """Inverse of ``split_genes`` for one vector: the groups, concatenated in layout order."""
+        return np.array([int(v) for group, _ in self._layout() for v in genes[group]], dtype=int)
+
+    def kept(self, X: np.ndarray) -> np.ndarray:
+        """(..., layers) bool: which layers a (repaired) vector, or each row of X, keeps."""
+        X = np.asarray(X)
+        genes = self.split_genes(X)
+        if "depth" in genes:
+            depth = np.array(sorted(self.depth_choices))[genes["depth"][..., 0]]
+            return np.arange(self.arch.num_layers) < depth[..., None]
+        return genes["keep"].astype(bool)
+
+    def canonical(self, X: np.ndarray) -> np.ndarray:
+        """A copy of X (a vector or rows) where the genes of skipped layers hold their largest choice, the
+        filler ``encode`` writes: vectors that decode to the same sub-network become equal."""
+        X = np.array(X)
+        keep = self.kept(X)
+        genes = self.split_genes(X)
+        for group, top in self._layout()[1:]:
+            genes[group][...] = np.where(keep, genes[group], np.array(top))
+        return X
 
     def encode(self, cfg: SubnetConfig) -> np.ndarray:
         """Config -> integer vector. Skipped layers get their largest choice (the canonical filler)."""
         self.validate(cfg)
-        n = self.arch.num_layers
-        mlp_idx = [len(m) - 1 for m in self.mlp_choices]
-        kv_idx = [len(k) - 1 for k in self.kv_choices]
-        bits_idx = [len(b) - 1 for b in self.bits_choices]
+        genes = {group: list(top) for group, top in self._layout()}  # widths start at their largest
         for i, m, g in zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True):
-            mlp_idx[i] = self.mlp_choices[i].index(m)
-            kv_idx[i] = self.kv_choices[i].index(g)
+            genes["mlp"][i] = self.mlp_choices[i].index(m)
+            genes["kv"][i] = self.kv_choices[i].index(g)
         if self.bits_choices:
             for i, b in zip(cfg.layers, cfg.bits or (16,) * cfg.depth, strict=True):
-                bits_idx[i] = self.bits_choices[i].index(b)
+                genes["bits"][i] = self.bits_choices[i].index(b)
         if self.mode == "first_n":
-            first = [sorted(self.depth_choices).index(cfg.depth)]
+            genes["depth"] = [sorted(self.depth_choices).index(cfg.depth)]
         else:
             kept = set(cfg.layers)
-            first = [int(i in kept) for i in range(n)]
-        return np.array(first + mlp_idx + kv_idx + bits_idx, dtype=int)
+            genes["keep"] = [int(i in kept) for i in range(self.arch.num_layers)]
+        return self.join_genes(genes)
 
     def decode(self, x) -> SubnetConfig:
         """Integer vector -> config (repairing too-shallow vectors deterministically first)."""
         x = self.repair(np.asarray(x, dtype=int))
-        n = self.arch.num_layers
-        if self.mode == "first_n":
-            layers = tuple(range(sorted(self.depth_choices)[x[0]]))
-            off = 1
-        else:
-            layers = tuple(i for i in range(n) if x[i])
-            off = n
+        genes = self.split_genes(x)
+        layers = tuple(int(i) for i in np.flatnonzero(self.kept(x)))
         return SubnetConfig(
             layers,
-            tuple(self.mlp_choices[i][x[off + i]] for i in layers),
-            tuple(self.kv_choices[i][x[off + n + i]] for i in layers),
-            tuple(self.bits_choices[i][x[off + 2 * n + i]] for i in layers) if self.bits_choices else None,
+            tuple(self.mlp_choices[i][genes["mlp"][i]] for i in layers),
+            tuple(self.kv_choices[i][genes["kv"][i]] for i in layers),
+            tuple(self.bits_choices[i][genes["bits"][i]] for i in layers) if self.bits_choices else None,
         )
 
     def repair(self, x: np.ndarray) -> np.ndarray:
@@ -517,15 +558,15 @@ class SearchSpace:
         xl, xu = self.bounds()
         x = np.clip(np.asarray(x, dtype=int), xl, xu)
         if self.mode == "per_layer":
-            n = self.arch.num_layers
+            keep = self.split_genes(x)["keep"]  # a view: switching a layer on writes x
             for i in self.always_keep:
-                x[i] = 1
-            missing = self.min_depth - int(x[:n].sum())
-            for i in range(n):
+                keep[i] = 1
+            missing = self.min_depth - int(keep.sum())
+            for i in range(len(keep)):
                 if missing <= 0:
                     break
-                if not x[i]:
-                    x[i] = 1
+                if not keep[i]:
+                    keep[i] = 1
                     missing -= 1
         return x
 
