@@ -17,23 +17,11 @@ from llamanas.model.arch import Arch
 from llamanas.model.data import load_alpaca
 from llamanas.supernet.elastic import SUPERNET_FILE, SuperNet, load_supernet
 from llamanas.supernet.space import SearchSpace, SubnetConfig
-from llamanas.tuning.sampling import SCHEDULES, Sampler, Schedule, SizeBuckets, restrict
-from llamanas.tuning.tune import (
-    IGNORE,
-    STRATEGIES,
-    Batches,
-    SoftTargets,
-    TuneArgs,
-    attach_lora,
-    collate,
-    distill_loss,
-    encode,
-    eval_loss,
-    finetune,
-    merge_lora,
-    response_logits,
-    token_logits,
-)
+from llamanas.tuning.batches import IGNORE, Batches, collate, encode
+from llamanas.tuning.lora import attach_lora, merge_lora
+from llamanas.tuning.losses import SoftTargets, distill_loss, eval_loss, response_logits, token_logits
+from llamanas.tuning.sampling import SCHEDULES, STRATEGIES, Sampler, Schedule, SizeBuckets, restrict
+from llamanas.tuning.tune import TuneArgs, finetune
 
 COLORS = ["red", "green", "blue", "yellow"]
 
@@ -631,3 +619,12 @@ def test_fine_tuning_a_super_network_keeps_its_space(tiny, tmp_path, monkeypatch
 
 def test_strategies_constant():
     assert STRATEGIES == ("full", "alternate", "sandwich")
+
+
+def test_names_of_the_unsplit_tune_module_still_import():
+    from llamanas import tune
+    from llamanas.tuning import tune as new_home
+
+    assert tune is new_home and tune.STRATEGIES is STRATEGIES
+    assert tune.SoftTargets is SoftTargets and tune.distill_loss is distill_loss and tune.IGNORE == IGNORE
+    assert all(hasattr(tune, name) for name in tune.__all__)

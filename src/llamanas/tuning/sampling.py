@@ -49,6 +49,19 @@ class Schedule(str, Enum):
 SCHEDULES = tuple(s.value for s in Schedule)
 
 
+class Strategy(str, Enum):
+    """Which sub-networks train together (module docstring); members equal their CLI/JSON strings."""
+
+    FULL = "full"
+    ALTERNATE = "alternate"
+    SANDWICH = "sandwich"
+
+    __str__ = str.__str__
+
+
+STRATEGIES = tuple(s.value for s in Strategy)
+
+
 class Role(str, Enum):
     """What a sub-network trained in a step is: ``Sampler.largest``, ``.smallest`` or ``.sample``'s.
     Loss records and curves store the string."""
