@@ -359,11 +359,10 @@ def run_baselines(
 def training_budget(supernet_dir: str):
     """The ``TuneArgs`` a super-network folder was fine-tuned with (its ``llamanas_supernet.json``)."""
     from llamanas.model.load import resolve
-    from llamanas.supernet.elastic import SUPERNET_FILE
+    from llamanas.supernet.elastic import SUPERNET_FILE, read_supernet_meta
     from llamanas.tuning.tune import TuneArgs
 
-    meta = Path(resolve(supernet_dir)) / SUPERNET_FILE
-    training = json.loads(meta.read_text()).get("training") if meta.is_file() else None
+    training = read_supernet_meta(resolve(supernet_dir)).get("training")
     if not training or "args" not in training:
         raise LlamanasError(
             f"{supernet_dir!r} has no fine-tuning record ({SUPERNET_FILE} 'training'); recover needs a "

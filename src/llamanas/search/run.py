@@ -317,13 +317,12 @@ def resolve_space(args: SearchArgs) -> SearchSpace:
     """The space the super-network would use (space file > saved super-network space > default)."""
     from llamanas.model.arch import Arch
     from llamanas.model.load import load_config, resolve
-    from llamanas.supernet.elastic import SUPERNET_FILE
+    from llamanas.supernet.elastic import read_supernet_meta
 
     arch = Arch.from_hf(load_config(args.model))
     if args.space:
         return SearchSpace.from_file(args.space, arch)
-    meta_path = Path(resolve(args.model)) / SUPERNET_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_supernet_meta(resolve(args.model))
     return SearchSpace.from_saved(meta["space"]) if "space" in meta else SearchSpace.from_arch(arch)
 
 

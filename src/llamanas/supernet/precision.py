@@ -33,10 +33,9 @@ from torch import nn
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.families import LINEARS
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.space import BITS, SubnetConfig
 
 METHODS = {"int8": 8, "int4": 4}
-BITS_CHOICES = (16, 8, 4)
 DEFAULT_GROUP_SIZE = 64
 BACKENDS = ("auto", "cpu", "bnb")
 KEEP_BYTES = 2  # the tensors left unquantized (embeddings, norms, head, 16-bit layers) are stored in float16
@@ -67,7 +66,7 @@ def linear_bytes(in_features: int, out_features: int, bits: int, group_size: int
         groups = in_features // effective_group_size(in_features, group_size)
         return out_features * math.ceil(in_features / 2) + 4 * out_features * groups  # + scale, min
     raise LlamanasError(
-        f"Unknown weight precision {bits} bits. Allowed: {', '.join(map(str, BITS_CHOICES))}."
+        f"Unknown weight precision {bits} bits. Allowed: {', '.join(map(str, sorted(BITS, reverse=True)))}."
     )
 
 
@@ -225,10 +224,10 @@ def _check_bits(layer_bits: Sequence[int], num_layers: int) -> list[int]:
         raise LlamanasError(
             f"The precision policy has {len(bits)} values; the model has {num_layers} decoder layers."
         )
-    bad = sorted({b for b in bits if b not in BITS_CHOICES})
+    bad = sorted({b for b in bits if b not in BITS})
     if bad:
         raise LlamanasError(
-            f"Unknown weight precision {bad} bits. Allowed: {', '.join(map(str, BITS_CHOICES))}."
+            f"Unknown weight precision {bad} bits. Allowed: {', '.join(map(str, sorted(BITS, reverse=True)))}."
         )
     return bits
 

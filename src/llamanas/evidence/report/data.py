@@ -20,6 +20,7 @@ from pathlib import Path
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
+from llamanas.search.objectives import BOUNDED_METRICS
 from llamanas.supernet.space import SubnetConfig
 
 QUANT_METHODS = ("int8", "int4")
@@ -36,7 +37,6 @@ NOMINAL_CHANCE = {
     "boolq": 0.5,
     "mmlu": 0.25,
 }
-BOUNDED = ("acc", "acc_norm")
 
 
 def nominal_chance(task: str) -> float | None:
@@ -67,7 +67,7 @@ class Score:
             return None, None, None
         value = sum(vals) / len(vals)
         se = chance = None
-        if self.metric in BOUNDED:
+        if self.metric in BOUNDED_METRICS:
             ses = []
             for t, p in zip(self.tasks, vals, strict=True):
                 n = m.get(f"n:{t}")
@@ -88,7 +88,7 @@ class Score:
         ses = [r.get("stderr", {}).get(self.metric) for r in rs]
         se = math.sqrt(sum(s * s for s in ses)) / len(ses) if all(s is not None for s in ses) else None
         chance = None
-        if self.metric in BOUNDED:
+        if self.metric in BOUNDED_METRICS:
             cs = [
                 r.get("chance") if r.get("chance") is not None else nominal_chance(t)
                 for r, t in zip(rs, self.tasks, strict=True)
@@ -319,7 +319,9 @@ def load_data(run_dir: str | Path, baselines: str | Path | None = None) -> Repor
                         label, r.method, r.config, r.results, score, arch, params=r.params, source=r.source
                     )
                 )
-            args = info.get("args", {})
+            args = dict(info.get("args", {}))
+            if "data_seed" in args:  # the --limit subset's seed; "seed" is the search's own
+                args["seed"] = args["data_seed"]
             diff = [
                 k
                 for k in ("split", "limit", "num_fewshot", "seed")
