@@ -36,3 +36,17 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# Optional llama.cpp runtime for GGUF exports (parity, timing): llama-cpp-python, CPU only, built from
+# source once into a wheel cache (several minutes on 2 cores) and installed from there afterwards.
+LLAMACPP_VERSION := 0.3.36
+WHEELS ?= $(HOME)/.cache/llamanas/wheels
+LLAMACPP_CMAKE := -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAVA_BUILD=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
+	-DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF
+.PHONY: llamacpp
+llamacpp: setup
+	ls $(WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMACPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+		$(PIP) wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMACPP_VERSION)
+	$(PIP) install -q --find-links $(WHEELS) --only-binary llama-cpp-python llama-cpp-python==$(LLAMACPP_VERSION)
