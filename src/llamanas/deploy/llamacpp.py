@@ -188,10 +188,17 @@ def _time_core(path: str, prompt_tokens: int, decode_tokens: int, repeats: int, 
         if r:
             prefill.append(prompt_tokens / (t1 - t0))
             decode.append(decode_tokens / (t3 - t2))
+    # VmHWM is this process image's own peak; ru_maxrss would keep the parent's peak across fork + exec.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        with open("/proc/self/status") as f:
+            peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
     return dict(
         prefill_tokens_per_s=statistics.median(prefill),
         decode_tokens_per_s=statistics.median(decode),
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss_bytes=peak,
     )
 
 
