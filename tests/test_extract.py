@@ -80,3 +80,37 @@ def test_extract_rejects_bad_config(tmp_path):
     sn = SuperNet(tiny_model("llama"))
     with pytest.raises(LlamanasError, match="Layer 9 does not exist"):
         extract(sn, SubnetConfig((0, 9), (24, 24), (1, 1)), tmp_path / "bad")
+
+
+def test_streamed_shards_load_and_equal_supernet(family, ids, tmp_path):
+    from llamanas.deploy.extract import write_sliced
+
+    model = tiny_model(family)
+    sn = SuperNet(model)
+    cfg = SubnetConfig((0, 1, 3), (24, 96, 48), (2, 1, 2))
+    out = tmp_path / "sharded"
+    out.mkdir()
+    write_sliced(model, cfg, out, shard_bytes=20_000)  # a few layers a shard: several files and an index
+    shards = sorted(out.glob("model-*.safetensors"))
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(shards) > 2 and set(index["weight_map"].values()) == {p.name for p in shards}
+    assert not list(out.glob("*.tmp"))
+    loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    with sn.subnet(cfg):
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-4)
+    assert sum(p.numel() for p in loaded.parameters()) == cfg.num_params(sn.arch)
+
+
+def test_extract_keeps_bfloat16(tmp_path, ids):
+    model = tiny_model("llama").to(torch.bfloat16)
+    sn = SuperNet(model)
+    cfg = SubnetConfig((0, 2), (48, 96), (1, 2))
+    path = extract(sn, cfg, tmp_path / "bf16")
+    assert json.loads((path / "config.json").read_text())["dtype"] == "bfloat16"
+    loaded = AutoModelForCausalLM.from_pretrained(path, dtype="auto").eval()
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+    from llamanas.supernet.slicing import sliced_state_dict
+
+    expected = sliced_state_dict(model, cfg)
+    for name, t in loaded.state_dict().items():  # the very bf16 values, no float32 round trip
+        assert torch.equal(t, expected[name]), name

@@ -191,7 +191,8 @@ def test_run_files_reader_and_writer(tmp_path):
     r = search(args_for(tmp_path, "random", evaluations=10, data_seed=3), SyntheticSpec(), SPACE)
     files = RunFiles(r.run_dir)
     assert files.has_info() and files.info() == json.loads((r.run_dir / "run.json").read_text())
-    assert files.args() == args_for(tmp_path, "random", evaluations=10, data_seed=3)
+    # run.json records the dtype that ran ("auto" resolved; float32 for a custom evaluator)
+    assert files.args() == args_for(tmp_path, "random", evaluations=10, data_seed=3, dtype="float32")
     assert files.eval_settings().seed == 3 and files.eval_settings().tasks == ("syn",)  # the data seed
     assert [m["id"] for m in files.front()] == [m.id for m in r.front]
     path = files.write_front_after("int8", {"points": []})

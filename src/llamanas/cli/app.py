@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from llamanas.cli.demo import DemoArgs
+from llamanas.cli.options import Flag, dataclass_command
 from llamanas.cli.tables import (
     baselines_table,
     front_table,
@@ -19,6 +21,9 @@ from llamanas.cli.tables import (
     results_table,
 )
 from llamanas.errors import LlamanasError
+from llamanas.model.device import DEVICE_HELP, DTYPE_HELP
+from llamanas.search.run import SearchArgs
+from llamanas.tuning.tune import TuneArgs
 
 app = typer.Typer(
     add_completion=False,
@@ -66,6 +71,8 @@ SpaceOpt = Annotated[
 LimitOpt = Annotated[int | None, typer.Option(help="Evaluate a seeded random subset of N items per task.")]
 FewshotOpt = Annotated[int | None, typer.Option(help="Few-shot examples (default: the task's, usually 0).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the --limit subset.")]
+DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
+DtypeOpt = Annotated[str, typer.Option(help=DTYPE_HELP + ". Recorded in every output.")]
 NoOrderOpt = Annotated[
     bool,
     typer.Option("--no-order", help="Skip importance ordering (slices keep the first channels as they are)."),
@@ -90,11 +97,15 @@ def _subnet(spec: str | None, supernet):
     return cfg.check(supernet.arch)
 
 
-def _load(model: str, space: str | None = None, order: bool = True):
+def _load(
+    model: str, space: str | None = None, order: bool = True, dtype: str = "auto", device: str = "auto"
+):
     from llamanas.supernet.elastic import load_supernet
 
     with console.status(f"Loading {model}" + (" and ordering channels by importance" if order else "")):
-        return load_supernet(model, space_file=space, order=order)
+        return load_supernet(
+            model, space_file=space, order=order, dtype=dtype, device=device, say=console.print
+        )
 
 
 @app.command()
@@ -150,6 +161,8 @@ def eval_(
         Path | None, typer.Option("--json", help="Also write results to this JSON file.")
     ] = None,
     no_order: NoOrderOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ):
     """Evaluate a model or one of its sub-networks on multiple-choice tasks, scored exactly as lm-eval 0.4 does."""
     from llamanas.evaluation.evaluate import evaluate
@@ -166,11 +179,15 @@ def eval_(
     if is_quantized_dir(model):  # written by `quantize` or `extract --quantize`: evaluate it as it is
         if subnet is not None:
             raise LlamanasError("--subnet does not apply to a quantized checkpoint; extract first.")
-        qmodel, tokenizer = load_quantized(model)
+        qmodel, tokenizer = load_quantized(model, dtype="bfloat16" if dtype == "bfloat16" else "float32")
         results = evaluate(qmodel, tokenizer, task_list, **kwargs)
+        used_dtype = str(next(qmodel.parameters()).dtype).removeprefix("torch.")
         title += f" ({qmodel.config.llamanas_quant['method']})"
     else:
-        supernet, tokenizer = _load(model, order=subnet is not None and not no_order)
+        supernet, tokenizer = _load(
+            model, order=subnet is not None and not no_order, dtype=dtype, device=device
+        )
+        used_dtype = str(next(supernet.model.parameters()).dtype).removeprefix("torch.")
         cfg = _subnet(subnet, supernet)
         if cfg.quantized:  # per-layer bits from a joint precision search: run the extracted sub-network
             from llamanas.supernet.slicing import standalone
@@ -181,12 +198,13 @@ def eval_(
                 results = evaluate(supernet.model, tokenizer, task_list, **kwargs)
         if subnet is not None:
             title += f" sub-network ({cfg.num_params(supernet.arch):,} params)"
-    out.print(results_table(title, results))
+    out.print(results_table(f"{title} [{used_dtype}]", results))
     if json_path:
         payload = {
             "model": model,
             "subnet": cfg.to_dict(),
             "params": cfg.num_params(supernet.arch),
+            "dtype": used_dtype,
             "results": {k: r.to_dict() for k, r in results.items()},
         }
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,6 +228,8 @@ def measure(
         bool, typer.Option(help="Measure latency and throughput (--no-timing: counts only).")
     ] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ):
     """Report parameters, bytes, MACs per token, prefill latency and generation throughput of a (sub-)network."""
     from llamanas.evaluation.measure import measure as measure_fn
@@ -222,7 +242,8 @@ def measure(
     ):
         if v < 1:
             raise LlamanasError(f"{flag} must be >= 1; got {v}.")
-    supernet, _ = _load(model, order=False)  # sizes and speed do not depend on which channels are kept
+    # sizes and speed do not depend on which channels are kept
+    supernet, _ = _load(model, order=False, dtype=dtype, device=device)
     cfg = _subnet(subnet, supernet)
     with console.status("Measuring"):
         m = measure_fn(supernet, cfg, seq_len, timing, prefill_tokens, gen_tokens, repeats=repeats)
@@ -251,6 +272,8 @@ def extract(
         ),
     ] = None,
     group_size: Annotated[int, typer.Option(help="INT4 group size (columns sharing one scale).")] = 64,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ):
     """Write a sub-network as a standalone checkpoint that `AutoModelForCausalLM.from_pretrained` loads
     (or, with --quantize, an INT8/INT4 checkpoint)."""
@@ -261,9 +284,13 @@ def extract(
 
         check_method(quantize)
     subnet = _member_subnet(subnet)
-    supernet, tokenizer = _load(model, order=not no_order)
+    supernet, tokenizer = _load(model, order=not no_order, dtype=dtype, device=device)
     cfg = _subnet(subnet, supernet)
-    meta = {"source_model": model, "ordered": not no_order}
+    meta = {
+        "source_model": model,
+        "ordered": not no_order,
+        "dtype": str(next(supernet.model.parameters()).dtype).removeprefix("torch."),
+    }
     path = extract_fn(
         supernet, cfg, out_dir, tokenizer, metadata=meta, quantize=quantize, group_size=group_size
     )
@@ -274,43 +301,11 @@ def extract(
     )
 
 
-@app.command()
-def demo(
-    model: ModelOpt = "default",
-    task: Annotated[
-        str, typer.Option(help="Task to search on (one with signal on your model).")
-    ] = "arc_easy",
-    limit: Annotated[int, typer.Option(help="Items of the validation split (seeded subset).")] = 50,
-    evaluations: Annotated[int, typer.Option(help="Real evaluations of the LINAS search.")] = 24,
-    size: Annotated[float, typer.Option(help="Parameter fraction for extraction and baselines.")] = 0.8,
-    finetune_steps: Annotated[
-        int,
-        typer.Option(
-            help="Steps of the short InstaTune fine-tune before the search (0: search the model as is)."
-        ),
-    ] = 16,
-    seed: int = 0,
-    out_dir: Annotated[
-        str, typer.Option("--out", help="Folder for everything the demo writes.")
-    ] = "runs/demo",
-):
+@dataclass_command(app, DemoArgs, flags={"out": Flag("--out")})
+def demo(args: DemoArgs):
     """The whole pipeline in about 15 minutes: short InstaTune, LINAS search, front, extraction, INT8, baselines, report."""
-    from llamanas.cli.demo import DemoArgs, run_demo
+    from llamanas.cli.demo import run_demo
 
-    if not 0 < size <= 1:
-        raise LlamanasError(f"--size must be a fraction in (0, 1]; got {size}.")
-    if finetune_steps < 0:
-        raise LlamanasError(f"--finetune-steps must be >= 0; got {finetune_steps}.")
-    args = DemoArgs(
-        model=model,
-        task=task,
-        limit=limit,
-        evaluations=evaluations,
-        size=size,
-        finetune_steps=finetune_steps,
-        seed=seed,
-        out=out_dir,
-    )
     run_demo(args, out, front_table)
 
 
@@ -323,110 +318,16 @@ def tasks():
         print(name)
 
 
-@app.command(
+@dataclass_command(
+    app,
+    TuneArgs,
+    required=("data", "out"),
+    flags={"out": Flag(help="Pass it to any other command as --model.")},
     epilog="Several GPUs: `accelerate launch -m llamanas.cli finetune --data DATA --out DIR ...` "
     "(one process per GPU; --batch-size is per process). Re-running the same command resumes from the "
-    "last checkpoint in --out."
+    "last checkpoint in --out.",
 )
-def finetune(
-    data: Annotated[
-        str,
-        typer.Option(help="Alpaca-format JSON/JSONL file (instruction/input/output) or a hub dataset id."),
-    ],
-    out_dir: Annotated[
-        Path, typer.Option("--out", help="Output folder: the super-network, loss curves, checkpoints.")
-    ],
-    model: ModelOpt = "default",
-    space: SpaceOpt = None,
-    strategy: Annotated[
-        str,
-        typer.Option(
-            help="full (plain fine-tuning) | alternate (full network and one sampled sub-network on "
-            "alternating steps, the paper) | sandwich (largest, smallest and --num-random sampled "
-            "sub-networks every step)."
-        ),
-    ] = "alternate",
-    schedule: Annotated[
-        str,
-        typer.Option(
-            help="Which sub-networks are sampled when: uniform | progressive (OFA shrinking) | delayed "
-            "(DεpS: full network only at first) | complexity (more steps for high-loss sizes)."
-        ),
-    ] = "uniform",
-    distill: Annotated[
-        bool, typer.Option(help="Sub-networks learn from the full network's logits (in-place KD).")
-    ] = False,
-    distill_temperature: Annotated[float, typer.Option(help="Softmax temperature of --distill.")] = 1.0,
-    distill_tokens: Annotated[
-        str,
-        typer.Option(
-            help="Where --distill compares logits: all (prompt and response) | response (labels only)."
-        ),
-    ] = "all",
-    num_random: Annotated[int, typer.Option(help="Random sub-networks per step with sandwich.")] = 2,
-    lora: Annotated[
-        bool, typer.Option(help="Train LoRA adapters (peft) instead of all weights; merged at the end.")
-    ] = False,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scale = alpha / r).")] = 32,
-    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
-    steps: Annotated[
-        int,
-        typer.Option(
-            help="Optimizer steps. On the default model with the 999-record Alpaca demo (batch 8), 140 steps "
-            "(1.2 epochs) gave better 80-100% sub-networks than 280 (2.4 epochs over-fit; docs/benchmarks.md)."
-        ),
-    ] = 200,
-    batch_size: Annotated[int, typer.Option(help="Examples per micro-batch (per process).")] = 8,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    max_length: Annotated[int, typer.Option(help="Tokens per example (longer ones are truncated).")] = 256,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            help="Peak learning rate (default 2e-5, or 2e-4 with --lora). On the 135M default model, "
-            "sandwich --distill at 3e-4 gave the best sub-networks of 1e-4, 3e-4 and 6e-4 (docs/benchmarks.md)."
-        ),
-    ] = None,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
-    warmup: Annotated[
-        float, typer.Option(help="Fraction of steps with linear warm-up (then cosine decay).")
-    ] = 0.05,
-    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping (0: none).")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed of data order, sampling and held-out split.")] = 0,
-    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: only at the end).")] = 100,
-    keep_checkpoint: Annotated[
-        bool, typer.Option(help="Keep the last checkpoint (with optimizer state) after training.")
-    ] = False,
-    eval_size: Annotated[
-        int, typer.Option(help="Held-out examples for the final losses of largest/smallest (0: none).")
-    ] = 64,
-    precision: Annotated[
-        str, typer.Option(help="auto (bf16 autocast on CUDA with bf16, else fp32) | fp32 | bf16.")
-    ] = "auto",
-    calibration: Annotated[
-        str | None,
-        typer.Option(help="Text for importance ordering (default: --data when it is a file)."),
-    ] = None,
-    num_buckets: Annotated[
-        int, typer.Option(help="Size buckets for loss curves and the complexity schedule.")
-    ] = 4,
-    delay_fraction: Annotated[
-        float, typer.Option(help="delayed: fraction of steps that train only the full network.")
-    ] = 0.3,
-    progressive_stages: Annotated[
-        int, typer.Option(help="progressive: how many times the sampled space widens.")
-    ] = 4,
-    complexity_power: Annotated[
-        float, typer.Option(help="complexity: bucket probability ∝ (loss / lowest loss) ** power.")
-    ] = 2.0,
-    min_params: Annotated[
-        float,
-        typer.Option(
-            help="Train only sub-networks with at least this fraction of all parameters (e.g. 0.75 when "
-            "you will deploy 75-100% sizes); 0 trains the whole space."
-        ),
-    ] = 0.0,
-):
+def finetune(args: TuneArgs):
     """Fine-tune a model once into a super-network whose sub-networks are all good (InstaTune).
 
     Channels are ordered by importance first, then the full network and sampled sub-networks are
@@ -434,44 +335,8 @@ def finetune(
     checkpoint with `llamanas_supernet.json` (search space, training record), `losses.csv` and
     `losses.png`; pass it to any other command as `--model`.
     """
-    from llamanas.tuning.tune import TuneArgs
     from llamanas.tuning.tune import finetune as finetune_fn
 
-    args = TuneArgs(
-        data=data,
-        out=str(out_dir),
-        model=model,
-        space=space,
-        strategy=strategy,
-        schedule=schedule,
-        distill=distill,
-        distill_temperature=distill_temperature,
-        distill_tokens=distill_tokens,
-        num_random=num_random,
-        lora=lora,
-        lora_r=lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        steps=steps,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        max_length=max_length,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        max_grad_norm=max_grad_norm,
-        seed=seed,
-        save_every=save_every,
-        keep_checkpoint=keep_checkpoint,
-        eval_size=eval_size,
-        precision=precision,
-        calibration=calibration,
-        num_buckets=num_buckets,
-        delay_fraction=delay_fraction,
-        progressive_stages=progressive_stages,
-        complexity_power=complexity_power,
-        min_params=min_params,
-    )
     result = finetune_fn(args)
     if not result.main_process:
         return
@@ -532,6 +397,8 @@ def quantize(
         bool, typer.Option(help="Measure latency before and after (--no-timing: skip).")
     ] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ):
     """Quantize a checkpoint's decoder linears to INT8/INT4 (embeddings and head stay 16-bit) and report size,
     accuracy and latency before and after; or, with --front, re-evaluate a search's front after quantization."""
@@ -559,6 +426,7 @@ def quantize(
             group_size=group_size,
             timing=timing,
             progress=True,
+            device=device,
         )
         console.print(f"wrote {path}")
         return
@@ -569,6 +437,8 @@ def quantize(
             model,
             method,
             out_dir,
+            dtype=dtype,
+            device=device,
             tasks=task_list,
             group_size=group_size,
             split=split,
@@ -613,6 +483,8 @@ def baselines(
             "super-network's recorded budget (same data, steps, batch, learning rate), in OUT/recovered."
         ),
     ] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
 ):
     """Evaluate pruning baselines at matched size: depth truncation, ShortGPT layer removal, uniform MLP width."""
     from llamanas.evidence.baselines import run_baselines
@@ -644,6 +516,8 @@ def baselines(
             seed=seed,
             calibration=calibration,
             recover=recover,
+            dtype=dtype,
+            device=device,
         )
     out.print(baselines_table(f"Baselines of {model}", run.rows, task_list))
     console.print(f"wrote {out_dir / 'baselines.json'} and baselines.csv")
@@ -679,91 +553,32 @@ def _member_subnet(spec: str) -> str:
     return load_run(ref[0]).member(ref[1]).config.to_json()
 
 
-@app.command(
+@dataclass_command(
+    app,
+    SearchArgs,
+    required=("out", "evaluations"),
+    exclude=("seq_len",),
+    flags={
+        "objectives": Flag(
+            help="accuracy, acc_norm, gold_nll (mean over --tasks; or per task as acc:TASK), params, bytes, "
+            "macs, latency, throughput."
+        ),
+        "constraints": Flag("--constraint", repeat=True, help="Units K, M, B, %; repeatable."),
+        "workers": Flag(help="Parallel workers; > 1 starts a local Ray with one actor per worker."),
+        "ray_address": Flag(help="Join this Ray cluster: one worker per GPU there."),
+    },
     epilog="Example: `llamanas search --model default --tasks arc_easy --objectives accuracy,params "
     "--algorithm linas --evaluations 100 --limit 200 --out runs/linas`. Re-running the same command resumes "
-    "the run (nothing evaluated is lost or evaluated again); a larger --evaluations extends it."
+    "the run (nothing evaluated is lost or evaluated again); a larger --evaluations extends it.",
 )
-def search(
-    out_dir: Annotated[
-        Path, typer.Option("--out", help="Run directory (results.sqlite, front, hypervolume).")
-    ],
-    evaluations: Annotated[int, typer.Option(help="Budget of real evaluations (distinct sub-networks).")],
-    model: ModelOpt = "default",
-    tasks: Annotated[
-        str | None, typer.Option(help="Comma-separated tasks for task objectives, e.g. arc_easy.")
-    ] = None,
-    objectives: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated objectives: accuracy, acc_norm, gold_nll (mean over --tasks; or per task as "
-            "acc:TASK), params, bytes, macs, latency, throughput. Each knows whether it is minimised."
-        ),
-    ] = "accuracy,params",
-    algorithm: Annotated[
-        str, typer.Option(help="linas (NSGA-II on predictors), nsga2 (on real evaluations) or random.")
-    ] = "linas",
-    split: Annotated[
-        str, typer.Option(help="Data split to search on (keep test for the report).")
-    ] = "validation",
-    limit: LimitOpt = None,
-    num_fewshot: FewshotOpt = None,
-    population: Annotated[int, typer.Option(help="Batch size: initial population, NSGA-II population.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed of the search: population, NSGA-II, predictors.")] = 0,
-    data_seed: Annotated[int, typer.Option(help="Seed of the --limit subset (keep it across seeds).")] = 0,
-    constraint: Annotated[
-        list[str] | None,
-        typer.Option(help="Constraint such as params<=100M or accuracy>=0.4 (units K, M, B, %); repeatable."),
-    ] = None,
-    space: SpaceOpt = None,
-    workers: Annotated[
-        int, typer.Option(help="Parallel workers; > 1 starts a local Ray with one actor per worker.")
-    ] = 1,
-    ray_address: Annotated[
-        str | None, typer.Option(help="Join this Ray cluster: one worker per GPU there.")
-    ] = None,
-    predictor: Annotated[
-        str, typer.Option(help="LINAS predictor: auto, ensemble, ridge, svr or gbr.")
-    ] = "auto",
-    inner_generations: Annotated[
-        int, typer.Option(help="LINAS: NSGA-II generations on the predictors per loop.")
-    ] = 1000,
-    store: Annotated[
-        Path | None,
-        typer.Option(
-            help="Results store (default RUN_DIR/results.sqlite); share one file to share evaluations."
-        ),
-    ] = None,
-    no_order: NoOrderOpt = False,
-):
+def search(args: SearchArgs):
     """Multi-objective search for sub-networks (LINAS, NSGA-II or random), resumable, optionally on Ray."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from llamanas.search.run import SearchArgs, load_run
+    from llamanas.search.run import load_run
     from llamanas.search.run import search as search_fn
 
-    args = SearchArgs(
-        model=model,
-        tasks=tuple(_split_list(tasks)),
-        objectives=tuple(_split_list(objectives)),
-        algorithm=algorithm,
-        evaluations=evaluations,
-        out=str(out_dir),
-        split=split,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        population=population,
-        seed=seed,
-        data_seed=data_seed,
-        constraints=tuple(constraint or ()),
-        space=space,
-        workers=workers,
-        ray_address=ray_address,
-        predictor=predictor,
-        inner_generations=inner_generations,
-        store=str(store) if store else None,
-        order=not no_order,
-    )
+    out_dir, algorithm, evaluations = args.run_dir, args.algorithm, args.evaluations
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -779,7 +594,7 @@ def search(
             bar.start()
         bar.update(task, completed=traj.live.done, front=len(traj.live.points), hv=traj.live.hv)
 
-    console.print(f"Loading {model} (workers: {ray_address or workers}) ...")
+    console.print(f"Loading {args.model} (workers: {args.ray_address or args.workers}) ...")
     try:
         result = search_fn(args, progress=update)
     finally:

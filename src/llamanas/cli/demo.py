@@ -16,18 +16,41 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamanas.errors import LlamanasError
+
 
 @dataclass
 class DemoArgs:
+    """What ``llamanas demo`` runs; the defaults take about five minutes on two CPU cores."""
+
     model: str = "default"
+    """'default' (SmolLM2-135M-Instruct, offline), a local HF model folder or a hub id."""
     task: str = "arc_easy"
+    """Task to search on (one with signal on your model: at-chance tasks give a front of noise)."""
     limit: int = 50
+    """Items of the validation split (a seeded subset)."""
     evaluations: int = 24
+    """Real evaluations of the LINAS search."""
     population: int = 8
-    size: float = 0.8  # fraction of the full model's parameters for extraction and baselines
-    finetune_steps: int = 16  # InstaTune steps (alternate + distillation, batch 4) before the search
+    """LINAS batch: the initial population and the sub-networks evaluated per loop."""
+    size: float = 0.8
+    """Fraction of the full model's parameters for extraction and baselines."""
+    finetune_steps: int = 16
+    """InstaTune steps (alternate + distillation, batch 4) before the search; 0 searches the model as is."""
     seed: int = 0
+    """Seed of the fine-tuning, the search and the --limit subset."""
     out: str = "runs/demo"
+    """Folder for everything the demo writes; re-running resumes there."""
+    device: str = "auto"
+    """auto (CUDA if present, else cpu) | cpu | cuda | cuda:N."""
+    dtype: str = "auto"
+    """auto | bfloat16 | float16 | float32 (auto: float32 for the small default model on the CPU)."""
+
+    def __post_init__(self):
+        if not 0 < self.size <= 1:
+            raise LlamanasError(f"--size must be a fraction in (0, 1]; got {self.size}.")
+        if self.finetune_steps < 0:
+            raise LlamanasError(f"--finetune-steps must be >= 0; got {self.finetune_steps}.")
 
 
 def run_demo(args: DemoArgs, console, front_table) -> Path:
@@ -63,6 +86,8 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
                 save_every=4,
                 eval_size=16,
                 seed=args.seed,
+                dtype=args.dtype,
+                device=args.device,
             )
         )
         model = supernet_dir = str(out / "supernet")
@@ -81,13 +106,15 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
             seed=args.seed,
             inner_generations=300,
             out=str(run_dir),
+            dtype=args.dtype,
+            device=args.device,
         )
     )
     view = load_run(run_dir)
     console.print(front_table(view, f"Pareto front ({len(view.evaluated)} evaluations)"))
 
     console.rule(f"2/5 extraction: most accurate front member within {args.size:.0%} of the parameters")
-    supernet, tokenizer = load_supernet(model)
+    supernet, tokenizer = load_supernet(model, dtype=args.dtype, device=args.device)
     budget = args.size * supernet.num_params()
     fitting = [
         m for m in view.front if m.measured.get("params", m.config.num_params(supernet.arch)) <= budget
@@ -122,6 +149,8 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
         split="validation",
         limit=args.limit,
         seed=0,
+        dtype=args.dtype,
+        device=args.device,
     )
 
     console.rule("5/5 report")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from llamanas.errors import LlamanasError
-from llamanas.supernet.slicing import standalone
+from llamanas.supernet.slicing import extracted_config, iter_sliced, standalone
 from llamanas.supernet.space import SubnetConfig
 
 SUBNET_FILE = "llamanas_subnet.json"
@@ -39,17 +41,65 @@ def extract(
         check_method(quantize)  # fail before the work
         if cfg.quantized:
             raise LlamanasError("The sub-network has its own per-layer 'bits'; do not also pass quantize.")
-    new = standalone(supernet, cfg, group_size)  # quantized already if cfg has per-layer bits
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {"subnet": cfg.to_dict(), "params": cfg.num_params(supernet.arch), **(metadata or {})}
     if quantize is not None or cfg.quantized:
+        new = standalone(supernet, cfg, group_size)  # quantized already if cfg has per-layer bits
         if quantize is not None:
             quantize_model(new, quantize, group_size or DEFAULT_GROUP_SIZE, backend="cpu")
         save_quantized(new, out, tokenizer, metadata=info)
     else:
-        new.save_pretrained(out)
+        previous = supernet.active
+        supernet.reset()  # slices are taken from the full weights
+        try:
+            write_sliced(supernet.model, cfg, out)
+        finally:
+            supernet.activate(previous)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
     (out / SUBNET_FILE).write_text(json.dumps(info, indent=2))
     return out
+
+
+def write_sliced(model, cfg: SubnetConfig, out: Path, shard_bytes: int = 2 * 2**30) -> None:
+    """Write ``cfg`` of ``model`` as an HF checkpoint, streaming: one safetensors shard of at most
+    ``shard_bytes`` is in memory at a time, so a 7B model is extracted without a second copy of it."""
+    from safetensors.torch import save_file
+
+    config, model_cls = extracted_config(model.config, cfg)
+    config.architectures = [model_cls.__name__]
+    config.dtype = next(model.parameters()).dtype
+    config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    written: list[list[str]] = []  # tensor names of each shard written so far
+    shard: dict[str, torch.Tensor] = {}
+    size = 0
+
+    def flush() -> None:
+        save_file(shard, str(out / f"part-{len(written) + 1}.safetensors.tmp"), metadata={"format": "pt"})
+        written.append(list(shard))
+        shard.clear()
+
+    for name, t in iter_sliced(model, cfg):
+        if tied and name == "lm_head.weight":
+            continue
+        nbytes = t.numel() * t.element_size()
+        if shard and size + nbytes > shard_bytes:
+            flush()
+            size = 0
+        shard[name] = t.to("cpu").contiguous()
+        size += nbytes
+    flush()
+    # Final names only once every shard is on disk: an interrupted extraction leaves no loadable model.
+    total, weight_map = len(written), {}
+    for i, names in enumerate(written, 1):
+        final = "model.safetensors" if total == 1 else f"model-{i:05d}-of-{total:05d}.safetensors"
+        (out / f"part-{i}.safetensors.tmp").replace(out / final)
+        weight_map.update(dict.fromkeys(names, final))
+    if total > 1:
+        total_size = sum(p.stat().st_size for p in out.glob("model-*.safetensors"))
+        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

@@ -309,12 +309,20 @@ def compare_quantization(
     return comparison, model
 
 
-def quantize_checkpoint(model_dir: str | Path, method: str, out_dir: str | Path, **kwargs) -> QuantComparison:
-    """Quantize an extracted checkpoint folder (CLI ``llamanas quantize``): load, compare, save."""
+def quantize_checkpoint(
+    model_dir: str | Path,
+    method: str,
+    out_dir: str | Path,
+    dtype: str = "auto",
+    device: str = "auto",
+    **kwargs,
+) -> QuantComparison:
+    """Quantize an extracted checkpoint folder (CLI ``llamanas quantize``): load on ``device`` in ``dtype``
+    (``load_model``'s rules), compare, save."""
     from llamanas.model.load import load_model
 
     check_method(method)
-    model, tokenizer = load_model(str(model_dir))
+    model, tokenizer = load_model(str(model_dir), dtype=dtype, device=device)
     comparison, model = compare_quantization(model, tokenizer, method, out_dir=out_dir, **kwargs)
     src = Path(model_dir)
     extracted_info = src / "llamanas_subnet.json"
@@ -342,6 +350,7 @@ def quantize_front(
     tokenizer=None,
     evaluate_fn: Callable | None = None,
     progress: bool = False,
+    device: str = "auto",
 ) -> Path:
     """Re-evaluate every sub-network of a search's front after quantization; writes
     ``front_<method>.json`` in the run folder beside ``front.json`` (the paper's "front moves left").
@@ -380,7 +389,7 @@ def quantize_front(
         if not name:
             raise LlamanasError(f"{run}: no model recorded in run.json; pass model=... (--model).")
         supernet, tokenizer = load_supernet(
-            name, order=args.order if args else True, dtype=args.dtype if args else "float32"
+            name, order=args.order if args else True, dtype=args.dtype if args else "auto", device=device
         )
         run_fingerprint = files.info().get("fingerprint") if args else None
         if run_fingerprint:

@@ -219,6 +219,7 @@ class BaselineRun:
     full_params: int
     block_influence: dict[str, list[float]]  # source -> per-layer BI
     rows: list[BaselineResult]
+    dtype: str = "float32"  # the dtype the baselines were evaluated in
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -284,6 +285,8 @@ def run_baselines(
     seq_len: int = 128,
     width_multiple: int = DEFAULT_WIDTH_MULTIPLE,
     recover: bool = False,
+    dtype: str = "auto",
+    device: str = "auto",
     loader: Callable | None = None,
     evaluate_fn: Callable | None = None,
 ) -> BaselineRun:
@@ -309,19 +312,20 @@ def run_baselines(
     if loader is None:
         from llamanas.supernet.elastic import load_supernet
 
-        loader = lambda name: load_supernet(name, calibration=calibration)  # noqa: E731
+        loader = lambda name: load_supernet(name, calibration=calibration, dtype=dtype, device=device)  # noqa: E731
     if evaluate_fn is None:
         from llamanas.evaluation.evaluate import evaluate as evaluate_fn
     eval_kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
     sources = [("base", model)] + ([("supernet", supernet_dir)] if supernet_dir else [])
     rows: list[BaselineResult] = []
     bis: dict[str, list[float]] = {}
-    full_params = 0
+    full_params, used_dtype = 0, "float32"
     for source, name in sources:
         supernet, tokenizer = loader(name)
         if full_params and SubnetConfig.full(supernet.arch).num_params(supernet.arch) != full_params:
             raise LlamanasError(f"The super-network {name!r} does not have the shape of the model {model!r}.")
         full_params = SubnetConfig.full(supernet.arch).num_params(supernet.arch)
+        used_dtype = str(next(supernet.model.parameters()).dtype).removeprefix("torch.")
         bi = None
         if "shortgpt" in methods:
             batches = calibration_batches(tokenizer, calibration_texts(calibration), num_samples, seq_len)
@@ -350,6 +354,7 @@ def run_baselines(
         full_params=full_params,
         block_influence=bis,
         rows=rows,
+        dtype=used_dtype,
     )
     if out_dir is not None:
         write_baselines(run, out_dir)

@@ -115,7 +115,7 @@ WORK = {
     "ordering": 0.25,  # the same plus per-channel statistics, one layer at a time
     "extract": 0.0,  # extraction streams layer by layer: the sub-network's copy is counted separately
     "finetune-lora": 0.6,  # adapters, their optimizer state, checkpointed activations, a teacher pass
-    "finetune": 12.0,  # float32 master copy is the weights; gradients + AdamW (2 moments) in float32
+    "finetune": 3.5,  # gradients and AdamW's two moments, each the size of the weights, + activations
 }
 
 

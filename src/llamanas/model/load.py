@@ -105,6 +105,15 @@ def load_config(name: str):
     return config
 
 
+def resolve_placement(
+    name: str, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto"
+) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype a model would load with, from its config alone (``model.device``'s rules)."""
+    config = load_config(name)
+    dev = resolve_device(device)
+    return dev, resolve_dtype(dtype, dev, checkpoint_dtype(config), Arch.from_hf(config).num_params())
+
+
 def load_model(
     name: str,
     dtype: str | torch.dtype = "auto",
@@ -120,11 +129,8 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = load_config(name)
-    arch = Arch.from_hf(config)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev, checkpoint_dtype(config), arch.num_params())
-    check_memory(plan_memory(arch.num_params(), dt, dev, work), say)
+    dev, dt = resolve_placement(name, dtype, device)
+    check_memory(plan_memory(Arch.from_hf(load_config(name)).num_params(), dt, dev, work), say)
     path = resolve(name)
     try:
         with warnings.catch_warnings():

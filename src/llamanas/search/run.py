@@ -10,6 +10,7 @@ The parts live beside this module: ``problem`` (goals, the pymoo problem and ope
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -79,12 +80,16 @@ class SearchArgs:
     """Results store (default RUN_DIR/results.sqlite); point runs at one file to share evaluations."""
     order: bool = True
     """Order channels by importance before slicing (as every llamanas command does)."""
-    dtype: str = "float32"
+    dtype: str = "auto"
+    """Compute dtype: auto (bfloat16 on a GPU, float32 on the CPU below 1B parameters, else the checkpoint's
+    own) | bfloat16 | float16 | float32. The resolved dtype is recorded and keys the stored results."""
+    device: str = "auto"
+    """auto (CUDA if present, else cpu) | cpu | cuda | cuda:N; Ray workers on GPUs use their own."""
     seq_len: int = 128
     """Sequence length for MACs per token."""
 
     # Fields that do not change which sub-networks are evaluated: a run may be resumed with new values.
-    RESUMABLE = ("evaluations", "workers", "ray_address", "out", "store")
+    RESUMABLE = ("evaluations", "workers", "ray_address", "out", "store", "device")
 
     def __post_init__(self):
         for name in ("tasks", "objectives", "constraints"):
@@ -125,8 +130,8 @@ class SearchArgs:
             raise LlamanasError(f"--limit must be >= 1; got {self.limit}.")
         if self.inner_population is not None and self.inner_population < 4:
             raise LlamanasError(f"--inner-population must be >= 4; got {self.inner_population}.")
-        if self.dtype not in DTYPE_BYTES:
-            raise unknown("dtype", self.dtype, DTYPE_BYTES)
+        if self.dtype != "auto" and self.dtype not in DTYPE_BYTES:
+            raise unknown("dtype", self.dtype, ("auto", *DTYPE_BYTES))
         from llamanas.search.predictors import KINDS
 
         if self.predictor not in KINDS:
@@ -344,11 +349,21 @@ def search(
     """Run (or resume) a search; returns its front. ``evaluator``/``space`` default to ``args.model``'s."""
     t0 = time.time()
     args.check()
+    if args.dtype == "auto":  # record the dtype that runs: it keys the stored results
+        dtype = "float32"  # a custom evaluator places its own model; float32 is the reference
+        if evaluator is None:
+            from llamanas.model.device import dtype_name
+            from llamanas.model.load import resolve_placement
+
+            dtype = dtype_name(resolve_placement(args.model, "auto", args.device)[1])
+        args = dataclasses.replace(args, dtype=dtype)
     space = space or resolve_space(args)
     objectives, constraints, counts = prepare_goals(args, space)
     timing = any(o.source == objmod.TIMING for o in [*objectives, *(c.objective for c in constraints)])
     settings = args.settings(timing)
-    spec = evaluator or SupernetSpec(args.model, space.to_dict(), settings, order=args.order)
+    spec = evaluator or SupernetSpec(
+        args.model, space.to_dict(), settings, order=args.order, device=args.device
+    )
     run_dir = args.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     with Store(args.store_path) as store:

@@ -112,6 +112,7 @@ class SupernetSpec:
     settings: EvalSettings
     order: bool = True
     calibration: str | None = None
+    device: str = "auto"  # where each worker runs; Ray workers on GPUs get their own
 
     def build(self, device: str | None = None) -> SupernetEvaluator:
         return SupernetEvaluator(self, device)
@@ -126,11 +127,13 @@ class SupernetEvaluator:
 
         self.spec, s = spec, spec.settings
         supernet, tokenizer = load_supernet(
-            spec.model, order=spec.order, calibration=spec.calibration, dtype=s.dtype
+            spec.model,
+            order=spec.order,
+            calibration=spec.calibration,
+            dtype=s.dtype,
+            device=device or spec.device,
         )
         supernet.space = SearchSpace.from_saved(spec.space)
-        if device:
-            supernet.model.to(device)
         self.supernet = supernet
         self._fingerprint = fingerprint(supernet.model)
         self.prepared = None

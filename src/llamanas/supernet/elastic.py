@@ -157,17 +157,21 @@ def load_supernet(
     space_file: str | None = None,
     order: bool = True,
     calibration: str | None = None,
-    dtype: str = "float32",
+    dtype: str = "auto",
+    device: str = "auto",
+    work: str = "inference",
+    say=None,
 ):
     """(SuperNet, tokenizer) for a model name, ordered by importance unless it already is.
 
     A folder written by ``llamanas finetune`` carries ``llamanas_supernet.json``: its weights are
-    already ordered and its search space is the one it was trained for.
+    already ordered and its search space is the one it was trained for. ``dtype``, ``device``, ``work``
+    and ``say`` are ``load_model``'s (placement and the memory check before loading).
     """
     from llamanas.model.load import load_model, resolve
     from llamanas.supernet.importance import order_model
 
-    model, tokenizer = load_model(name, dtype=dtype)
+    model, tokenizer = load_model(name, dtype=dtype, device=device, work=work, say=say)
     meta = read_supernet_meta(resolve(name))
     arch = Arch.from_hf(model.config)
     if space_file:

@@ -77,14 +77,14 @@ def measure_importance(model, batches: list[torch.Tensor]) -> tuple[list[torch.T
     def mlp_hook(i):
         def hook(_module, args):
             x = args[0].detach().double().reshape(-1, args[0].shape[-1])  # (tokens, intermediate)
-            mlp_sq[i] += (x**2).sum(0)
+            mlp_sq[i] += (x**2).sum(0).cpu()
 
         return hook
 
     def attn_hook(i):
         def hook(_module, args):
             x = args[0].detach().double().reshape(-1, arch.num_heads, arch.head_dim)  # (tokens, heads, hd)
-            head_sq[i] += (x**2).sum(-1).sum(0)
+            head_sq[i] += (x**2).sum(-1).sum(0).cpu()
 
         return hook
 
@@ -96,8 +96,9 @@ def measure_importance(model, batches: list[torch.Tensor]) -> tuple[list[torch.T
         handles.append(linears[mlp_out].register_forward_pre_hook(mlp_hook(i)))
         handles.append(linears[attn_out].register_forward_pre_hook(attn_hook(i)))
     try:
+        device = next(model.parameters()).device
         for ids in batches:
-            model(input_ids=ids, use_cache=False)
+            model(input_ids=ids.to(device), use_cache=False)
             count[0] += ids.numel()
     finally:
         for h in handles:

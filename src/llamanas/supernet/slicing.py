@@ -7,6 +7,8 @@ the result is an ordinary family model, or a ``llamanas_<family>`` one when laye
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from llamanas.errors import LlamanasError
@@ -16,17 +18,17 @@ from llamanas.model.hf_types import LAYER_KV, LAYER_MLP, elastic_classes
 from llamanas.supernet.space import SubnetConfig
 
 
-def sliced_state_dict(model, cfg: SubnetConfig) -> dict[str, torch.Tensor]:
-    """The kept weights of ``cfg``, renamed to consecutive layer indices (copies, contiguous)."""
+def iter_sliced(model, cfg: SubnetConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """The kept weights of ``cfg`` under the extracted model's names (consecutive layer indices), one
+    tensor at a time, as views into ``model``'s full weights: copying is the caller's choice."""
     arch = Arch.from_hf(model.config)
     family = family_of(model.config)
     hd, rep = arch.head_dim, arch.heads_per_group
     prefix = "model.layers."
-    out = {}
     sd = model.state_dict()
     for name, t in sd.items():
         if not name.startswith(prefix):
-            out[name] = t.detach().clone()
+            yield name, t.detach()
     for pos, (i, m, g) in enumerate(zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True)):
         rows, cols = family.rows_and_cols(g * rep * hd, g * hd, m)
         src = f"{prefix}{i}."
@@ -39,8 +41,23 @@ def sliced_state_dict(model, cfg: SubnetConfig) -> dict[str, torch.Tensor]:
                 t = t[: rows[module]]
             elif module in cols and rest.endswith("weight"):
                 t = t[:, : cols[module]]
-            out[f"{prefix}{pos}.{rest}"] = t.detach().clone().contiguous()
-    return out
+            yield f"{prefix}{pos}.{rest}", t.detach()
+
+
+def sliced_state_dict(model, cfg: SubnetConfig) -> dict[str, torch.Tensor]:
+    """The kept weights of ``cfg``, renamed to consecutive layer indices (copies, contiguous)."""
+    return {name: t.clone().contiguous() for name, t in iter_sliced(model, cfg)}
+
+
+def extracted_config(hf_config, cfg: SubnetConfig):
+    """(HF config object, model class) of ``cfg``'s standalone model: the family's own when uniform."""
+    family = family_of(hf_config)
+    d, plain = subnet_config_dict(hf_config, cfg)
+    model_type = d.pop("model_type")
+    config_cls, model_cls = family.classes() if plain else elastic_classes(family)
+    new_config = config_cls(**d)
+    assert new_config.model_type == model_type
+    return new_config, model_cls
 
 
 def subnet_config_dict(hf_config, cfg: SubnetConfig) -> tuple[dict, bool]:
@@ -77,15 +94,7 @@ def subnet_config_dict(hf_config, cfg: SubnetConfig) -> tuple[dict, bool]:
 def build_extracted(model, cfg: SubnetConfig):
     """An in-memory standalone model of ``cfg`` (same dtype as ``model``)."""
     cfg.check(Arch.from_hf(model.config))
-    family = family_of(model.config)
-    d, plain = subnet_config_dict(model.config, cfg)
-    model_type = d.pop("model_type")
-    if plain:
-        config_cls, model_cls = family.classes()
-    else:
-        config_cls, model_cls = elastic_classes(family)
-    new_config = config_cls(**d)
-    assert new_config.model_type == model_type
+    new_config, model_cls = extracted_config(model.config, cfg)
     dtype = next(model.parameters()).dtype
     with torch.device("meta"):
         new = model_cls(new_config)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 CHECKPOINT_DIR = "checkpoint"
 # Arguments that may change between an interrupted run and its resumption (they do not change results).
-RESUME_FREE = ("out", "save_every", "keep_checkpoint")  # a moved folder still resumes
+RESUME_FREE = ("out", "save_every", "keep_checkpoint", "device")  # a moved folder still resumes
 
 
 def write_checkpoint(folder: Path, model, state: dict, files: dict[str, str], records: list[dict]) -> None:

@@ -72,6 +72,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
         from transformers import get_cosine_schedule_with_warmup
 
+        from llamanas.model.device import resolve_device
         from llamanas.model.load import resolve
         from llamanas.supernet.elastic import load_supernet
         from llamanas.supernet.importance import Ordering, order_model
@@ -80,7 +81,10 @@ class Trainer:
         # Skipped layers get no gradient on a step; DDP must be told that this is expected. Autocast is
         # ours, not accelerate's: its precision is fixed once per process, and a process may run
         # several fine-tunings (tests, benchmarks).
-        self.acc = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.acc = Accelerator(
+            cpu=resolve_device(a.device).type == "cpu",
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
         bf16 = a.precision == "bf16" or (
             a.precision == "auto" and self.acc.device.type == "cuda" and torch.cuda.is_bf16_supported()
         )
@@ -92,7 +96,15 @@ class Trainer:
         train, held = split_examples(examples, a.eval_size, a.seed)
 
         state = self._read_checkpoint_state()
-        supernet, tok = load_supernet(a.model, space_file=a.space, order=False)
+        supernet, tok = load_supernet(
+            a.model,
+            space_file=a.space,
+            order=False,
+            dtype=a.dtype,
+            device=str(self.acc.device),
+            work="finetune-lora" if a.lora else "finetune",
+            say=self.acc.print,
+        )
         already_ordered = read_supernet_meta(resolve(a.model)).get("ordered", False)
         self.ordering = None
         if state is not None and (self.ckpt / "ordering.json").is_file():
@@ -114,6 +126,8 @@ class Trainer:
         self.peft_model = None
         if a.lora:
             self.peft_model = attach_lora(supernet, a.lora_r, a.lora_alpha, a.lora_dropout)
+        if a.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=a.peak_lr, weight_decay=a.weight_decay)
@@ -336,6 +350,7 @@ class Trainer:
             "wall_time_s": round(self.wall, 2),
             "processes": self.acc.num_processes,
             "device": str(self.acc.device),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "mixed_precision": self.mixed,
             "final_losses": self.final_losses(),
         }

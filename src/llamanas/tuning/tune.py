@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llamanas.errors import LlamanasError, from_dict_strict, unknown
+from llamanas.model.device import DTYPE_CHOICES
 from llamanas.supernet.elastic import read_supernet_meta
 from llamanas.tuning.batches import IGNORE, Batches, collate, encode, split_examples
 from llamanas.tuning.checkpoint import CHECKPOINT_DIR, RESUME_FREE, check_same_args
@@ -87,12 +88,15 @@ class TuneArgs:
     space: str | None = None
     """YAML/JSON file narrowing the search space; default: the model's default space."""
     strategy: str = "alternate"
-    """full | alternate | sandwich (see the module docstring)."""
+    """full (plain fine-tuning) | alternate (the full network and one sampled sub-network on alternating
+    steps, the paper) | sandwich (largest, smallest and ``num_random`` sampled sub-networks every step)."""
     schedule: str = "uniform"
-    """uniform | progressive | delayed | complexity (see ``llamanas.sampling``)."""
+    """Which sub-networks are sampled when: uniform | progressive (OFA shrinking) | delayed (DεpS: the full
+    network only at first) | complexity (more steps for high-loss sizes)."""
     distill: bool = False
     """Sub-networks learn from the full network's logits (KL) instead of the labels."""
     distill_temperature: float = 1.0
+    """Softmax temperature of the distillation."""
     distill_tokens: str = "all"
     """``all``: distil on every non-padding position (prompt too: the teacher's logits need no labels,
     ~3x the signal of an Alpaca example); ``response``: only where the labels have a loss."""
@@ -101,10 +105,14 @@ class TuneArgs:
     lora: bool = False
     """Train LoRA adapters on every decoder linear instead of all weights; merged into the output."""
     lora_r: int = 16
+    """LoRA rank."""
     lora_alpha: int = 32
+    """LoRA alpha (scale = alpha / r)."""
     lora_dropout: float = 0.05
+    """LoRA dropout."""
     steps: int = 200
-    """Optimizer steps."""
+    """Optimizer steps. On the default model with the 999-record Alpaca demo (batch 8), 140 steps (1.2
+    epochs) gave better 80-100% sub-networks than 280 (2.4 epochs over-fit; docs/benchmarks.md)."""
     batch_size: int = 8
     """Examples per micro-batch (per process)."""
     grad_accum: int = 1
@@ -112,12 +120,16 @@ class TuneArgs:
     max_length: int = 256
     """Tokens per example; longer ones are truncated (the prompt is kept, the response cut)."""
     lr: float | None = None
-    """Peak learning rate; default 2e-5, or 2e-4 with LoRA."""
+    """Peak learning rate (default 2e-5, or 2e-4 with LoRA). On the 135M default model, sandwich with
+    distillation at 3e-4 gave the best sub-networks of 1e-4, 3e-4 and 6e-4 (docs/benchmarks.md)."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     warmup: float = 0.05
     """Fraction of the steps with a linear warm-up; then cosine decay to zero."""
     max_grad_norm: float = 1.0
+    """Gradient clipping (0: none)."""
     seed: int = 0
+    """Seed of the data order, the sampling and the held-out split."""
     save_every: int = 100
     """Checkpoint every N steps (0: only at the end); re-running the same command resumes."""
     keep_checkpoint: bool = False
@@ -139,6 +151,15 @@ class TuneArgs:
     min_params: float = 0.0
     """Sample only sub-networks with at least this fraction of the full network's parameters, embeddings
     included (0: the whole space); the loss-curve buckets count decoder parameters only."""
+    dtype: str = "auto"
+    """Weights' dtype: auto (bfloat16 on a GPU, float32 on the CPU below 1B parameters, else the
+    checkpoint's own) | bfloat16 | float16 | float32. With --lora the base stays in it and the adapters
+    train in float32."""
+    device: str = "auto"
+    """auto (CUDA if present, else cpu) | cpu | cuda | cuda:N; under `accelerate launch`, each process's."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of storing them: less memory (7B with --lora),
+    about a third more compute."""
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -149,6 +170,8 @@ class TuneArgs:
             raise unknown("distill_tokens", self.distill_tokens, DISTILL_TOKENS)
         if self.precision not in PRECISIONS:
             raise unknown("precision", self.precision, PRECISIONS)
+        if self.dtype not in DTYPE_CHOICES:
+            raise unknown("dtype", self.dtype, DTYPE_CHOICES)
         for name in ("steps", "batch_size", "grad_accum", "max_length", "lora_r", "num_buckets"):
             if getattr(self, name) < 1:
                 raise LlamanasError(f"{name} must be >= 1; got {getattr(self, name)}.")
