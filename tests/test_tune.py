@@ -196,8 +196,7 @@ def test_cli_defaults_mirror_tune_args():
     from llamanas.cli.app import app
 
     command = typer.main.get_command(app).commands["finetune"]
-    flags = {p.name: p.default for p in command.params}
-    flags["out"] = flags.pop("out_dir")
+    flags = {p.name: p.default for p in command.params}  # built from TuneArgs: the same names
     fields = {f.name: f.default for f in dataclasses.fields(TuneArgs)}
     assert set(flags) == set(fields)
     for name in fields.keys() - {"data", "out"}:
