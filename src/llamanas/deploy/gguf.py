@@ -473,3 +473,95 @@ def export_subnet_gguf(
         subnet=cfg.to_dict(),
         **kw,
     )
+
+
+# --- reading back ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GGUFInfo:
+    """What the CLI reports about a GGUF file (read from its header, no weights loaded)."""
+
+    path: Path
+    arch: str
+    type: str  # f32 / f16 / q8_0 / q4_0 for files written here; the ggml file-type name otherwise
+    n_layers: int
+    n_params: int  # elements of every weight tensor (tied embeddings once, as ``Arch.num_params``)
+    n_params_non_embedding: int  # without token_embd and output
+    context_length: int | None
+    n_bytes: int  # file size
+    subnet: dict | None  # the ``llamanas.subnet`` config, when export_subnet_gguf wrote the file
+
+
+def read_gguf_info(path: str | Path) -> GGUFInfo:
+    """Architecture, type, parameter count and sub-network of a GGUF file, or a clear error."""
+    import gguf
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise LlamanasError(f"GGUF file {str(path)!r} does not exist.")
+    try:
+        reader = gguf.GGUFReader(p)
+    except Exception as e:  # noqa: BLE001 - the reader raises ValueError/struct errors on a bad file
+        raise LlamanasError(f"{str(p)!r} is not a readable GGUF file: {e}") from None
+
+    def get(key, default=None):
+        f = reader.fields.get(key)
+        return f.contents() if f is not None else default
+
+    arch = str(get("general.architecture", "?"))
+    ft = get("general.file_type")
+    names = {int(_file_type(t)): t for t in TYPES}
+    if ft is None:
+        type_name = "?"
+    else:
+        type_name = names.get(int(ft)) or gguf.LlamaFileType(int(ft)).name.lower()
+    embed = {"token_embd.weight", "output.weight"}
+    weights = [t for t in reader.tensors if t.name != "rope_freqs.weight"]
+    n_params = sum(int(t.n_elements) for t in weights)
+    n_embed = sum(int(t.n_elements) for t in weights if t.name in embed)
+    subnet = get(SUBNET_KEY)
+    ctx = get(f"{arch}.context_length")
+    return GGUFInfo(
+        path=p,
+        arch=arch,
+        type=type_name,
+        n_layers=int(get(f"{arch}.block_count", 0)),
+        n_params=n_params,
+        n_params_non_embedding=n_params - n_embed,
+        context_length=int(ctx) if ctx is not None else None,
+        n_bytes=p.stat().st_size,
+        subnet=json.loads(subnet) if subnet else None,
+    )
+
+
+def tokenizer_source_for(model: str) -> str | None:
+    """The tokenizer source ``export_gguf`` should use for a ``--model`` name: ``"default"`` for the default
+    model and for super-networks / extracted checkpoints made from it (its original GGUF tokenizer, with
+    llama.cpp's ``smollm`` pre-tokenizer), the local folder otherwise, None for a hub id (the caller then
+    saves the loaded tokenizer to a folder)."""
+    from llamanas.deploy.extract import SUBNET_FILE
+    from llamanas.model.load import DEFAULT_MODEL, resolve
+    from llamanas.supernet.elastic import SUPERNET_FILE
+
+    if model == DEFAULT_MODEL:
+        return "default"
+    path = Path(resolve(model))
+    if not path.is_dir():
+        return None
+    for meta_file, keys in (
+        (SUPERNET_FILE, ("training", "args", "model")),
+        (SUBNET_FILE, ("source_model",)),
+    ):
+        f = path / meta_file
+        if f.is_file():
+            value = json.loads(f.read_text())
+            for k in keys:
+                value = value.get(k) if isinstance(value, dict) else None
+            if value == DEFAULT_MODEL:
+                return "default"
+            if isinstance(value, str) and value != model:
+                try:
+                    if tokenizer_source_for(value) == "default":
+                        return "default"
+                except LlamanasError:
+                    pass
+    return str(path)

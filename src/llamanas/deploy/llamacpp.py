@@ -2,6 +2,8 @@
 
 ``LlamaCpp(path)`` loads a file; ``logits(tokens)`` gives next-token logits (for parity checks against
 the HF sub-network and for evaluation); ``tokenize(text)`` uses the file's own tokenizer.
+``evaluate_gguf(path, tasks)`` scores the evaluator's lm-eval-exact tasks on a file through llama.cpp's
+logits (same requests, same metrics, same ``TaskResult`` as ``evaluation.evaluate``).
 ``time_gguf(path)`` measures prefill and decode speed at batch 1 (warm-up, then the median of repeats),
 the file size and the peak resident memory, by default in a fresh subprocess so that the memory figure is
 llama.cpp's and not that of the calling process (which may hold torch and a model).
@@ -113,6 +115,12 @@ class LlamaCpp:
             return np.array(self.llm.scores[: len(tokens)], dtype=np.float32, copy=True)
         return self._last_logits()
 
+    def close(self) -> None:
+        """Free the model now (the binding's own finalizer can fail at interpreter exit)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.close()
+
     def greedy(self, tokens: list[int], n_new: int) -> list[int]:
         """``n_new`` greedy tokens after ``tokens``, one decode step each."""
         self.llm.reset()
@@ -123,6 +131,183 @@ class LlamaCpp:
             out.append(nxt)
             self.llm.eval([nxt])
         return out
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+class GGUFTokenizer:
+    """A GGUF file's own tokenizer behind the part of the HF tokenizer interface the evaluator's request
+    building uses (``tok(texts, add_special_tokens=...)["input_ids"]``, ``bos_token_id``,
+    ``eos_token_id``, ``decode``). ``add_special_tokens`` adds what the file says (its
+    ``tokenizer.ggml.add_bos_token`` / ``add_eos_token``), as an HF tokenizer adds its own; special-token
+    text is parsed, as HF does."""
+
+    def __init__(self, cpp: LlamaCpp):
+        self.cpp = cpp
+        bos, eos = cpp.llm.token_bos(), cpp.llm.token_eos()
+        self.bos_token_id = bos if bos >= 0 else None
+        self.eos_token_id = eos if eos >= 0 else None
+
+    def __call__(self, texts, add_special_tokens: bool = True) -> dict:
+        one = isinstance(texts, str)
+        ids = [self.cpp.tokenize(t, add_bos=add_special_tokens) for t in ([texts] if one else texts)]
+        return {"input_ids": ids[0] if one else ids}
+
+    def decode(self, ids) -> str:
+        ids = [int(ids)] if np.ndim(ids) == 0 else [int(i) for i in ids]
+        return self.cpp.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+
+
+@dataclass
+class DocRequests:
+    """One document's requests, as the evaluator packed them: the choices' shared prefix, each choice's
+    tokens after it, and for each choice the positions (in prefix + choice) whose next-token logits score
+    its continuation tokens (``targets``)."""
+
+    doc: int  # global document number (``Prepared.request_offsets`` index)
+    prefix: list[int]
+    choices: list[list[int]]
+    positions: list[np.ndarray]
+    targets: list[np.ndarray]
+
+    @property
+    def max_len(self) -> int:
+        return len(self.prefix) + max(len(c) for c in self.choices)
+
+
+def doc_requests(prepared) -> list[DocRequests]:
+    """Unpack the evaluator's batches (``evaluation.evaluate.prepare``) into per-document requests.
+
+    A packed row holds documents side by side (``docs`` slot), each as the shared prefix (segment -1)
+    followed by one segment per choice whose position ids restart after the prefix; ``pred_index`` /
+    ``targets`` / ``request`` say which position predicts which token of which (doc, choice).
+    """
+    offs = np.asarray(prepared.request_offsets)
+    out: list[DocRequests | None] = [None] * prepared.n_docs
+    for batch in prepared.batches:
+        ids, seg = batch.input_ids.numpy(), batch.segments.numpy()
+        docs, pos = batch.docs.numpy(), batch.position_ids.numpy()
+        width = ids.shape[1]
+        pred = batch.pred_index.numpy()
+        rows, cols = pred // width, pred % width
+        req, targets = batch.request.numpy(), batch.targets.numpy()
+        doc_of = np.searchsorted(offs, req, side="right") - 1
+        for d in np.unique(doc_of):
+            sel = doc_of == d
+            row = int(rows[sel][0])
+            mine = docs[row] == docs[row, cols[sel][0]]
+            n_choices = int(offs[d + 1] - offs[d])
+            choice = req - offs[d]
+            out[d] = DocRequests(
+                doc=int(d),
+                prefix=ids[row][mine & (seg[row] == -1)].tolist(),
+                choices=[ids[row][mine & (seg[row] == i)].tolist() for i in range(n_choices)],
+                positions=[pos[row, cols[sel & (choice == i)]] for i in range(n_choices)],
+                targets=[targets[sel & (choice == i)] for i in range(n_choices)],
+            )
+    missing = [d for d, r in enumerate(out) if r is None]
+    if missing:
+        raise LlamanasError(f"Documents {missing[:5]} have no requests in the prepared batches.")
+    return out  # type: ignore[return-value]
+
+
+def _logprob_sum(scores: np.ndarray, positions: np.ndarray, targets: np.ndarray) -> float:
+    rows = scores[positions].astype(np.float64)
+    top = rows.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+    return float((rows[np.arange(len(targets)), targets] - lse).sum())
+
+
+def loglikelihoods(
+    cpp: LlamaCpp, prepared, *, share_context: bool = True, progress: bool = False
+) -> np.ndarray:
+    """Loglikelihood of every (doc, choice) request of ``prepared`` under llama.cpp: the same array as
+    ``evaluation.evaluate.loglikelihoods`` gives for an HF model, so ``results_from_loglikelihoods``
+    turns it into the same metrics.
+
+    Per document, the choices' shared prefix is decoded once; each choice then continues from the
+    prefix's KV cache (the binding's ``eval`` drops cache entries past ``n_tokens``, so setting
+    ``n_tokens`` back to the prefix length reuses it). ``share_context=False`` decodes every choice from an
+    empty cache (prefix + choice), for checking. ``cpp`` must be loaded with ``all_logits=True``.
+    """
+    from tqdm.auto import tqdm
+
+    if not cpp.all_logits:
+        raise LlamanasError("llama.cpp loglikelihoods need the model loaded with all_logits=True.")
+    reqs = doc_requests(prepared)
+    need = max((r.max_len for r in reqs), default=0)
+    llm = cpp.llm
+    # The binding's token and logit buffers hold the requested n_ctx; llama.cpp may round its own up.
+    room = min(llm.n_ctx(), len(llm.input_ids), len(llm.scores))
+    if need > room:
+        raise LlamanasError(f"A document needs {need} tokens; the llama.cpp context is {room}.")
+    offs = prepared.request_offsets
+    out = np.zeros(int(offs[-1]), dtype=np.float64)
+    for r in tqdm(reqs, disable=not progress, desc="eval (llama.cpp)", unit="doc"):
+        p = len(r.prefix)
+        if share_context:
+            llm.reset()
+            if p:
+                llm.eval(r.prefix)
+        for i, (toks, positions, targets) in enumerate(zip(r.choices, r.positions, r.targets, strict=True)):
+            if share_context:
+                llm.n_tokens = p  # keep the prefix's KV cache, drop the previous choice's
+                if toks:
+                    llm.eval(toks)
+            else:
+                llm.reset()
+                llm.eval(r.prefix + toks)
+            out[offs[r.doc] + i] = _logprob_sum(llm.scores, positions, targets)
+    return out
+
+
+def evaluate_gguf(
+    path: str | Path,
+    tasks: list[str] | str,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    seed: int = 0,
+    tokenizer=None,
+    n_threads: int | None = None,
+    f32_cache: bool | None = None,
+    share_context: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Score a GGUF file on lm-eval multiple-choice tasks through llama.cpp: ``{task: TaskResult}`` as
+    ``evaluation.evaluate.evaluate`` returns for an HF model.
+
+    Requests are built by the evaluator's ``prepare`` with the file's own tokenizer (``tokenizer``: an HF
+    tokenizer to use instead) and left-truncated to the file's context length, as lm-eval does with the
+    model's maximum length. ``f32_cache`` (default: True for an F32 file, so that it reproduces the HF
+    float32 scores; llama.cpp's F16 cache otherwise).
+    """
+    from llamanas.deploy.gguf import read_gguf_info
+    from llamanas.evaluation.evaluate import prepare, results_from_loglikelihoods
+
+    info = read_gguf_info(path)
+    vocab = None
+    if tokenizer is None:
+        vocab = LlamaCpp(info.path, n_ctx=64, vocab_only=True)
+        tokenizer = GGUFTokenizer(vocab)
+    try:
+        prepared = prepare(
+            tokenizer, tasks, split, limit, num_fewshot, seed, max_length=info.context_length or 2048
+        )
+    finally:
+        if vocab is not None:
+            vocab.close()
+    need = max(r.max_len for r in doc_requests(prepared))
+    if f32_cache is None:
+        f32_cache = info.type == "f32"
+    cpp = LlamaCpp(
+        info.path, n_ctx=-(-need // 64) * 64, n_threads=n_threads, all_logits=True, f32_cache=f32_cache
+    )
+    try:
+        lls = loglikelihoods(cpp, prepared, share_context=share_context, progress=progress)
+    finally:
+        cpp.close()
+    return results_from_loglikelihoods(prepared, lls)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,154 @@
+"""Evaluation through llama.cpp: a GGUF F32 export scores the lm-eval-exact tasks like the HF model.
+
+Tolerance (tiny models, F32 weights and F32 KV cache): each (document, choice) loglikelihood within
+TOL_LL = 1e-3 nats of the HF evaluator's (measured 1.1e-5 on 36 requests whose values span 225 nats).
+Both sides compute in float32 and differ only in the order of operations, so acc and acc_norm are equal.
+On the default model (slow test) ARC-Easy accuracy on 20 items is equal and the mean gold NLL within 1e-2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import arc_available
+from test_gguf import NONUNIFORM, bpe_tokenizer, model_of
+
+from llamanas.deploy.gguf import export_gguf, export_subnet_gguf, read_gguf_info
+from llamanas.deploy.llamacpp import available
+from llamanas.errors import LlamanasError
+from llamanas.evaluation import evaluate as E
+from llamanas.supernet.slicing import build_extracted
+
+pytestmark = [
+    pytest.mark.skipif(not available(), reason="llama-cpp-python not installed"),
+    pytest.mark.skipif(not arc_available(), reason="task data not available offline"),
+]
+
+TOL_LL = 1e-3
+TASKS = ["arc_easy", "winogrande"]  # winogrande: the context differs per choice (short shared prefix)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok")
+    bpe_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tok_dir, tmp_path_factory):
+    """A non-uniform (deci) sub-network, as HF model and as GGUF F32."""
+    sub = build_extracted(model_of(seed=3), NONUNIFORM)
+    out = export_gguf(sub, tok_dir, tmp_path_factory.mktemp("g") / "m.gguf", type="f32")
+    return sub, out.path
+
+
+def test_requests_equal_hf_tokenizer(exported):
+    from llamanas.deploy.llamacpp import GGUFTokenizer, LlamaCpp, doc_requests
+
+    _, path = exported
+    cpp = LlamaCpp(path, vocab_only=True)
+    ours = E.prepare(GGUFTokenizer(cpp), TASKS, split="validation", limit=6, max_length=256)
+    ref = E.prepare(bpe_tokenizer(), TASKS, split="validation", limit=6, max_length=256)
+    a, b = doc_requests(ours), doc_requests(ref)
+    assert len(a) == len(b) == 12
+    for x, y in zip(a, b, strict=True):
+        assert x.prefix == y.prefix and x.choices == y.choices
+        for px, py, tx, ty in zip(x.positions, y.positions, x.targets, y.targets, strict=True):
+            np.testing.assert_array_equal(px, py)
+            np.testing.assert_array_equal(tx, ty)
+    cpp.close()
+
+
+def test_loglikelihoods_equal_hf(exported):
+    from llamanas.deploy.llamacpp import LlamaCpp, loglikelihoods
+
+    sub, path = exported
+    prepared = E.prepare(bpe_tokenizer(), TASKS, split="validation", limit=6, max_length=256)
+    ref = E.loglikelihoods(sub, prepared)
+    cpp = LlamaCpp(path, n_ctx=256, all_logits=True, f32_cache=True)
+    shared = loglikelihoods(cpp, prepared)
+    plain = loglikelihoods(cpp, prepared, share_context=False)
+    cpp.close()
+    err = float(np.abs(shared - ref).max())
+    print(f"max |ll_llama.cpp - ll_HF| = {err:.2e} over {len(ref)} requests (spread {np.ptp(ref):.1f})")
+    assert err < TOL_LL
+    assert float(np.abs(shared - plain).max()) < TOL_LL  # re-using the prefix's KV cache changes nothing
+
+
+def test_evaluate_gguf_equals_evaluate(exported):
+    from llamanas.deploy.llamacpp import evaluate_gguf
+
+    sub, path = exported
+    kw = dict(split="validation", limit=8, progress=False)
+    ours = evaluate_gguf(path, TASKS, **kw)
+    ref = E.evaluate(sub, bpe_tokenizer(), TASKS, **kw)
+    assert set(ours) == set(ref)
+    for task, r in ref.items():
+        o = ours[task]
+        assert isinstance(o, E.TaskResult) and (o.task, o.split, o.n, o.num_fewshot) == (
+            r.task,
+            r.split,
+            r.n,
+            r.num_fewshot,
+        )
+        assert set(o.metrics) == set(r.metrics) and set(o.stderr) == set(r.stderr)
+        for m in ("acc", "acc_norm"):  # winogrande has acc only
+            if m in r.metrics:
+                assert o.metrics[m] == r.metrics[m] and o.stderr[m] == pytest.approx(r.stderr[m])
+        assert o.metrics["gold_nll"] == pytest.approx(r.metrics["gold_nll"], abs=TOL_LL)
+
+
+def test_needs_all_logits_and_enough_context(exported):
+    from llamanas.deploy.llamacpp import LlamaCpp, loglikelihoods
+
+    _, path = exported
+    prepared = E.prepare(bpe_tokenizer(), "arc_easy", split="validation", limit=2, max_length=256)
+    cpp = LlamaCpp(path, n_ctx=64)
+    with pytest.raises(LlamanasError, match="all_logits=True"):
+        loglikelihoods(cpp, prepared)
+    cpp.close()
+    cpp = LlamaCpp(path, n_ctx=16, all_logits=True)
+    with pytest.raises(LlamanasError, match=r"needs \d+ tokens; the llama.cpp context is"):
+        loglikelihoods(cpp, prepared)
+    cpp.close()
+
+
+def test_read_gguf_info(exported, tok_dir, tmp_path):
+    sub, path = exported
+    info = read_gguf_info(path)
+    assert (info.arch, info.type, info.n_layers, info.context_length) == ("deci", "f32", 3, 256)
+    assert info.n_params == sum(p.numel() for p in sub.parameters()) and info.subnet is None
+    assert info.n_params_non_embedding == info.n_params - sub.get_input_embeddings().weight.numel()
+    out = export_subnet_gguf(model_of(), NONUNIFORM, tok_dir, tmp_path / "s.gguf", type="q8_0")
+    assert read_gguf_info(out.path).subnet == NONUNIFORM.to_dict()
+    assert read_gguf_info(out.path).type == "q8_0"
+    (tmp_path / "bad.gguf").write_bytes(b"not a gguf file")
+    with pytest.raises(LlamanasError, match="not a readable GGUF file"):
+        read_gguf_info(tmp_path / "bad.gguf")
+
+
+# --- the default model ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_default_arc_easy_gguf_f32_equals_hf(tmp_path):
+    from llamanas.deploy.llamacpp import evaluate_gguf
+    from llamanas.model.load import load_model
+
+    model, tok = load_model("default", dtype="float32", device="cpu")
+    out = export_gguf(model, "default", tmp_path / "d.gguf", type="f32")
+    kw = dict(split="validation", limit=20, progress=False)
+    ref = E.evaluate(model, tok, "arc_easy", **kw)["arc_easy"]
+    ours = evaluate_gguf(out.path, "arc_easy", **kw)["arc_easy"]
+    print(f"default arc_easy limit 20: HF acc {ref.metrics['acc']:.3f}, llama.cpp F32 {ours.metrics['acc']:.3f}")
+    assert ours.n == ref.n == 20
+    assert ours.metrics["acc"] == ref.metrics["acc"] and ours.metrics["acc_norm"] == ref.metrics["acc_norm"]
+    assert ours.metrics["gold_nll"] == pytest.approx(ref.metrics["gold_nll"], abs=1e-2)
