@@ -148,7 +148,9 @@ def test_default_arc_easy_gguf_f32_equals_hf(tmp_path):
     kw = dict(split="validation", limit=20, progress=False)
     ref = E.evaluate(model, tok, "arc_easy", **kw)["arc_easy"]
     ours = evaluate_gguf(out.path, "arc_easy", **kw)["arc_easy"]
-    print(f"default arc_easy limit 20: HF acc {ref.metrics['acc']:.3f}, llama.cpp F32 {ours.metrics['acc']:.3f}")
+    print(
+        f"default arc_easy limit 20: HF acc {ref.metrics['acc']:.3f}, llama.cpp F32 {ours.metrics['acc']:.3f}"
+    )
     assert ours.n == ref.n == 20
     assert ours.metrics["acc"] == ref.metrics["acc"] and ours.metrics["acc_norm"] == ref.metrics["acc_norm"]
     assert ours.metrics["gold_nll"] == pytest.approx(ref.metrics["gold_nll"], abs=1e-2)

@@ -40,7 +40,10 @@ llamanas eval --model default --tasks arc_easy --split validation --limit 200
 llamanas finetune --model default --data alpaca.json --out supernet/
 llamanas search --model supernet/ --tasks arc_easy --objectives accuracy,params --out run/
 llamanas front run/
-llamanas extract --model supernet/ --subnet run/:3 --out small-model/
+llamanas extract --model supernet/ --subnet run/:3 --out small-model/ --gguf f16
+llamanas export --model supernet/ --subnet run/:3 --out small.gguf --type q8_0
+llamanas eval --model small.gguf --tasks arc_easy --split validation --limit 200
+llamanas measure --model supernet/ --subnet run/:3 --runtime llamacpp
 llamanas report run/
 ```
 """,
@@ -73,6 +76,14 @@ FewshotOpt = Annotated[int | None, typer.Option(help="Few-shot examples (default
 SeedOpt = Annotated[int, typer.Option(help="Seed of the --limit subset.")]
 DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
 DtypeOpt = Annotated[str, typer.Option(help=DTYPE_HELP + ". Recorded in every output.")]
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")  # deploy.gguf.TYPES; repeated so --help needs no import
+GGUFTypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--type",
+        help="GGUF weight type: f16 | f32 | q8_0 | q4_0 (a config with per-layer bits uses them for its layers).",
+    ),
+]
 NoOrderOpt = Annotated[
     bool,
     typer.Option("--no-order", help="Skip importance ordering (slices keep the first channels as they are)."),
@@ -106,6 +117,49 @@ def _load(
         return load_supernet(
             model, space_file=space, order=order, dtype=dtype, device=device, say=console.print
         )
+
+
+def _is_gguf(model: str) -> bool:
+    return model.lower().endswith(".gguf")
+
+
+def _check_gguf_type(type_: str, flag: str = "--type") -> None:
+    if type_ not in GGUF_TYPES:
+        raise LlamanasError(f"{flag} {type_!r} is not a GGUF type; allowed: {', '.join(GGUF_TYPES)}.")
+
+
+def _check_gguf_out(path: Path, overwrite: bool) -> None:
+    """Refuse before loading anything: an existing file without --overwrite, a folder, a wrong suffix."""
+    if path.suffix.lower() != ".gguf":
+        raise LlamanasError(f"--out {str(path)!r} must end in .gguf.")
+    if path.is_dir():
+        raise LlamanasError(f"--out {str(path)!r} is a folder; give a .gguf file name.")
+    if path.exists() and not overwrite:
+        raise LlamanasError(f"Output {str(path)!r} exists; pass --overwrite to replace it.")
+
+
+def _export_gguf(
+    model: str, supernet, tokenizer, cfg, path: Path, type_: str, overwrite: bool, tokenizer_source=None
+):
+    """Export ``cfg`` of a loaded super-network as GGUF; the tokenizer comes from ``tokenizer_source`` or
+    from the model (``deploy.gguf.tokenizer_source_for``; a hub model's loaded tokenizer is saved first)."""
+    import tempfile
+    import warnings
+
+    from llamanas.deploy.gguf import export_subnet_gguf, tokenizer_source_for
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = tokenizer_source or tokenizer_source_for(model)
+        if source is None:
+            tokenizer.save_pretrained(tmp)
+            source = tmp
+        with console.status(f"Writing {path}"):
+            res = export_subnet_gguf(supernet, cfg, source, path, type=type_, overwrite=overwrite)
+    for w in caught:
+        console.print(f"[yellow]warning:[/yellow] {w.message}", highlight=False)
+    return res
 
 
 @app.command()
@@ -164,7 +218,11 @@ def eval_(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ):
-    """Evaluate a model or one of its sub-networks on multiple-choice tasks, scored exactly as lm-eval 0.4 does."""
+    """Evaluate a model or one of its sub-networks on multiple-choice tasks, scored exactly as lm-eval 0.4 does.
+
+    `--model FILE.gguf` scores a GGUF file (from `llamanas export`) through llama.cpp's logits instead:
+    the same requests (built with the file's own tokenizer), metrics, table and --json.
+    """
     from llamanas.evaluation.evaluate import evaluate
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -172,6 +230,8 @@ def eval_(
         raise LlamanasError(f"--tasks needs at least one task name; got {tasks!r}.")
     if limit is not None and limit < 1:
         raise LlamanasError(f"--limit must be >= 1; got {limit}.")
+    if _is_gguf(model):
+        return _eval_gguf(model, subnet, task_list, split, limit, num_fewshot, seed, json_path, device, dtype)
     from llamanas.deploy.quantize import is_quantized_dir, load_quantized
 
     kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
@@ -212,6 +272,37 @@ def eval_(
         console.print(f"wrote {json_path}")
 
 
+def _eval_gguf(model, subnet, task_list, split, limit, num_fewshot, seed, json_path, device, dtype):
+    from llamanas.deploy.gguf import read_gguf_info
+    from llamanas.deploy.llamacpp import evaluate_gguf
+
+    if subnet is not None:
+        raise LlamanasError(
+            "--subnet does not apply to a GGUF file; export the sub-network with `llamanas export`."
+        )
+    if device not in ("auto", "cpu") or dtype != "auto":
+        raise LlamanasError(
+            "--device/--dtype do not apply to a GGUF file: llama.cpp runs it on the CPU in its own types."
+        )
+    info = read_gguf_info(model)
+    results = evaluate_gguf(
+        info.path, task_list, split=split, limit=limit, num_fewshot=num_fewshot, seed=seed, progress=True
+    )
+    out.print(results_table(f"{model} [llama.cpp, {info.type}, {info.n_params:,} params]", results))
+    if json_path:
+        payload = {
+            "model": model,
+            "runtime": "llamacpp",
+            "subnet": info.subnet,
+            "params": info.n_params,
+            "dtype": info.type,
+            "results": {k: r.to_dict() for k, r in results.items()},
+        }
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(payload, indent=2))
+        console.print(f"wrote {json_path}")
+
+
 @app.command()
 def measure(
     model: ModelOpt = "default",
@@ -228,10 +319,30 @@ def measure(
         bool, typer.Option(help="Measure latency and throughput (--no-timing: counts only).")
     ] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="hf (PyTorch, the extracted sub-network) | llamacpp (the sub-network exported to a temporary "
+            "GGUF file of --type, or --model FILE.gguf as it is; batch 1 on the CPU, prefill and decode "
+            "tokens/s at each --context, file bytes and peak memory of the llama.cpp process)."
+        ),
+    ] = "hf",
+    context: Annotated[
+        str | None,
+        typer.Option(
+            help="--runtime llamacpp: comma-separated prompt lengths to time prefill and decode after "
+            "(default: --prefill-tokens and a long context of 1024, capped by the model's context length)."
+        ),
+    ] = None,
+    type_: GGUFTypeOpt = "f16",
+    threads: Annotated[
+        int | None, typer.Option(help="--runtime llamacpp: CPU threads (default: all cores).")
+    ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ):
-    """Report parameters, bytes, MACs per token, prefill latency and generation throughput of a (sub-)network."""
+    """Report parameters, bytes, MACs per token, prefill latency and generation throughput of a (sub-)network
+    (--runtime llamacpp: of its GGUF export in llama.cpp)."""
     from llamanas.evaluation.measure import measure as measure_fn
 
     for flag, v in (
@@ -242,15 +353,148 @@ def measure(
     ):
         if v < 1:
             raise LlamanasError(f"{flag} must be >= 1; got {v}.")
+    if runtime not in ("hf", "llamacpp"):
+        raise LlamanasError(f"--runtime {runtime!r} is unknown; allowed: hf, llamacpp.")
+    if runtime == "llamacpp":
+        return _measure_llamacpp(
+            model,
+            subnet,
+            seq_len,
+            prefill_tokens,
+            gen_tokens,
+            repeats,
+            json_out,
+            context,
+            type_,
+            threads,
+            device,
+            dtype,
+        )
+    if context is not None or threads is not None:
+        raise LlamanasError("--context and --threads apply to --runtime llamacpp; hf uses --prefill-tokens.")
+    if _is_gguf(model):
+        raise LlamanasError("A GGUF file is measured with --runtime llamacpp.")
     # sizes and speed do not depend on which channels are kept
     supernet, _ = _load(model, order=False, dtype=dtype, device=device)
     cfg = _subnet(subnet, supernet)
     with console.status("Measuring"):
         m = measure_fn(supernet, cfg, seq_len, timing, prefill_tokens, gen_tokens, repeats=repeats)
     if json_out:
-        print(json.dumps({"subnet": cfg.to_dict(), **m.to_dict()}))
+        print(json.dumps({"subnet": cfg.to_dict(), "runtime": "hf", **m.to_dict()}))
         return
     out.print(key_value_table(f"{model}" + ("" if subnet is None else " sub-network"), m.to_dict()))
+
+
+def _contexts(context: str | None, prefill_tokens: int, gen_tokens: int, limit: int | None) -> list[int]:
+    """Prompt lengths to time: --context, or --prefill-tokens and 1024, within the model's context."""
+    room = (limit or 2048) - gen_tokens
+    if context is None:
+        return sorted({min(prefill_tokens, room), min(1024, room)}) if room >= 1 else []
+    try:
+        values = [int(x) for x in context.split(",") if x.strip()]
+    except ValueError:
+        raise LlamanasError(
+            f"--context takes comma-separated token counts, e.g. 128,1024; got {context!r}."
+        ) from None
+    bad = [v for v in values if not 1 <= v <= room]
+    if not values or bad:
+        raise LlamanasError(
+            f"--context values must be in 1..{room} (the model's context {limit} minus --gen-tokens); "
+            f"got {context!r}."
+        )
+    return list(dict.fromkeys(values))
+
+
+def _measure_llamacpp(
+    model,
+    subnet,
+    seq_len,
+    prefill_tokens,
+    gen_tokens,
+    repeats,
+    json_out,
+    context,
+    type_,
+    threads,
+    device,
+    dtype,
+):
+    import tempfile
+
+    from llamanas.deploy.gguf import read_gguf_info
+    from llamanas.deploy.llamacpp import binding, time_gguf
+
+    _check_gguf_type(type_)
+    if threads is not None and threads < 1:
+        raise LlamanasError(f"--threads must be >= 1; got {threads}.")
+    binding()  # the install hint before any loading
+    with tempfile.TemporaryDirectory() as tmp:
+        values: dict = {"runtime": "llamacpp"}
+        if _is_gguf(model):
+            if subnet is not None:
+                raise LlamanasError("--subnet does not apply to a GGUF file; export the sub-network first.")
+            info = read_gguf_info(model)
+            values.update(
+                subnet=info.subnet, params=info.n_params, params_non_embedding=info.n_params_non_embedding
+            )
+        else:
+            from llamanas.evaluation.measure import count
+
+            supernet, tokenizer = _load(model, order=False, dtype=dtype, device=device)
+            cfg = _subnet(subnet, supernet)
+            c = count(supernet, cfg, seq_len)
+            path = Path(tmp) / f"model-{type_}.gguf"
+            _export_gguf(model, supernet, tokenizer, cfg, path, type_, overwrite=False)
+            del supernet
+            info = read_gguf_info(path)
+            values.update(
+                subnet=cfg.to_dict(),
+                params=c.params,
+                params_non_embedding=c.params_non_embedding,
+                macs_per_token=c.macs_per_token,
+                seq_len=seq_len,
+            )
+        contexts = _contexts(context, prefill_tokens, gen_tokens, info.context_length)
+        if not contexts:
+            raise LlamanasError(
+                f"--gen-tokens {gen_tokens} leaves no room in the model's context {info.context_length}."
+            )
+        timings = []
+        for n in contexts:
+            with console.status(
+                f"Timing llama.cpp: prompt {n} tokens, {gen_tokens} decoded, {repeats} repeats"
+            ):
+                timings.append(time_gguf(info.path, n, gen_tokens, repeats, threads))
+    first = timings[0]
+    values.update(
+        dtype=info.type,
+        bytes=info.n_tensor_bytes,
+        file_bytes=info.n_bytes,
+        latency_ms=1000 * first.prompt_tokens / first.prefill_tokens_per_s,
+        prefill_tokens=first.prompt_tokens,
+        throughput_tok_s=first.decode_tokens_per_s,
+        gen_tokens=gen_tokens,
+        threads=first.threads,
+        repeats=repeats,
+        peak_rss_bytes=max(t.peak_rss_bytes for t in timings),
+        contexts=[
+            {
+                "prompt_tokens": t.prompt_tokens,
+                "prefill_tokens_per_s": t.prefill_tokens_per_s,
+                "decode_tokens_per_s": t.decode_tokens_per_s,
+            }
+            for t in timings
+        ],
+    )
+    if json_out:
+        print(json.dumps(values))
+        return
+    flat = {k: v for k, v in values.items() if k not in ("subnet", "contexts")}
+    for t in timings:
+        flat[f"prefill tok/s @{t.prompt_tokens}"] = t.prefill_tokens_per_s
+        flat[f"decode tok/s @{t.prompt_tokens}"] = t.decode_tokens_per_s
+    title = f"{model}" + ("" if subnet is None else " sub-network") + f" in llama.cpp ({info.type})"
+    out.print(key_value_table(title, flat))
 
 
 @app.command()
@@ -272,17 +516,27 @@ def extract(
         ),
     ] = None,
     group_size: Annotated[int, typer.Option(help="INT4 group size (columns sharing one scale).")] = 64,
+    gguf: Annotated[
+        str | None,
+        typer.Option(
+            "--gguf",
+            help="Also write the sub-network as OUT/model-TYPE.gguf for llama.cpp: f16 | f32 | q8_0 | q4_0 "
+            "(same as `llamanas export --type TYPE`; replaces an existing file of that name).",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ):
     """Write a sub-network as a standalone checkpoint that `AutoModelForCausalLM.from_pretrained` loads
-    (or, with --quantize, an INT8/INT4 checkpoint)."""
+    (or, with --quantize, an INT8/INT4 checkpoint; with --gguf, also a GGUF file beside it)."""
     from llamanas.deploy.extract import extract as extract_fn
 
     if quantize is not None:
         from llamanas.supernet.precision import check_method
 
         check_method(quantize)
+    if gguf is not None:
+        _check_gguf_type(gguf, "--gguf")
     subnet = _member_subnet(subnet)
     supernet, tokenizer = _load(model, order=not no_order, dtype=dtype, device=device)
     cfg = _subnet(subnet, supernet)
@@ -299,6 +553,46 @@ def extract(
     console.print(
         f"wrote {path} ({cfg.num_params(supernet.arch):,} params{what}, {size / 2**20:.1f} MiB of weights)"
     )
+    if gguf is not None:
+        res = _export_gguf(model, supernet, tokenizer, cfg, Path(path) / f"model-{gguf}.gguf", gguf, True)
+        console.print(f"wrote {res.summary()}")
+
+
+@app.command()
+def export(
+    out_path: Annotated[Path, typer.Option("--out", help="The .gguf file to write.")],
+    subnet: Annotated[
+        str | None,
+        typer.Option(
+            "--subnet",
+            help="Sub-network config: JSON file, inline JSON, or RUN_DIR:ID of a search run. Default: the full network.",
+        ),
+    ] = None,
+    model: ModelOpt = "default",
+    type_: GGUFTypeOpt = "f16",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            help="Tokenizer to write into the file: 'default' (the default model's), a .gguf file to copy it "
+            "from, or an HF folder with a byte-level BPE tokenizer.json. Default: the model's own ('default' "
+            "for the default model and the super-networks and checkpoints made from it)."
+        ),
+    ] = None,
+    no_order: NoOrderOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+):
+    """Write a (sub-)network as one GGUF file for llama.cpp (`llama` architecture when every layer has the
+    same sizes, `deci` with per-layer sizes otherwise); `llamanas eval --model FILE.gguf` scores it."""
+    _check_gguf_type(type_)
+    _check_gguf_out(out_path, overwrite)
+    if subnet is not None:
+        subnet = _member_subnet(subnet)
+    supernet, tok = _load(model, order=not no_order, dtype=dtype, device=device)
+    cfg = _subnet(subnet, supernet)
+    res = _export_gguf(model, supernet, tok, cfg, out_path, type_, overwrite, tokenizer_source=tokenizer)
+    console.print(f"wrote {res.summary()}; {cfg.num_params(supernet.arch):,} params")
 
 
 @dataclass_command(app, DemoArgs, flags={"out": Flag("--out")})

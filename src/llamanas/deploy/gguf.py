@@ -488,6 +488,7 @@ class GGUFInfo:
     n_params_non_embedding: int  # without token_embd and output
     context_length: int | None
     n_bytes: int  # file size
+    n_tensor_bytes: int  # the tensors' data (weights at their GGUF types), without header and tokenizer
     subnet: dict | None  # the ``llamanas.subnet`` config, when export_subnet_gguf wrote the file
 
 
@@ -510,10 +511,12 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
     arch = str(get("general.architecture", "?"))
     ft = get("general.file_type")
     names = {int(_file_type(t)): t for t in TYPES}
-    if ft is None:
-        type_name = "?"
-    else:
-        type_name = names.get(int(ft)) or gguf.LlamaFileType(int(ft)).name.lower()
+    type_name = "?" if ft is None else names.get(int(ft))
+    if type_name is None:
+        try:
+            type_name = gguf.LlamaFileType(int(ft)).name.lower()
+        except ValueError:
+            type_name = f"file_type {ft}"
     embed = {"token_embd.weight", "output.weight"}
     weights = [t for t in reader.tensors if t.name != "rope_freqs.weight"]
     n_params = sum(int(t.n_elements) for t in weights)
@@ -529,6 +532,7 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         n_params_non_embedding=n_params - n_embed,
         context_length=int(ctx) if ctx is not None else None,
         n_bytes=p.stat().st_size,
+        n_tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
         subnet=json.loads(subnet) if subnet else None,
     )
 
