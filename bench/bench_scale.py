@@ -63,8 +63,8 @@ def commands(model: str, tmp: Path, device: str, dtype: str) -> dict[str, list[s
                    "--population", "2", "--algorithm", "random", "--no-order", "--out", str(tmp / "search"), *place],
         "extract": [*LLAMANAS, "extract", "--model", model, "--subnet", cfg, "--no-order", "--out", str(tmp / "extract"), *place],
         "finetune_lora": [*LLAMANAS, "finetune", "--model", model, "--data", data, "--out", str(tmp / "tune"), "--lora",
-                          "--steps", "1", "--batch-size", "1", "--max-length", "32", "--strategy", "sandwich", "--distill",
-                          "--num-random", "1", "--eval-size", "0", "--save-every", "0", "--calibration", cal,
+                          "--steps", "1", "--batch-size", "1", "--max-length", "96", "--strategy", "sandwich", "--distill",
+                          "--num-random", "0", "--eval-size", "0", "--save-every", "0", "--calibration", cal,
                           "--gradient-checkpointing", *place],
     }  # fmt: skip
 

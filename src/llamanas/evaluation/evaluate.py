@@ -504,14 +504,17 @@ def evaluate(
     limit: int | None = None,
     num_fewshot: int | None = None,
     seed: int = 0,
-    batch_tokens: int = 4096,
+    batch_tokens: int | None = None,
     progress: bool = True,
 ) -> dict[str, TaskResult]:
     """Score ``model`` (any HF causal LM, e.g. LlamaForCausalLM) on lm-eval multiple-choice tasks.
 
     Returns one :class:`TaskResult` per task, plus one per requested group (e.g. ``mmlu``); MMLU
     subjects are reported as ``mmlu_<subject>``. Same as ``score(model, prepare(...))``.
+    ``batch_tokens`` defaults to ``auto_batch_tokens(model)``.
     """
+    max_length = model_max_length(model, tokenizer)
+    batch_tokens = batch_tokens or auto_batch_tokens(model, max_length)
     prepared = prepare(
         tokenizer,
         tasks,
@@ -520,6 +523,25 @@ def evaluate(
         num_fewshot,
         seed,
         batch_tokens=batch_tokens,
-        max_length=model_max_length(model, tokenizer),
+        max_length=max_length,
     )
     return score(model, prepared, progress=progress)
+
+
+CPU_BATCH_TOKENS = 4096  # on the CPU larger batches buy no speed; the reference numbers use this
+
+
+def auto_batch_tokens(model, max_length: int = 2048, fraction: float = 0.25) -> int:
+    """Tokens per batch for ``model``'s device: 4096 on the CPU; on a GPU as many as ``fraction`` of its
+    free memory holds, counting per token the MLP and attention activations of one layer (the layers run
+    one after another) and a row's attention scores, so a 7B model and a 135M one both fill the GPU."""
+    param = next(model.parameters())
+    if param.device.type != "cuda":
+        return CPU_BATCH_TOKENS
+    import torch
+
+    c = model.config
+    heads = c.num_attention_heads
+    per_token = (8 * c.hidden_size + 4 * c.intermediate_size + heads * max_length) * param.element_size()
+    free, _ = torch.cuda.mem_get_info(param.device)
+    return int(min(65536, max(CPU_BATCH_TOKENS, fraction * free // per_token)))

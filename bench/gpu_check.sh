@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU checks, in one command of a few minutes on a machine with a CUDA GPU (run from the repo root):
+#   bash bench/gpu_check.sh [OUT_DIR]
+# 1. the CUDA-path tests (tests/test_cuda.py: placement, auto dtype, GPU == CPU logits, extraction,
+#    token-budgeted evaluation batches);
+# 2. the scale table with --device cuda for the default model and the 1B and 7B shapes (built here
+#    with random weights: peak host memory and wall time of every command, as on the CPU);
+# 3. ARC-Easy validation on the default model in float32 and bfloat16 on the GPU (accuracy parity).
+# Results land in OUT_DIR (default runs/gpu): pytest.log, scale.json, scale.log, eval_*.json.
+set -uo pipefail
+out=${1:-runs/gpu}
+mkdir -p "$out"
+py=${PYTHON:-python}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+$py -m pytest tests/test_cuda.py tests/test_device.py tests/test_extract.py -q -p no:cacheprovider 2>&1 | tee "$out/pytest.log"
+for shape in 1b 7b; do
+  dir=runs/scale/$shape-shape
+  [ -d "$dir" ] || $py bench/make_scale_model.py --shape "$shape" --out "$dir"
+done
+$py bench/bench_scale.py --device cuda --models default,runs/scale/1b-shape,runs/scale/7b-shape \
+  --out "$out/scale.json" 2>&1 | tee "$out/scale.log"
+for dtype in float32 bfloat16; do
+  $py -m llamanas.cli eval --model default --tasks arc_easy --split validation --device cuda \
+    --dtype "$dtype" --json "$out/eval_$dtype.json" 2>&1 | tail -5
+done
