@@ -152,3 +152,128 @@ def test_extract_quantize_writes_a_smaller_checkpoint_that_eval_reads(tiny_dir, 
     r = run("extract", "--model", tiny_dir, "--subnet", sub, "--out", tmp_path / "x", "--quantize", "int3")
     assert isinstance(r.exception, LlamanasError) and "'int3'" in str(r.exception)
     assert not (tmp_path / "x").exists()
+
+
+# --- GGUF export and llama.cpp ---------------------------------------------------------------------
+SUB = '{"layers": [0, 2, 3], "mlp": [96, 32, 64], "kv_groups": [2, 1, 2]}'
+
+
+@pytest.fixture(scope="module")
+def bpe_dir(tmp_path_factory):
+    """A tiny model llama.cpp accepts (head size 32) with a byte-level BPE tokenizer, saved as a folder."""
+    from test_gguf import bpe_tokenizer, model_of
+
+    path = tmp_path_factory.mktemp("bpe") / "tiny-bpe"
+    model_of().save_pretrained(path)
+    bpe_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gguf_file(bpe_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf") / "sub.gguf"
+    r = run("export", "--model", bpe_dir, "--subnet", SUB, "--out", path, "--type", "f32", "--no-order")
+    assert r.exit_code == 0, r.output
+    return path
+
+
+def test_export_writes_gguf(bpe_dir, gguf_file):
+    from llamanas.deploy.gguf import read_gguf_info
+    from llamanas.model.arch import Arch
+    from llamanas.model.load import load_config
+    from llamanas.supernet.space import SubnetConfig
+
+    info = read_gguf_info(gguf_file)
+    cfg = SubnetConfig.from_json(SUB)
+    assert (info.arch, info.type, info.n_layers) == ("deci", "f32", 3) and info.subnet == cfg.to_dict()
+    assert info.n_params == cfg.num_params(Arch.from_hf(load_config(str(bpe_dir))))
+
+
+def test_export_bad_input_leaves_no_file(bpe_dir, gguf_file, tmp_path):
+    before = gguf_file.read_bytes()
+    r = run("export", "--model", bpe_dir, "--out", gguf_file)
+    assert isinstance(r.exception, LlamanasError) and "exists; pass --overwrite" in str(r.exception)
+    assert gguf_file.read_bytes() == before
+    for args, message in [
+        (("--type", "q4_k"), "--type 'q4_k' is not a GGUF type; allowed: f32, f16, q8_0, q4_0"),
+        (("--subnet", '{"layers": [0], "mlp": [4096], "kv_groups": [1]}'), "exceeds"),
+        (("--tokenizer", tmp_path / "nope"), "not found"),
+    ]:
+        r = run("export", "--model", bpe_dir, "--out", tmp_path / "x.gguf", *args)
+        assert isinstance(r.exception, LlamanasError) and message in str(r.exception), r.output
+    r = run("export", "--model", bpe_dir, "--out", tmp_path / "x.bin")
+    assert "must end in .gguf" in str(r.exception)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_main_exit_code_2_for_export_error(bpe_dir, gguf_file, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["llamanas", "export", "--model", str(bpe_dir), "--out", str(gguf_file)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_export_needs_a_bpe_tokenizer(tiny_dir, tmp_path):
+    r = run("export", "--model", tiny_dir, "--out", tmp_path / "t.gguf")
+    assert isinstance(r.exception, LlamanasError) and "not a byte-level BPE" in str(r.exception)
+    assert list(tmp_path.glob("*.gguf")) == [] and list(tmp_path.glob(".*tmp*")) == []
+
+
+def test_extract_gguf_beside_checkpoint(bpe_dir, tmp_path):
+    from llamanas.deploy.gguf import read_gguf_info
+
+    r = run("extract", "--model", bpe_dir, "--subnet", SUB, "--out", tmp_path / "small", "--gguf", "q8_0")
+    assert r.exit_code == 0, r.output
+    info = read_gguf_info(tmp_path / "small" / "model-q8_0.gguf")
+    assert info.type == "q8_0" and info.n_layers == 3
+    r = run("extract", "--model", bpe_dir, "--subnet", SUB, "--out", tmp_path / "s2", "--gguf", "int8")
+    assert "--gguf 'int8' is not a GGUF type" in str(r.exception) and not (tmp_path / "s2").exists()
+
+
+def test_measure_llamacpp_fields(bpe_dir, gguf_file):
+    pytest.importorskip("llama_cpp")
+    common = ("--runtime", "llamacpp", "--json", "--repeats", 1, "--gen-tokens", 2, "--threads", 1)
+    for args in (("--model", bpe_dir, "--subnet", SUB, "--context", "8,32"), ("--model", gguf_file)):
+        r = run("measure", *args, *common)
+        assert r.exit_code == 0, r.output
+        m = json.loads(r.stdout)
+        assert m["runtime"] == "llamacpp" and m["subnet"] == json.loads(SUB)
+        for k in ("params", "bytes", "file_bytes", "peak_rss_bytes", "latency_ms", "throughput_tok_s"):
+            assert m[k] > 0, k
+        assert m["file_bytes"] > m["bytes"] and m["gen_tokens"] == 2 and m["threads"] == 1
+        assert all(c["prefill_tokens_per_s"] > 0 and c["decode_tokens_per_s"] > 0 for c in m["contexts"])
+    assert [c["prompt_tokens"] for c in m["contexts"]] == [
+        128,
+        254,
+    ]  # default: 128 and 1024 capped by 256 - 2
+    r = run("measure", "--model", bpe_dir, "--runtime", "tvm")
+    assert "--runtime 'tvm' is unknown" in str(r.exception)
+    r = run("measure", "--model", bpe_dir, "--context", "64")
+    assert "apply to --runtime llamacpp" in str(r.exception)
+    r = run("measure", "--model", gguf_file, "--runtime", "llamacpp", "--context", "999")
+    assert "--context values must be in 1..224" in str(r.exception)
+
+
+def test_eval_gguf_equals_eval_hf(bpe_dir, gguf_file, tmp_path):
+    from conftest import arc_available
+
+    pytest.importorskip("llama_cpp")
+    if not arc_available():
+        pytest.skip("task data not available offline")
+    common = ("--tasks", "arc_easy", "--split", "validation", "--limit", 5)
+    r = run("eval", "--model", gguf_file, *common, "--json", tmp_path / "g.json")
+    assert r.exit_code == 0, r.output
+    assert "llama.cpp" in r.output and "n_ctx" not in r.output
+    r = run("eval", "--model", bpe_dir, "--subnet", SUB, "--no-order", *common, "--json", tmp_path / "h.json")
+    assert r.exit_code == 0, r.output
+    g, h = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "gh")
+    assert g["runtime"] == "llamacpp" and g["params"] == h["params"] and g["subnet"] == h["subnet"]
+    for m in ("acc", "acc_norm"):
+        assert g["results"]["arc_easy"]["metrics"][m] == h["results"]["arc_easy"]["metrics"][m]
+    assert g["results"]["arc_easy"]["metrics"]["gold_nll"] == pytest.approx(
+        h["results"]["arc_easy"]["metrics"]["gold_nll"], abs=1e-3
+    )
+    r = run("eval", "--model", gguf_file, *common, "--subnet", SUB)
+    assert "does not apply to a GGUF file" in str(r.exception)
+    r = run("eval", "--model", tmp_path / "missing.gguf", *common)
+    assert "does not exist" in str(r.exception)

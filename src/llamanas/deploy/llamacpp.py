@@ -28,6 +28,29 @@ from llamanas.errors import LlamanasError
 INSTALL_HINT = "pip install 'llamanas[llamacpp]' (the llama-cpp-python binding; or: make llamacpp)"
 
 
+_LOG_ERROR, _LOG_CONT = 4, 5  # ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
+_log_state = {"callback": None, "last": 0}
+
+
+def _quiet_logs(llama_cpp) -> None:
+    """Pass only llama.cpp's errors to stderr. The binding's own callback maps the log levels of an older
+    ggml, so warnings (context sizes, V-cache padding) reach the command line even with verbose=False."""
+    import ctypes
+
+    if _log_state["callback"] is not None:
+        return
+
+    @llama_cpp.llama_log_callback
+    def callback(level, text, user_data):
+        level = _log_state["last"] if level == _LOG_CONT else level
+        _log_state["last"] = level
+        if level == _LOG_ERROR:
+            print(text.decode("utf-8", errors="replace"), end="", flush=True, file=sys.stderr)
+
+    _log_state["callback"] = callback  # keep a reference: llama.cpp holds only the C pointer
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 def binding():
     """The ``llama_cpp`` module, or a clear error saying how to install it."""
     try:
@@ -36,6 +59,7 @@ def binding():
         raise LlamanasError(
             f"llama.cpp runtime not available ({e}); install it with: {INSTALL_HINT}"
         ) from None
+    _quiet_logs(llama_cpp)
     return llama_cpp
 
 
