@@ -1,6 +1,8 @@
 """Multiple-choice loglikelihood evaluation that reproduces lm-evaluation-harness 0.4 numbers, fast.
 
-The requests (prompts, tokens) are those of lm-eval's ``HFLM`` (see :mod:`llamanas.tasks` for the prompts):
+Over 500 lines, one concern: turning prompts into packed batches and batches into lm-eval's metrics.
+
+The requests (prompts, tokens) are those of lm-eval's ``HFLM`` (see ``evaluation/prompts.py`` for the prompts):
 the context's trailing whitespace moves to the continuation, continuation tokens are
 ``tok(context + continuation)[len(tok(context)):]`` and the model input is ``tok(context) + continuation``.
 What differs is how they are computed, because the evaluator is the inner loop of architecture search:

@@ -9,6 +9,9 @@ Two modes:
 - ``per_layer`` (default): every layer can be kept or skipped (non-contiguous depth, at least
   ``min_depth`` kept, ``always_keep`` layers never skipped).
 - ``first_n`` (the LLaMA-NAS paper): the depth is one of ``depth_choices`` and the first N layers are kept.
+
+Over 500 lines, one concern: what a sub-network is and which ones the space allows, including the one
+definition of the gene layout (``SearchSpace._layout``) that everything else encodes through.
 """
 
 from __future__ import annotations
