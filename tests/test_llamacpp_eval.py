@@ -18,7 +18,9 @@ from llamanas.deploy.gguf import export_gguf, export_subnet_gguf, read_gguf_info
 from llamanas.deploy.llamacpp import available
 from llamanas.errors import LlamanasError
 from llamanas.evaluation import evaluate as E
+from llamanas.model.arch import Arch
 from llamanas.supernet.slicing import build_extracted
+from llamanas.supernet.space import SubnetConfig
 
 pytestmark = [
     pytest.mark.skipif(not available(), reason="llama-cpp-python not installed"),
@@ -154,3 +156,45 @@ def test_default_arc_easy_gguf_f32_equals_hf(tmp_path):
     assert ours.n == ref.n == 20
     assert ours.metrics["acc"] == ref.metrics["acc"] and ours.metrics["acc_norm"] == ref.metrics["acc_norm"]
     assert ours.metrics["gold_nll"] == pytest.approx(ref.metrics["gold_nll"], abs=1e-2)
+
+
+# --- the demo's llama.cpp step --------------------------------------------------------------------
+def test_demo_gguf_rows_and_table(tok_dir, tmp_path, monkeypatch, tiny_dir):
+    from rich.console import Console
+
+    from llamanas.cli import demo
+    from llamanas.cli.tables import llamacpp_table
+    from llamanas.deploy import llamacpp
+
+    folder = tmp_path / "tiny-bpe"
+    model = model_of()
+    model.save_pretrained(folder)
+    bpe_tokenizer().save_pretrained(folder)
+    console = Console(record=True, width=200)
+    base = demo._write_gguf(
+        str(folder), model, None, SubnetConfig.full(Arch.from_hf(model.config)), tmp_path / "b.gguf", console
+    )
+    sub = demo._write_gguf(str(folder), model, None, NONUNIFORM, tmp_path / "s.gguf", console)
+    assert base and sub and read_gguf_info(sub).type == "f16" and read_gguf_info(sub).arch == "deci"
+    rows = [
+        dict(name="base", params=1000, path=base, accuracy=0.5),
+        dict(name="sub", params=600, path=sub, accuracy=0.4),
+    ]
+    demo._llamacpp_rows(rows, console)
+    assert all(r["file_bytes"] > 0 and r["decode_tok_s"] > 0 for r in rows)
+    console.print(llamacpp_table("t", rows, "arc_easy"))
+    text = console.export_text()
+    assert "arc_easy accuracy" in text and "x1.00" in text and "speedup" in text
+    # Without the binding: sizes only, and a note saying so.
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
+    demo._llamacpp_rows(rows, console)
+    assert all(r["decode_tok_s"] is None for r in rows)
+    console.print(llamacpp_table("t", rows, "arc_easy"))
+    text = console.export_text()
+    assert "binding not installed" in text and "not timed" in text
+    # A tokenizer GGUF cannot hold (word-level): a note, no file.
+    from llamanas.model.load import load_model
+
+    word, tok = load_model(str(tiny_dir))
+    assert demo._write_gguf(str(tiny_dir), word, tok, NONUNIFORM, tmp_path / "w.gguf", console) is None
+    assert "GGUF export skipped" in console.export_text() and not (tmp_path / "w.gguf").exists()

@@ -2,9 +2,11 @@
 
 A short InstaTune fine-tune (``finetune_steps``; 0 skips it) -> LINAS search (accuracy vs parameters on
 a fixed ARC-Easy validation subset) on the super-network -> the Pareto front -> extraction of the best
-member under a size budget, and its INT8 version -> the front re-scored after INT8 -> pruning baselines
-at the same size (on the original model and sliced from the super-network) -> the HTML report. Every
-step writes into ``out`` and is resumable: re-running continues where it stopped.
+member under a size budget (also as GGUF F16), and its INT8 version -> the front re-scored after INT8 ->
+pruning baselines at the same size (on the original model and sliced from the super-network) -> the HTML
+report -> base vs chosen sub-network in llama.cpp (GGUF size, decode speed; skipped without the
+``llama-cpp-python`` binding). Every step writes into ``out`` and is resumable: re-running continues
+where it stopped.
 
 The short fine-tune shows the mechanics, not the gains: how much training the default model's
 sub-networks need is measured in docs/benchmarks.md (InstaTune).
@@ -70,7 +72,7 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
 
         data = find_data(ALPACA_DEMO)
         console.rule(
-            f"0/5 InstaTune: {args.finetune_steps} steps on the Alpaca demo (alternate + distillation)"
+            f"0/6 InstaTune: {args.finetune_steps} steps on the Alpaca demo (alternate + distillation)"
         )
         finetune(
             TuneArgs(
@@ -92,7 +94,7 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
         )
         model = supernet_dir = str(out / "supernet")
     console.rule(
-        f"1/5 LINAS search: {args.evaluations} sub-networks, {args.task} ({args.limit} validation items)"
+        f"1/6 LINAS search: {args.evaluations} sub-networks, {args.task} ({args.limit} validation items)"
     )
     search(
         SearchArgs(
@@ -113,7 +115,7 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
     view = load_run(run_dir)
     console.print(front_table(view, f"Pareto front ({len(view.evaluated)} evaluations)"))
 
-    console.rule(f"2/5 extraction: most accurate front member within {args.size:.0%} of the parameters")
+    console.rule(f"2/6 extraction: most accurate front member within {args.size:.0%} of the parameters")
     supernet, tokenizer = load_supernet(model, dtype=args.dtype, device=args.device)
     budget = args.size * supernet.num_params()
     fitting = [
@@ -128,8 +130,9 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
     meta = {"run": str(run_dir), "id": best.id}
     small = extract(supernet, best.config, out / "extracted", tokenizer, metadata=meta)
     console.print(f"front member {best.id}: accuracy {best.values['accuracy']:.3f}, saved to {small}")
+    gguf_path = _write_gguf(model, supernet, tokenizer, best.config, small / "model-f16.gguf", console)
 
-    console.rule("3/5 INT8 weight-only quantization: the extracted model, and the whole front re-evaluated")
+    console.rule("3/6 INT8 weight-only quantization: the extracted model, and the whole front re-evaluated")
     from llamanas.deploy.quantize import quantize_front
 
     quantize_front(run_dir, "int8", supernet=supernet, tokenizer=tokenizer, progress=True)
@@ -139,7 +142,7 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
         f"saved to {qdir}: bytes={info['bytes']:,} (16-bit: {2 * best.config.num_params(supernet.arch):,})"
     )
 
-    console.rule(f"4/5 pruning baselines at {args.size:.0%} of the parameters")
+    console.rule(f"4/6 pruning baselines at {args.size:.0%} of the parameters")
     run_baselines(
         args.model,
         [args.task],
@@ -153,7 +156,67 @@ def run_demo(args: DemoArgs, console, front_table) -> Path:
         device=args.device,
     )
 
-    console.rule("5/5 report")
+    console.rule("5/6 report")
     path = report(run_dir, baselines=out / "baselines")
     console.print(f"[bold green]Report:[/bold green] {path.resolve()}")
+
+    console.rule("6/6 llama.cpp: base vs chosen sub-network (GGUF F16, batch-1 decode on the CPU)")
+    if gguf_path is None:
+        console.print("No GGUF file of the sub-network (see above): llama.cpp comparison skipped.")
+    else:
+        from llamanas.supernet.space import SubnetConfig
+
+        full = SubnetConfig.full(supernet.arch)
+        base_path = _write_gguf(model, supernet, tokenizer, full, out / "base-f16.gguf", console)
+        if base_path is not None:
+            base = max(view.evaluated, key=lambda e: e.config.num_params(supernet.arch))
+            base_acc = base.values["accuracy"] if base.config == full else None
+            rows = [
+                dict(name="base", params=full.num_params(supernet.arch), path=base_path, accuracy=base_acc),
+                dict(
+                    name=f"sub-network {best.id}",
+                    params=best.config.num_params(supernet.arch),
+                    path=gguf_path,
+                    accuracy=best.values["accuracy"],
+                ),
+            ]
+            _llamacpp_rows(rows, console)
+            from llamanas.cli.tables import llamacpp_table
+
+            console.print(llamacpp_table("GGUF F16 in llama.cpp", rows, args.task))
     return path
+
+
+def _write_gguf(model: str, supernet, tokenizer, cfg, path: Path, console) -> Path | None:
+    """``cfg`` as GGUF F16 at ``path`` (replaced if there); None with a note if it cannot be exported."""
+    import tempfile
+
+    from llamanas.deploy.gguf import export_subnet_gguf, tokenizer_source_for
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = tokenizer_source_for(model)
+            if source is None:
+                tokenizer.save_pretrained(tmp)
+                source = tmp
+            res = export_subnet_gguf(supernet, cfg, source, path, type="f16", overwrite=True)
+    except LlamanasError as e:
+        console.print(f"GGUF export skipped: {e}")
+        return None
+    console.print(f"wrote {res.summary()}")
+    return path
+
+
+def _llamacpp_rows(rows: list[dict], console) -> None:
+    """Add file sizes and, when the binding is installed, llama.cpp decode tokens/s to the rows."""
+    from llamanas.deploy.llamacpp import INSTALL_HINT, available, time_gguf
+
+    timed = available()
+    if not timed:
+        console.print(f"llama.cpp binding not installed: decode speed not measured ({INSTALL_HINT}).")
+    for r in rows:
+        r["file_bytes"] = r["path"].stat().st_size
+        r["decode_tok_s"] = None
+        if timed:
+            t = time_gguf(r["path"], prompt_tokens=128, decode_tokens=32, repeats=3)
+            r["decode_tok_s"] = t.decode_tokens_per_s

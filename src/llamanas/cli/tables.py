@@ -61,6 +61,27 @@ def quantization_table(title: str, c, method: str) -> Table:
     return table
 
 
+def llamacpp_table(title: str, rows: list[dict], task: str) -> Table:
+    """Base vs chosen sub-network in llama.cpp: one dict per row with ``name``, ``params``, ``file_bytes``,
+    ``accuracy`` (on ``task``; None if not known) and ``decode_tok_s`` (None if not timed); the speedup is
+    each row's decode speed over the first row's."""
+    table = Table(title=title)
+    for col in ("", "params", "GGUF MiB", f"{task} accuracy", "decode tok/s", "speedup"):
+        table.add_column(col, justify="right" if col else "left")
+    base = rows[0].get("decode_tok_s") if rows else None
+    for r in rows:
+        tps, acc = r.get("decode_tok_s"), r.get("accuracy")
+        table.add_row(
+            r["name"],
+            f"{r['params']:,}",
+            f"{r['file_bytes'] / 2**20:.1f}",
+            f"{acc:.4f}" if acc is not None else "",
+            f"{tps:.1f}" if tps is not None else "not timed",
+            f"x{tps / base:.2f}" if tps is not None and base else "",
+        )
+    return table
+
+
 def baselines_table(title: str, rows, tasks: list[str]) -> Table:
     """One row per baseline (``BaselineRow``): source, method, size and accuracy per task."""
     table = Table(title=title)
