@@ -90,3 +90,19 @@ def test_bf16_logits_close_to_float32(tmp_path):
     # a nat per layer, and the greedy token almost never changes.
     assert (a - b).abs().max().item() < 0.25
     assert np.mean((a.argmax(-1) == b.argmax(-1)).numpy()) >= 0.9
+
+
+def test_16_bit_weights_compute_in_float32_on_the_cpu(tmp_path):
+    from llamanas.model.device import CpuLinear
+
+    path = _saved(tmp_path)
+    m16, _ = load_model(path, dtype="bfloat16")
+    linears = [m for m in m16.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is CpuLinear for m in linears)  # swapped in place, weights untouched
+    assert all(m.weight.dtype == torch.bfloat16 for m in linears)
+    m32, _ = load_model(path, dtype="float32")
+    assert not any(type(m) is CpuLinear for m in m32.modules())
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    lin = linears[0]
+    expected = torch.nn.functional.linear(x.float(), lin.weight.float()).to(torch.bfloat16)
+    assert lin(x).dtype == torch.bfloat16 and torch.equal(lin(x), expected)

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from llamanas.errors import LlamanasError
 
@@ -158,3 +160,36 @@ def check_memory(plan: MemoryPlan, say=None) -> MemoryPlan:
             "or set LLAMANAS_NO_MEMORY_CHECK=1 to try anyway."
         )
     return plan
+
+
+# --- 16-bit weights on the CPU ---------------------------------------------------------------------------
+
+HALF = (torch.bfloat16, torch.float16)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, but computed in float32 when 16-bit weights sit on the CPU: PyTorch's CPU bf16/fp16
+    matmuls run at a quarter of float32's speed on CPUs without bf16 instructions (docs/benchmarks.md),
+    while up-casting one weight at a time costs a little memory traffic. The result keeps ``x``'s dtype."""
+    if weight.device.type == "cpu" and weight.dtype in HALF:
+        b = None if bias is None else bias.float()
+        return F.linear(x.float(), weight.float(), b).to(x.dtype)
+    return F.linear(x, weight, bias)
+
+
+class CpuLinear(nn.Linear):
+    """An ``nn.Linear`` whose 16-bit weights compute in float32 on the CPU (see ``linear``); the class is
+    swapped in place, so parameters and state dicts are untouched."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def use_float32_compute(model) -> int:
+    """Swap every plain ``nn.Linear`` of a CPU model with 16-bit weights to ``CpuLinear``; returns how many."""
+    n = 0
+    for module in model.modules():
+        if type(module) is nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype in HALF:
+            module.__class__ = CpuLinear
+            n += 1
+    return n

@@ -24,6 +24,7 @@ from llamanas.model.device import (
     plan_memory,
     resolve_device,
     resolve_dtype,
+    use_float32_compute,
 )
 from llamanas.model.families import FAMILIES, family_of
 
@@ -147,6 +148,7 @@ def load_model(
     except Exception as e:  # noqa: BLE001
         raise LlamanasError(f"Cannot load the tokenizer of model {name!r}: {_first_line(e)}") from None
     model.to(dev).eval()
+    use_float32_compute(model)  # 16-bit weights on the CPU: float32 matmuls, 4x faster here
     return model, tokenizer
 
 

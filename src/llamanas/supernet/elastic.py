@@ -17,12 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
+from llamanas.model.device import linear
 from llamanas.model.families import family_of
+from llamanas.supernet.compensation import Compensation
 from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 
@@ -30,18 +31,20 @@ class ElasticLinear(nn.Linear):
     """An ``nn.Linear`` that uses only its first ``active_out`` rows and ``active_in`` columns.
 
     Made by changing the class of an existing ``nn.Linear`` in place, so parameter names, state dicts
-    and checkpoints are untouched.
+    and checkpoints are untouched. ``active_bias`` (bias compensation of the sliced-off inputs, see
+    ``compensation.py``) is added to the output when set.
     """
 
     active_in: int | None = None
     active_out: int | None = None
+    active_bias: torch.Tensor | None = None
 
     @classmethod
     def convert(cls, linear: nn.Linear) -> ElasticLinear:
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"Unsupported layer type {type(linear)}; expected nn.Linear.")
         linear.__class__ = cls
-        linear.active_in = linear.active_out = None
+        linear.active_in = linear.active_out = linear.active_bias = None
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +54,9 @@ class ElasticLinear(nn.Linear):
             b = b[: self.active_out] if b is not None else None
         if self.active_in is not None:
             w = w[:, : self.active_in]
-        return F.linear(x, w, b)
+        if self.active_bias is not None:
+            b = self.active_bias if b is None else b + self.active_bias
+        return linear(x, w, b)  # F.linear; float32 compute for 16-bit weights on the CPU
 
 
 def decoder_layers(model) -> nn.ModuleList:
@@ -61,7 +66,7 @@ def decoder_layers(model) -> nn.ModuleList:
 class SuperNet:
     """Wraps a loaded LLaMA-family model and switches sub-networks on it."""
 
-    def __init__(self, model, space: SearchSpace | None = None):
+    def __init__(self, model, space: SearchSpace | None = None, compensation: Compensation | None = None):
         self.family = family_of(model.config)
         self.model = model
         self.arch = Arch.from_hf(model.config)
@@ -73,6 +78,34 @@ class SuperNet:
                 if not isinstance(lin, ElasticLinear):
                     ElasticLinear.convert(lin)
         self.active: SubnetConfig = SubnetConfig.full(self.arch)
+        self.ordered_by: str | None = None  # the importance score the channels were ordered by, if known
+        self.compensation: Compensation | None = None
+        if compensation is not None:
+            self.set_compensation(compensation)
+
+    def set_compensation(self, compensation: Compensation | None) -> None:
+        """Switch bias compensation on (a ``Compensation``; its biases for the space's widths are computed
+        now) or off (None); the active sub-network is switched again with it."""
+        if compensation is not None:
+            compensation.fill(self.model, self.space)
+        for layer in self._all_layers:
+            for lin in self.family.linears_of(layer).values():
+                lin.active_bias = None
+        self.compensation = compensation
+        self.activate(self.active)
+
+    def compensate(self, batches) -> Compensation:
+        """Measure bias compensation on calibration batches (at full width) and switch it on."""
+        from llamanas.supernet.compensation import compute_compensation
+
+        previous = self.active
+        self.reset()
+        try:
+            comp = compute_compensation(self.model, batches)
+        finally:
+            self.activate(previous)
+        self.set_compensation(comp)
+        return comp
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -87,7 +120,8 @@ class SuperNet:
                 "This sub-network has layers below 16 bits, which the super-network cannot switch on in place; "
                 "extract it (extract.standalone, or `llamanas extract`)."
             )
-        a, family = self.arch, self.family
+        a, family, comp = self.arch, self.family, self.compensation
+        (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols
         # bits are None or all 16 here, so the architecture alone says whether this is the full network.
         full = SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups) == SubnetConfig.full(a)
         kept = []
@@ -102,6 +136,11 @@ class SuperNet:
                     lin.active_out = rows[name]
                 else:
                     lin.active_in = cols[name]
+            if comp is not None:  # the removed channels' mean contribution, None at full width
+                linears = family.linears_of(layer)
+                down, o = linears[mlp_out], linears[attn_out]
+                down.active_bias = comp.mlp_bias(i, m, down.weight)
+                o.active_bias = comp.kv_bias(i, g, o.weight)
             # The KV cache is indexed by position among the layers that run.
             getattr(layer, family.attention).layer_idx = pos
             kept.append(layer)
@@ -141,14 +180,25 @@ def read_supernet_meta(folder: str | Path) -> dict:
     """The super-network metadata in ``folder``; ``{}`` when it has none (a plain model, a hub id).
 
     Keys, as ``write_supernet_meta`` writes them: ``ordered`` (the weights are importance-ordered),
-    ``space`` (the search space, ``SearchSpace.to_dict``) and ``training`` (``finetune``'s record).
+    ``ordered_by`` (the importance score, ``importance.IMPORTANCES``; absent in folders written before it
+    was recorded, which were ordered by ``rms``), ``space`` (the search space, ``SearchSpace.to_dict``)
+    and ``training`` (``finetune``'s record). A folder may also hold ``compensation.COMPENSATION_FILE``
+    (bias compensation, ``Compensation.save``).
     """
     path = Path(folder) / SUPERNET_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def write_supernet_meta(folder: str | Path, space: SearchSpace, training: dict, ordered: bool = True) -> None:
+def write_supernet_meta(
+    folder: str | Path,
+    space: SearchSpace,
+    training: dict,
+    ordered: bool = True,
+    ordered_by: str | None = "rms",
+) -> None:
     meta = {"ordered": ordered, "space": space.to_dict(), "training": training}
+    if ordered and ordered_by:
+        meta["ordered_by"] = ordered_by
     (Path(folder) / SUPERNET_FILE).write_text(json.dumps(meta, indent=2))
 
 
@@ -161,16 +211,27 @@ def load_supernet(
     device: str = "auto",
     work: str = "inference",
     say=None,
+    importance: str = "rms",
+    compensate: bool = False,
 ):
     """(SuperNet, tokenizer) for a model name, ordered by importance unless it already is.
 
     A folder written by ``llamanas finetune`` carries ``llamanas_supernet.json``: its weights are
     already ordered and its search space is the one it was trained for. ``dtype``, ``device``, ``work``
-    and ``say`` are ``load_model``'s (placement and the memory check before loading).
+    and ``say`` are ``load_model``'s (placement and the memory check before loading). ``importance`` is
+    the score a model not yet ordered is ordered by (``importance.IMPORTANCES``); ``compensate`` switches
+    bias compensation on: the folder's saved one (``Compensation.save``), else measured on the
+    calibration text after ordering.
     """
     from llamanas.model.load import load_model, resolve
-    from llamanas.supernet.importance import order_model
+    from llamanas.supernet.importance import (
+        calibration_batches,
+        calibration_texts,
+        check_importance,
+        order_model,
+    )
 
+    check_importance(importance)  # fail before loading
     model, tokenizer = load_model(name, dtype=dtype, device=device, work=work, say=say)
     meta = read_supernet_meta(resolve(name))
     arch = Arch.from_hf(model.config)
@@ -180,6 +241,16 @@ def load_supernet(
         space = SearchSpace.from_saved(meta["space"])
     else:
         space = SearchSpace.from_arch(arch)
-    if order and not meta.get("ordered", False):
-        order_model(model, tokenizer, calibration)
-    return SuperNet(model, space), tokenizer
+    ordered_by = meta.get("ordered_by", "rms") if meta.get("ordered", False) else None
+    if order and ordered_by is None:
+        order_model(model, tokenizer, calibration, importance=importance)
+        ordered_by = importance
+    supernet = SuperNet(model, space)
+    supernet.ordered_by = ordered_by
+    if compensate:
+        saved = Compensation.load(resolve(name))
+        if saved is not None:
+            supernet.set_compensation(saved)
+        else:
+            supernet.compensate(calibration_batches(tokenizer, calibration_texts(calibration)))
+    return supernet, tokenizer
