@@ -1,7 +1,10 @@
 """Extraction: a sub-network becomes a standalone, smaller checkpoint on disk.
 
 The weights come from ``supernet.slicing``; uniform configs are saved as plain family checkpoints, others
-as ``llamanas_<family>`` (``model/hf_types.py``), both loading with ``AutoModelForCausalLM``.
+as ``llamanas_<family>`` (``model/hf_types.py``), both loading with ``AutoModelForCausalLM``. A
+super-network with bias compensation (``supernet.compensation``) passes its biases on, so the checkpoint
+computes what the activated sub-network computes; ``repair=True`` refits the kept ``down_proj`` /
+``o_proj`` columns by least squares on calibration text (``compensation.repair_weights``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 import torch
 
 from llamanas.errors import LlamanasError
-from llamanas.supernet.slicing import extracted_config, iter_sliced, standalone
+from llamanas.supernet.slicing import extracted_config, iter_sliced, output_biased, standalone
 from llamanas.supernet.space import SubnetConfig
 
 SUBNET_FILE = "llamanas_subnet.json"
@@ -26,26 +29,48 @@ def extract(
     metadata: dict | None = None,
     quantize: str | None = None,
     group_size: int | None = None,
+    repair: bool = False,
+    calibration: str | Path | None = None,
+    ridge: float | None = None,
 ) -> Path:
     """Write the sub-network ``cfg`` of ``supernet`` as a standalone checkpoint in ``out_dir``.
 
     ``quantize`` (``int8`` | ``int4``), or per-layer ``cfg.bits`` below 16 from a joint precision search,
     writes it weight-only quantized instead (``quantize.save_quantized`` format; reload with
     ``quantize.load_quantized``), in one step and without a 16-bit copy on disk.
+
+    ``repair`` refits each sliced layer's kept ``down_proj`` / ``o_proj`` columns (and, with bias
+    compensation, their biases) by ridge least squares so the layer reproduces the full layer's output on
+    the ``calibration`` text (a file, as for ordering; required, with ``tokenizer``); ``ridge`` is relative
+    to the mean diagonal of the Gram matrix (``compensation.DEFAULT_RIDGE``).
     """
     supernet.space.validate(cfg) if supernet.space.mode == "first_n" else cfg.check(supernet.arch)
     from llamanas.deploy.quantize import save_quantized
+    from llamanas.supernet.compensation import DEFAULT_RIDGE
     from llamanas.supernet.precision import DEFAULT_GROUP_SIZE, check_method, quantize_model
 
     if quantize is not None:
         check_method(quantize)  # fail before the work
         if cfg.quantized:
             raise LlamanasError("The sub-network has its own per-layer 'bits'; do not also pass quantize.")
+    if repair and (calibration is None or tokenizer is None):
+        raise LlamanasError(
+            "Least-squares repair needs calibration text: pass calibration (a text or Alpaca JSON file) "
+            "and the tokenizer."
+        )
+    ridge = DEFAULT_RIDGE if ridge is None else float(ridge)
+    if ridge < 0:
+        raise LlamanasError(f"ridge must be >= 0; got {ridge}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {"subnet": cfg.to_dict(), "params": cfg.num_params(supernet.arch), **(metadata or {})}
+    overrides = _repair(supernet, cfg, tokenizer, calibration, ridge) if repair else None
+    if supernet.compensation is not None:
+        info["compensation"] = True
+    if repair:
+        info["repair"] = {"calibration": str(calibration), "ridge": ridge}
     if quantize is not None or cfg.quantized:
-        new = standalone(supernet, cfg, group_size)  # quantized already if cfg has per-layer bits
+        new = standalone(supernet, cfg, group_size, overrides)  # quantized already if cfg has per-layer bits
         if quantize is not None:
             quantize_model(new, quantize, group_size or DEFAULT_GROUP_SIZE, backend="cpu")
         save_quantized(new, out, tokenizer, metadata=info)
@@ -53,7 +78,7 @@ def extract(
         previous = supernet.active
         supernet.reset()  # slices are taken from the full weights
         try:
-            write_sliced(supernet.model, cfg, out)
+            write_sliced(supernet.model, cfg, out, compensation=supernet.compensation, overrides=overrides)
         finally:
             supernet.activate(previous)
         if tokenizer is not None:
@@ -62,12 +87,34 @@ def extract(
     return out
 
 
-def write_sliced(model, cfg: SubnetConfig, out: Path, shard_bytes: int = 2 * 2**30) -> None:
+def _repair(supernet, cfg: SubnetConfig, tokenizer, calibration, ridge: float) -> dict[str, torch.Tensor]:
+    """The least-squares refits of ``cfg``'s sliced layers, measured on the full network."""
+    from llamanas.supernet.compensation import repair_weights
+    from llamanas.supernet.importance import calibration_batches, calibration_texts
+
+    batches = calibration_batches(tokenizer, calibration_texts(calibration))
+    previous = supernet.active
+    supernet.reset()
+    try:
+        return repair_weights(supernet.model, cfg, batches, supernet.compensation, ridge)
+    finally:
+        supernet.activate(previous)
+
+
+def write_sliced(
+    model,
+    cfg: SubnetConfig,
+    out: Path,
+    shard_bytes: int = 2 * 2**30,
+    compensation=None,
+    overrides: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write ``cfg`` of ``model`` as an HF checkpoint, streaming: one safetensors shard of at most
-    ``shard_bytes`` is in memory at a time, so a 7B model is extracted without a second copy of it."""
+    ``shard_bytes`` is in memory at a time, so a 7B model is extracted without a second copy of it.
+    ``compensation`` and ``overrides`` are ``slicing.iter_sliced``'s."""
     from safetensors.torch import save_file
 
-    config, model_cls = extracted_config(model.config, cfg)
+    config, model_cls = extracted_config(model.config, cfg, output_biased(model, cfg, compensation))
     config.architectures = [model_cls.__name__]
     config.dtype = next(model.parameters()).dtype
     config.save_pretrained(out)
@@ -83,7 +130,7 @@ def write_sliced(model, cfg: SubnetConfig, out: Path, shard_bytes: int = 2 * 2**
         written.append(list(shard))
         shard.clear()
 
-    for name, t in iter_sliced(model, cfg):
+    for name, t in iter_sliced(model, cfg, compensation, overrides):
         if tied and name == "lm_head.weight":
             continue
         nbytes = t.numel() * t.element_size()

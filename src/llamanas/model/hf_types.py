@@ -5,6 +5,9 @@ checkpoint of the source family (``llama``, ``mistral``, ``qwen2``) that needs n
 it is saved under the model type ``llamanas_<family>``: the family's own config plus two per-layer lists
 (``layer_intermediate_sizes``, ``layer_num_key_value_heads``), and a model class that sizes each layer
 from them. Importing ``llamanas`` registers these types with ``AutoConfig``/``AutoModelForCausalLM``.
+A third key, ``layer_output_bias`` (true), gives every layer's ``down_proj`` and ``o_proj`` an output bias
+(bias compensation of a sliced sub-network; the families' own classes have none there, or, for LLaMA,
+only together with biases on every other linear).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from llamanas.model.families import ELASTIC_PREFIX, FAMILIES, Family, family_of
 
 LAYER_MLP = "layer_intermediate_sizes"
 LAYER_KV = "layer_num_key_value_heads"
+LAYER_OUTPUT_BIAS = "layer_output_bias"
 
 
 @functools.cache
@@ -34,14 +38,20 @@ def elastic_classes(family: Family):
 
         def __init__(self, config):
             super().__init__(config)
-            resize_layers(self, getattr(config, LAYER_MLP), getattr(config, LAYER_KV))
+            resize_layers(
+                self,
+                getattr(config, LAYER_MLP),
+                getattr(config, LAYER_KV),
+                bool(getattr(config, LAYER_OUTPUT_BIAS, False)),
+            )
 
     ElasticForCausalLM.__name__ = f"Llamanas{base_model.__name__}"
     return config_cls, ElasticForCausalLM
 
 
-def resize_layers(model, mlp_sizes: list[int], kv_heads: list[int]) -> None:
-    """Replace each layer's linears by ones of the per-layer sizes (weights are loaded afterwards)."""
+def resize_layers(model, mlp_sizes: list[int], kv_heads: list[int], output_bias: bool = False) -> None:
+    """Replace each layer's linears by ones of the per-layer sizes (weights are loaded afterwards);
+    ``output_bias`` gives the column-sliced ones (``down_proj``, ``o_proj``) a bias."""
     arch = Arch.from_hf(model.config)
     family = family_of(model.config)
     h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
@@ -53,7 +63,8 @@ def resize_layers(model, mlp_sizes: list[int], kv_heads: list[int]) -> None:
         for name, old in family.linears_of(layer).items():
             # Each linear keeps the bias HF gave it from the config (and the family's q/k/v bias rule).
             in_f, out_f = (h, rows[name]) if name in rows else (cols[name], h)
-            setattr(family.block_of(layer, name), name, nn.Linear(in_f, out_f, bias=old.bias is not None))
+            bias = old.bias is not None or (output_bias and name in cols)
+            setattr(family.block_of(layer, name), name, nn.Linear(in_f, out_f, bias=bias))
 
 
 def register() -> None:

@@ -1,13 +1,21 @@
-"""Importance ordering of MLP channels and KV groups (activation-based, in the spirit of Minitron).
+"""Importance ordering of MLP channels and KV groups.
 
 Sub-networks keep the first k channels of each layer, so before slicing we permute every layer's
 channels from most to least important. A permutation of hidden channels (and of whole attention-head
 groups) does not change what the full network computes; only which channels a slice keeps.
 
-- MLP channel c of layer l: root-mean-square of its activation ``act(gate(x)) * up(x)`` (the input of
-  ``down_proj``) over calibration tokens.
-- KV group g: sum over its query heads of the RMS of the head's attention output (the input of
-  ``o_proj``), so whole groups are ranked and GQA stays valid.
+Three scores (``IMPORTANCES``), chosen with ``order_model(..., importance=)``:
+
+- ``rms`` (default; activation-based, in the spirit of Minitron). MLP channel c: root-mean-square of its
+  activation ``act(gate(x)) * up(x)`` (the input of ``down_proj``) over calibration tokens. KV group g:
+  sum over its query heads of the RMS of the head's attention output (the input of ``o_proj``), so whole
+  groups are ranked and GQA stays valid.
+- ``wanda`` (activation x weight, Sun et al. 2023, per channel): the channel's activation RMS times the
+  norm of its ``down_proj`` column; for a KV group, the RMS norm of its heads' outputs times the norm of
+  its ``o_proj`` columns.
+- ``taylor`` (first-order Taylor, LLM-Pruner, Ma et al. 2023): ``|w * dL/dw|`` of the calibration LM loss,
+  summed over the channel's weights (its ``gate``/``up`` rows and ``down`` column; for a group its
+  q/k/v rows, biases included, and ``o_proj`` columns) and over calibration batches.
 """
 
 from __future__ import annotations
@@ -29,13 +37,14 @@ class Ordering:
 
     mlp: list[list[int]]
     kv_groups: list[list[int]]
+    importance: str = "rms"  # the score it was made from (IMPORTANCES)
 
     def to_dict(self) -> dict:
-        return {"mlp": self.mlp, "kv_groups": self.kv_groups}
+        return {"mlp": self.mlp, "kv_groups": self.kv_groups, "importance": self.importance}
 
     @classmethod
     def from_dict(cls, d: dict) -> Ordering:
-        return cls(mlp=d["mlp"], kv_groups=d["kv_groups"])
+        return cls(mlp=d["mlp"], kv_groups=d["kv_groups"], importance=d.get("importance", "rms"))
 
     def apply(self, model) -> None:
         """Permute the weights in place (the full network's function is unchanged)."""
@@ -65,9 +74,46 @@ def _permute_cols(lin, idx: torch.Tensor) -> None:
     lin.weight.data = lin.weight.data[:, idx].contiguous()
 
 
-@torch.inference_mode()
-def measure_importance(model, batches: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+IMPORTANCES = ("rms", "wanda", "taylor")
+DEFAULT_IMPORTANCE = "rms"
+
+
+def check_importance(name: str) -> str:
+    """``name`` if it is an importance score, else a LlamanasError naming it and the allowed ones."""
+    if name not in IMPORTANCES:
+        raise LlamanasError(f"Unknown importance score {name!r}. Allowed: {', '.join(IMPORTANCES)}.")
+    return name
+
+
+def measure_importance(
+    model, batches: list[torch.Tensor], importance: str = DEFAULT_IMPORTANCE
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-layer importance scores: (MLP channel scores, KV-group scores), from calibration batches."""
+    check_importance(importance)
+    if importance == "taylor":
+        return _taylor_scores(model, batches)
+    mlp_scores, head_rms = _activation_rms(model, batches)
+    arch = Arch.from_hf(model.config)
+    groups = lambda h: h.reshape(arch.num_kv_heads, arch.heads_per_group)  # noqa: E731
+    if importance == "rms":
+        return mlp_scores, [groups(h).sum(-1) for h in head_rms]
+    # wanda: activation norm x weight norm of the columns that read it.
+    family = family_of(model.config)
+    (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols
+    mlp, kv = [], []
+    for layer, m, h in zip(model.get_decoder().layers, mlp_scores, head_rms, strict=True):
+        linears = family.linears_of(layer)
+        down = linears[mlp_out].weight.detach().double().cpu()  # (hidden, intermediate)
+        o = linears[attn_out].weight.detach().double().cpu()  # (hidden, heads * hd)
+        mlp.append(m * down.norm(dim=0))
+        o_groups = (o**2).sum(0).reshape(arch.num_kv_heads, -1).sum(-1).sqrt()
+        kv.append(groups(h**2).sum(-1).sqrt() * o_groups)
+    return mlp, kv
+
+
+@torch.inference_mode()
+def _activation_rms(model, batches: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer: RMS over calibration tokens of each MLP channel, and of each attention head's output."""
     arch = Arch.from_hf(model.config)
     layers = model.get_decoder().layers
     mlp_sq = [torch.zeros(arch.intermediate_size, dtype=torch.float64) for _ in layers]
@@ -107,15 +153,74 @@ def measure_importance(model, batches: list[torch.Tensor]) -> tuple[list[torch.T
         raise LlamanasError("Importance ordering needs calibration text; got none.")
     mlp_scores = [(s / count[0]).sqrt() for s in mlp_sq]
     head_rms = [(s / count[0]).sqrt() for s in head_sq]
-    group_scores = [h.reshape(arch.num_kv_heads, arch.heads_per_group).sum(-1) for h in head_rms]
-    return mlp_scores, group_scores
+    return mlp_scores, head_rms
 
 
-def compute_ordering(model, batches: list[torch.Tensor]) -> Ordering:
-    mlp_scores, group_scores = measure_importance(model, batches)
+def _taylor_scores(model, batches: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """LLM-Pruner's first-order scores: sum over batches and a channel's weights of ``|w * dL/dw|``.
+
+    Only the decoder linears take gradients (no optimizer, nothing stored but the scores), and the
+    gradients are cleared after each batch.
+    """
+    arch = Arch.from_hf(model.config)
+    family = family_of(model.config)
+    rep, hd, groups = arch.heads_per_group, arch.head_dim, arch.num_kv_heads
+    layers = [family.linears_of(layer) for layer in model.get_decoder().layers]
+    params = list(model.parameters())
+    was = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    linears = [lin for ls in layers for lin in ls.values()]
+    for lin in linears:
+        for p in lin.parameters():
+            p.requires_grad_(True)
+    mlp = [torch.zeros(arch.intermediate_size, dtype=torch.float64) for _ in layers]
+    kv = [torch.zeros(groups, dtype=torch.float64) for _ in layers]
+    query, *key_value = family.attention_rows
+
+    def wg(p) -> torch.Tensor:
+        return (p.detach().double() * p.grad.double()).abs().cpu()
+
+    device = next(model.parameters()).device
+    tokens = 0
+    try:
+        with torch.enable_grad():
+            for ids in batches:
+                ids = ids.to(device)
+                model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+                tokens += ids.numel()
+                for i, ls in enumerate(layers):
+                    for name, lin in ls.items():
+                        if lin.weight.grad is None:
+                            continue
+                        w = wg(lin.weight)
+                        b = wg(lin.bias) if lin.bias is not None and lin.bias.grad is not None else None
+                        if name in family.mlp_rows:
+                            mlp[i] += w.sum(1) + (b if b is not None else 0)
+                        elif name in family.mlp_cols:
+                            mlp[i] += w.sum(0)
+                        elif name in family.attention_cols:
+                            kv[i] += w.sum(0).reshape(groups, rep * hd).sum(-1)
+                        else:  # query rows come in groups of rep * hd, key/value rows in groups of hd
+                            per = rep * hd if name == query else hd
+                            kv[i] += w.sum(1).reshape(groups, per).sum(-1)
+                            if b is not None:
+                                kv[i] += b.reshape(groups, per).sum(-1)
+                model.zero_grad(set_to_none=True)
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, r in zip(params, was, strict=True):
+            p.requires_grad_(r)
+    if tokens == 0:
+        raise LlamanasError("Importance ordering needs calibration text; got none.")
+    return mlp, kv
+
+
+def compute_ordering(model, batches: list[torch.Tensor], importance: str = DEFAULT_IMPORTANCE) -> Ordering:
+    mlp_scores, group_scores = measure_importance(model, batches, importance)
     # Stable sort, descending: ties keep their original order, so the result is reproducible.
     desc = lambda s: torch.sort(-s, stable=True).indices.tolist()  # noqa: E731
-    return Ordering(mlp=[desc(s) for s in mlp_scores], kv_groups=[desc(s) for s in group_scores])
+    return Ordering([desc(s) for s in mlp_scores], [desc(s) for s in group_scores], importance)
 
 
 # --- calibration text ------------------------------------------------------------------------------
@@ -162,11 +267,18 @@ def calibration_batches(
 
 
 def order_model(
-    model, tokenizer, calibration: str | Path | None = None, num_samples: int = 64, seq_len: int = 128
+    model,
+    tokenizer,
+    calibration: str | Path | None = None,
+    num_samples: int = 64,
+    seq_len: int = 128,
+    importance: str = DEFAULT_IMPORTANCE,
 ):
-    """Measure importance on calibration text and permute ``model`` in place; returns the Ordering."""
+    """Measure importance (``IMPORTANCES``) on calibration text and permute ``model`` in place; returns
+    the Ordering."""
+    check_importance(importance)  # fail before the work
     batches = calibration_batches(tokenizer, calibration_texts(calibration), num_samples, seq_len)
-    ordering = compute_ordering(model, batches)
+    ordering = compute_ordering(model, batches, importance)
     ordering.apply(model)
     return ordering
 

@@ -3,6 +3,12 @@
 The weights of ``cfg`` are copied out of the full ones (first-k rows/columns, kept layers renumbered), so
 the result is an ordinary family model, or a ``llamanas_<family>`` one when layer sizes differ
 (``model/hf_types.py``). ``build_extracted(model, cfg)`` equals ``supernet.subnet(cfg)`` (tested).
+
+With bias compensation (``compensation.py``) the sliced ``down_proj`` / ``o_proj`` get real output
+biases: such a model is always a ``llamanas_<family>`` one with ``layer_output_bias`` set (the HF classes of
+Mistral and Qwen2 have no MLP or output biases, and LLaMA's ``mlp_bias`` / ``attention_bias`` would add
+zero biases to five more linears), and ``build_extracted(model, cfg, supernet.compensation)`` still
+equals ``supernet.subnet(cfg)``.
 """
 
 from __future__ import annotations
@@ -14,24 +20,59 @@ import torch
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.families import ELASTIC_PREFIX, family_of
-from llamanas.model.hf_types import LAYER_KV, LAYER_MLP, elastic_classes
+from llamanas.model.hf_types import LAYER_KV, LAYER_MLP, LAYER_OUTPUT_BIAS, elastic_classes
 from llamanas.supernet.space import SubnetConfig
 
 
-def iter_sliced(model, cfg: SubnetConfig) -> Iterator[tuple[str, torch.Tensor]]:
+def output_biased(model, cfg: SubnetConfig, compensation=None) -> bool:
+    """Whether ``cfg``'s extracted model carries output biases on ``down_proj`` / ``o_proj``: with bias
+    compensation and a sliced layer, or when ``model`` has them already (an extracted model)."""
+    if getattr(model.config, LAYER_OUTPUT_BIAS, False):
+        return True
+    if compensation is None:
+        return False
+    arch = Arch.from_hf(model.config)
+    return any(m < arch.intermediate_size for m in cfg.mlp) or any(
+        g < arch.num_kv_heads for g in cfg.kv_groups
+    )
+
+
+def iter_sliced(
+    model, cfg: SubnetConfig, compensation=None, overrides: dict[str, torch.Tensor] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
     """The kept weights of ``cfg`` under the extracted model's names (consecutive layer indices), one
-    tensor at a time, as views into ``model``'s full weights: copying is the caller's choice."""
+    tensor at a time, as views into ``model``'s full weights: copying is the caller's choice.
+
+    ``compensation`` (a ``compensation.Compensation``) adds output biases to ``down_proj`` / ``o_proj``
+    (zero in layers at full width); ``overrides`` replaces tensors by extracted name (least-squares repair).
+    """
     arch = Arch.from_hf(model.config)
     family = family_of(model.config)
     hd, rep = arch.head_dim, arch.heads_per_group
     prefix = "model.layers."
+    overrides = overrides or {}
+    biased = output_biased(model, cfg, compensation)
     sd = model.state_dict()
     for name, t in sd.items():
         if not name.startswith(prefix):
             yield name, t.detach()
+    (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols
     for pos, (i, m, g) in enumerate(zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True)):
         rows, cols = family.rows_and_cols(g * rep * hd, g * hd, m)
         src = f"{prefix}{i}."
+        # Output biases to add (compensation) or create (zero where the source has none).
+        extra: dict[str, torch.Tensor | None] = {}
+        if biased:
+            down, o = (
+                sd[f"{src}{family.mlp}.{mlp_out}.weight"],
+                sd[f"{src}{family.attention}.{attn_out}.weight"],
+            )
+            extra[f"{family.mlp}.{mlp_out}.bias"] = (
+                compensation.mlp_bias(i, m, down) if compensation else None
+            )
+            extra[f"{family.attention}.{attn_out}.bias"] = (
+                compensation.kv_bias(i, g, o) if compensation else None
+            )
         for name, t in sd.items():
             if not name.startswith(src):
                 continue
@@ -41,18 +82,31 @@ def iter_sliced(model, cfg: SubnetConfig) -> Iterator[tuple[str, torch.Tensor]]:
                 t = t[: rows[module]]
             elif module in cols and rest.endswith("weight"):
                 t = t[:, : cols[module]]
-            yield f"{prefix}{pos}.{rest}", t.detach()
+            elif rest in extra:
+                b = extra.pop(rest)
+                t = t if b is None else t + b
+            out = f"{prefix}{pos}.{rest}"
+            yield out, overrides.get(out, t).detach()
+        for rest, b in extra.items():
+            out = f"{prefix}{pos}.{rest}"
+            if out not in overrides and b is None:
+                weight = sd[src + rest.removesuffix("bias") + "weight"]
+                b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+            yield out, overrides.get(out, b).detach()
 
 
-def sliced_state_dict(model, cfg: SubnetConfig) -> dict[str, torch.Tensor]:
+def sliced_state_dict(
+    model, cfg: SubnetConfig, compensation=None, overrides: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The kept weights of ``cfg``, renamed to consecutive layer indices (copies, contiguous)."""
-    return {name: t.clone().contiguous() for name, t in iter_sliced(model, cfg)}
+    return {name: t.clone().contiguous() for name, t in iter_sliced(model, cfg, compensation, overrides)}
 
 
-def extracted_config(hf_config, cfg: SubnetConfig):
-    """(HF config object, model class) of ``cfg``'s standalone model: the family's own when uniform."""
+def extracted_config(hf_config, cfg: SubnetConfig, output_bias: bool = False):
+    """(HF config object, model class) of ``cfg``'s standalone model: the family's own when uniform
+    and without output biases (``output_bias``, see ``output_biased``)."""
     family = family_of(hf_config)
-    d, plain = subnet_config_dict(hf_config, cfg)
+    d, plain = subnet_config_dict(hf_config, cfg, output_bias)
     model_type = d.pop("model_type")
     config_cls, model_cls = family.classes() if plain else elastic_classes(family)
     new_config = config_cls(**d)
@@ -60,7 +114,7 @@ def extracted_config(hf_config, cfg: SubnetConfig):
     return new_config, model_cls
 
 
-def subnet_config_dict(hf_config, cfg: SubnetConfig) -> tuple[dict, bool]:
+def subnet_config_dict(hf_config, cfg: SubnetConfig, output_bias: bool = False) -> tuple[dict, bool]:
     """The HF config dict of the extracted model, and whether it is a plain (family) checkpoint."""
     arch = Arch.from_hf(hf_config)
     family = family_of(hf_config)
@@ -69,11 +123,12 @@ def subnet_config_dict(hf_config, cfg: SubnetConfig) -> tuple[dict, bool]:
         d.pop(key, None)
     for key in (LAYER_MLP, LAYER_KV):
         d.pop(key, None)
+    output_bias = bool(d.pop(LAYER_OUTPUT_BIAS, False)) or output_bias
     d["num_hidden_layers"] = cfg.depth
     if isinstance(d.get("layer_types"), list):
         d["layer_types"] = [d["layer_types"][i] for i in cfg.layers]
     d["head_dim"] = arch.head_dim
-    if cfg.is_uniform():
+    if cfg.is_uniform() and not output_bias:
         plain = dict(d, intermediate_size=cfg.mlp[0])
         plain["num_key_value_heads"] = cfg.kv_groups[0]
         plain["num_attention_heads"] = cfg.kv_groups[0] * arch.heads_per_group
@@ -88,17 +143,22 @@ def subnet_config_dict(hf_config, cfg: SubnetConfig) -> tuple[dict, bool]:
     d["model_type"] = ELASTIC_PREFIX + family.model_type
     d[LAYER_MLP] = list(cfg.mlp)
     d[LAYER_KV] = list(cfg.kv_groups)
+    if output_bias:
+        d[LAYER_OUTPUT_BIAS] = True
     return d, False
 
 
-def build_extracted(model, cfg: SubnetConfig):
-    """An in-memory standalone model of ``cfg`` (same dtype as ``model``)."""
+def build_extracted(
+    model, cfg: SubnetConfig, compensation=None, overrides: dict[str, torch.Tensor] | None = None
+):
+    """An in-memory standalone model of ``cfg`` (same dtype as ``model``), with ``compensation``'s
+    output biases and ``overrides``' tensors when given (see ``iter_sliced``)."""
     cfg.check(Arch.from_hf(model.config))
-    new_config, model_cls = extracted_config(model.config, cfg)
+    new_config, model_cls = extracted_config(model.config, cfg, output_biased(model, cfg, compensation))
     dtype = next(model.parameters()).dtype
     with torch.device("meta"):
         new = model_cls(new_config)
-    state = sliced_state_dict(model, cfg)
+    state = sliced_state_dict(model, cfg, compensation, overrides)
     missing, unexpected = new.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not (k == "lm_head.weight" and new_config.tie_word_embeddings)]
     if missing or unexpected:
@@ -115,8 +175,14 @@ def build_extracted(model, cfg: SubnetConfig):
     return new.to(dtype).eval()
 
 
-def standalone(supernet, cfg: SubnetConfig, group_size: int | None = None):
-    """``cfg`` of ``supernet`` as an in-memory standalone model; the super-network's state is kept.
+def standalone(
+    supernet,
+    cfg: SubnetConfig,
+    group_size: int | None = None,
+    overrides: dict[str, torch.Tensor] | None = None,
+):
+    """``cfg`` of ``supernet`` as an in-memory standalone model; the super-network's state is kept, and
+    its bias compensation, if any, goes with it.
 
     A config with per-layer ``bits`` below 16 (joint precision search) comes out quantized at those
     bits: the super-network's elastic slices only run in 16/32 bits, so this is how such a config runs.
@@ -124,7 +190,7 @@ def standalone(supernet, cfg: SubnetConfig, group_size: int | None = None):
     previous = supernet.active
     supernet.reset()  # slices are taken from the full weights
     try:
-        new = build_extracted(supernet.model, cfg)
+        new = build_extracted(supernet.model, cfg, supernet.compensation, overrides)
     finally:
         supernet.activate(previous)
     if cfg.quantized:
