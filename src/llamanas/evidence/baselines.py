@@ -5,6 +5,10 @@
   most similar to their input, ``BI = 1 - mean cos(h_in, h_out)`` over calibration tokens.
 - ``width``: uniform structured width pruning of every MLP by activation importance (Minitron style: the
   channels are ordered by ``importance.py`` and every layer keeps the same first-k channels).
+- ``sensitivity`` (not run by default): per-layer widths allocated by sensitivity (Sensi-BERT style,
+  ``supernet/sensitivity.py``): each (layer, MLP or KV width of the search space) is scored by the
+  calibration loss increase when only that layer is sliced, then the cheapest loss increase per parameter
+  saved is taken greedily until the size is within the target.
 
 Each baseline is a ``SubnetConfig`` chosen for a target fraction of the full model's parameters: the
 largest config (most layers / widest MLP) whose ``num_params`` does not exceed the target, so a
@@ -29,7 +33,8 @@ from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.supernet.space import SubnetConfig
 
-METHODS = ("depth", "shortgpt", "width")
+METHODS = ("depth", "shortgpt", "width")  # the default set
+ALL_METHODS = (*METHODS, "sensitivity")
 DEFAULT_WIDTH_MULTIPLE = 8  # MLP widths in multiples of 8: vector-friendly, and < 1% from the target size
 
 
@@ -132,7 +137,7 @@ def block_influence(model, batches: Sequence[torch.Tensor]) -> list[float]:
 class BaselineSpec:
     """One baseline to evaluate: how it was made, at which target, and the resulting config."""
 
-    method: str  # "base" | "depth" | "shortgpt" | "width"
+    method: str  # "base" | "depth" | "shortgpt" | "width" | "sensitivity"
     target: float
     config: SubnetConfig | None
     source: str = "base"  # "base" (the model as given), "supernet" (sliced from it), "recovered"
@@ -146,11 +151,17 @@ def baseline_configs(
     methods: Sequence[str] = METHODS,
     source: str = "base",
     width_multiple: int = DEFAULT_WIDTH_MULTIPLE,
+    sensitivity=None,
 ) -> list[BaselineSpec]:
-    """The full model plus each method at each size; infeasible ones carry a note instead of a config."""
-    unknown = [m for m in methods if m not in METHODS]
+    """The full model plus each method at each size; infeasible ones carry a note instead of a config.
+
+    ``sensitivity`` (a ``supernet.sensitivity.Sensitivity``) is what the ``sensitivity`` method allocates from.
+    """
+    from llamanas.supernet.sensitivity import allocate
+
+    unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
-        raise LlamanasError(f"Unknown baseline methods {unknown}. Allowed: {', '.join(METHODS)}.")
+        raise LlamanasError(f"Unknown baseline methods {unknown}. Allowed: {', '.join(ALL_METHODS)}.")
     specs = [BaselineSpec("base", 1.0, SubnetConfig.full(arch), source)]
     for target in sizes:
         _check_target(target)
@@ -162,6 +173,10 @@ def baseline_configs(
                     if bi is None:
                         raise LlamanasError("shortgpt needs block influence scores.")
                     cfg = shortgpt(arch, bi, target)
+                elif method == "sensitivity":
+                    if sensitivity is None:
+                        raise LlamanasError("sensitivity needs per-layer sensitivity scores.")
+                    cfg = allocate(arch, sensitivity, target)
                 else:
                     cfg = uniform_width(arch, target, width_multiple)
                 specs.append(BaselineSpec(method, float(target), cfg, source))
@@ -220,6 +235,7 @@ class BaselineRun:
     block_influence: dict[str, list[float]]  # source -> per-layer BI
     rows: list[BaselineResult]
     dtype: str = "float32"  # the dtype the baselines were evaluated in
+    sensitivity: dict[str, dict] = field(default_factory=dict)  # source -> Sensitivity.to_dict()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -297,6 +313,7 @@ def run_baselines(
     by importance, as the width baseline needs); tests pass fakes for ``loader`` and ``evaluate_fn``.
     """
     from llamanas.supernet.importance import calibration_batches, calibration_texts
+    from llamanas.supernet.sensitivity import measure_sensitivity
 
     if not tasks:
         raise LlamanasError("Baselines need at least one task.")
@@ -319,6 +336,7 @@ def run_baselines(
     sources = [("base", model)] + ([("supernet", supernet_dir)] if supernet_dir else [])
     rows: list[BaselineResult] = []
     bis: dict[str, list[float]] = {}
+    sens_rows: dict[str, dict] = {}
     full_params, used_dtype = 0, "float32"
     for source, name in sources:
         supernet, tokenizer = loader(name)
@@ -326,13 +344,17 @@ def run_baselines(
             raise LlamanasError(f"The super-network {name!r} does not have the shape of the model {model!r}.")
         full_params = SubnetConfig.full(supernet.arch).num_params(supernet.arch)
         used_dtype = str(next(supernet.model.parameters()).dtype).removeprefix("torch.")
-        bi = None
-        if "shortgpt" in methods:
+        bi = sens = None
+        if "shortgpt" in methods or "sensitivity" in methods:
             batches = calibration_batches(tokenizer, calibration_texts(calibration), num_samples, seq_len)
             supernet.reset()
+        if "shortgpt" in methods:
             bi = block_influence(supernet.model, batches)
             bis[source] = bi
-        specs = baseline_configs(supernet.arch, sizes, bi, methods, source, width_multiple)
+        if "sensitivity" in methods:
+            sens = measure_sensitivity(supernet, batches)
+            sens_rows[source] = sens.to_dict()
+        specs = baseline_configs(supernet.arch, sizes, bi, methods, source, width_multiple, sens)
         rows += evaluate_specs(supernet, tokenizer, specs, tasks, eval_kwargs, evaluate_fn)
         if source == "base" and tune_args is not None:
             recovered = Path(out_dir) / "recovered"
@@ -355,6 +377,7 @@ def run_baselines(
         block_influence=bis,
         rows=rows,
         dtype=used_dtype,
+        sensitivity=sens_rows,
     )
     if out_dir is not None:
         write_baselines(run, out_dir)
