@@ -29,6 +29,7 @@ from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 MIN, MAX = "min", "max"
 TASK, COUNT, TIMING = "task", "count", "timing"  # where a value comes from
+MODEL = "model"  # a TIMING objective under --runtime llamacpp: exact from the config and a latency table
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Kind:
     """A registry entry: one objective family."""
 
     direction: str  # MIN or MAX
-    source: str  # TASK (evaluator, per task), COUNT (exact from the config), TIMING (measured)
+    source: str  # TASK (evaluator, per task), COUNT (exact from the config), TIMING (measured, or MODEL)
     unit: str
     help: str
     metric: str | None = None  # TASK only: the per-task metric averaged over --tasks
@@ -57,8 +58,20 @@ KINDS: dict[str, Kind] = {
         "weight bytes at the run's dtype (stored bytes at each layer's bits with a 'bits' space)",
     ),
     "macs": Kind(MIN, COUNT, "", "multiply-accumulates per token"),
-    "latency": Kind(MIN, TIMING, "ms", "prefill latency of the extracted sub-network (measured)"),
-    "throughput": Kind(MAX, TIMING, "tok/s", "generation throughput of the extracted sub-network (measured)"),
+    "latency": Kind(
+        MIN,
+        TIMING,
+        "ms",
+        "prefill latency of the extracted sub-network (measured; with --runtime llamacpp, the llama.cpp "
+        "prefill time from the latency table)",
+    ),
+    "throughput": Kind(
+        MAX,
+        TIMING,
+        "tok/s",
+        "generation throughput of the extracted sub-network (measured; with --runtime llamacpp, the "
+        "llama.cpp decode speed from the latency table)",
+    ),
 }
 # Per-task variants "<metric>:<task>" use the direction of the aggregate with that metric.
 PER_TASK = {k.metric: name for name, k in KINDS.items() if k.source == TASK}
@@ -83,7 +96,8 @@ class Objective:
 
     @property
     def analytic(self) -> bool:
-        return self.source == COUNT
+        """Computed from the config (counts, or a latency table), never measured nor predicted."""
+        return self.source in (COUNT, MODEL)
 
     @property
     def metric(self) -> str:
@@ -107,10 +121,20 @@ def available(tasks: tuple[str, ...] | list[str] = ()) -> list[str]:
     return list(KINDS) + [f"{m}:{t}" for t in tasks for m in PER_TASK]
 
 
-def get(name: str, tasks: tuple[str, ...] | list[str] = ()) -> Objective:
-    """Resolve an objective name against the run's tasks."""
+RUNTIMES = ("hf", "llamacpp")  # where TIMING objectives come from: timed in the loop, or a latency table
+
+
+def check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise unknown("runtime", runtime, RUNTIMES)
+
+
+def get(name: str, tasks: tuple[str, ...] | list[str] = (), runtime: str = "hf") -> Objective:
+    """Resolve an objective name against the run's tasks; with ``runtime="llamacpp"`` the TIMING
+    objectives come from a latency table (source MODEL, analytic) instead of timing."""
     name = name.strip()
     tasks = tuple(tasks)
+    check_runtime(runtime)
     if name in KINDS:
         k = KINDS[name]
         if k.source == TASK:
@@ -119,7 +143,8 @@ def get(name: str, tasks: tuple[str, ...] | list[str] = ()) -> Objective:
             keys = tuple(f"{k.metric}:{t}" for t in tasks)
         else:
             keys = (name,)
-        return Objective(name, k.direction, k.source, keys, k.unit)
+        source = MODEL if k.source == TIMING and runtime != "hf" else k.source
+        return Objective(name, k.direction, source, keys, k.unit)
     metric, sep, task = name.partition(":")
     if sep and metric in PER_TASK:
         if task not in tasks:
@@ -131,7 +156,9 @@ def get(name: str, tasks: tuple[str, ...] | list[str] = ()) -> Objective:
     raise unknown("objective", name, available(tasks))
 
 
-def resolve(names: list[str] | tuple[str, ...], tasks: tuple[str, ...] | list[str] = ()) -> list[Objective]:
+def resolve(
+    names: list[str] | tuple[str, ...], tasks: tuple[str, ...] | list[str] = (), runtime: str = "hf"
+) -> list[Objective]:
     """Objectives in the user's order; duplicates and an empty list are errors."""
     names = [n.strip() for n in names if n.strip()]
     if not names:
@@ -139,7 +166,7 @@ def resolve(names: list[str] | tuple[str, ...], tasks: tuple[str, ...] | list[st
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise LlamanasError(f"Objectives {dup} are listed more than once.")
-    return [get(n, tasks) for n in names]
+    return [get(n, tasks, runtime) for n in names]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -175,7 +202,7 @@ class Constraint:
         return {"text": self.text, "objective": self.objective.name, "op": self.op, "bound": self.bound}
 
 
-def parse_constraint(text: str, tasks: tuple[str, ...] | list[str] = ()) -> Constraint:
+def parse_constraint(text: str, tasks: tuple[str, ...] | list[str] = (), runtime: str = "hf") -> Constraint:
     """Parse ``name<=value[unit]`` (units K, M, B/G, %), e.g. ``params<=100M``, ``accuracy>=40%``."""
     m = _CONSTRAINT.match(text)
     if not m:
@@ -186,7 +213,7 @@ def parse_constraint(text: str, tasks: tuple[str, ...] | list[str] = ()) -> Cons
     name, op, num, unit = m.groups()
     if unit not in UNITS:
         raise LlamanasError(f"Constraint {text!r}: unknown unit {unit!r}; allowed: K, M, B (or G) and %.")
-    return Constraint(get(name, tasks), op, float(num) * UNITS[unit], text.strip())
+    return Constraint(get(name, tasks, runtime), op, float(num) * UNITS[unit], text.strip())
 
 
 def value_range(obj: Objective, counts: Counts | None) -> tuple[float, float]:
@@ -233,12 +260,22 @@ class Counts:
     layer's MLP and KV choice, so one table lookup per layer does it; ``keep`` gives the kept layers.
     Bytes are ``params x dtype_bytes``, except in a space with precision genes (``bits``), where they are
     the stored bytes at each layer's precision (``quantize.policy_bytes``: 16-bit where not quantized).
+
+    With a latency table (``search.latency.LatencyTable``, ``--runtime llamacpp``) it also gives
+    ``latency`` (predicted prefill ms) and ``throughput`` (predicted decode tokens/s), the same way: a
+    fixed time plus a per-kept-layer time looked up by the layer's widths and precision.
     """
 
     NAMES = ("params", "bytes", "macs")
+    SPEED = ("latency", "throughput")
 
-    def __init__(self, space: SearchSpace, dtype_bytes: int = 4, seq_len: int = 128):
+    def __init__(self, space: SearchSpace, dtype_bytes: int = 4, seq_len: int = 128, latency_table=None):
         self.space, self.dtype_bytes, self.seq_len = space, dtype_bytes, seq_len
+        self.latency_table = latency_table
+        self.speed_base: dict[str, float] = {}
+        self.speed_tables: dict[str, np.ndarray] = {}
+        if latency_table is not None:
+            self.speed_base, self.speed_tables = latency_table.layer_costs(space)
         a = space.arch
         self.n_layers = a.num_layers
         self.mlp_max = np.array([len(m) - 1 for m in space.mlp_choices])
@@ -302,9 +339,22 @@ class Counts:
         for name in ("params", "macs"):
             per_layer = self.tables[name][layer, mi, ki]
             out[name] = self.base[name] + (per_layer * keep).sum(axis=1)
-        per_layer = self.tables["bytes"][layer, mi, ki, self.bits(X)]
+        bi = self.bits(X)
+        per_layer = self.tables["bytes"][layer, mi, ki, bi]
         out["bytes"] = self.base["bytes"] + (per_layer * keep).sum(axis=1)
+        if self.latency_table is not None:
+            ms = {
+                t: self.speed_base[t] + (table[layer, mi, ki, bi] * keep).sum(axis=1)
+                for t, table in self.speed_tables.items()
+            }
+            out["latency"] = ms["prefill_ms"]
+            out["throughput"] = 1000.0 / ms["decode_ms"]
         return out
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The values this instance computes."""
+        return self.NAMES + (self.SPEED if self.latency_table is not None else ())
 
     def of(self, cfg: SubnetConfig) -> dict[str, float]:
         """The exact counts of one config (the values stored with every evaluation)."""
@@ -316,15 +366,24 @@ class Counts:
             size = float(policy_bytes(a, cfg))
         else:
             size = float(params * self.dtype_bytes)
-        return {
+        out = {
             "params": float(params),
             "bytes": size,
             "macs": float(cfg.macs_per_token(a, self.seq_len)),
         }
+        if self.latency_table is not None:
+            out.update(self.latency_table.values(cfg))
+        return out
 
     def range(self, name: str) -> tuple[float, float]:
         """(smallest, largest) value of a count over the whole space (costs grow with every choice)."""
+        if name in self.SPEED and self.latency_table is not None:
+            return self._speed_range(name)
         if name not in self.NAMES:
+            if name in self.SPEED:
+                raise LlamanasError(
+                    f"{name!r} is computed only with a latency table (--runtime llamacpp --latency-table)."
+                )
             raise unknown("count", name, self.NAMES)
         table = self.tables[name]
         layer = np.arange(self.n_layers)
@@ -334,7 +393,23 @@ class Counts:
         else:
             lo_cost = table[layer, 0, 0]
             hi_cost = table[layer, self.mlp_max, self.kv_max]
-        base = self.base[name]
+        return self._extremes(self.base[name], lo_cost, hi_cost)
+
+    def _speed_range(self, name: str) -> tuple[float, float]:
+        """Range of ``latency`` (prefill ms) or ``throughput`` (1000 / decode ms) under the latency table:
+        per layer the cheapest and dearest cell combination (layer costs are never negative)."""
+        target = "prefill_ms" if name == "latency" else "decode_ms"
+        table = self.speed_tables[target]
+        lo_cost = np.array([self._valid(table, i).min() for i in range(self.n_layers)])
+        hi_cost = np.array([self._valid(table, i).max() for i in range(self.n_layers)])
+        lo, hi = self._extremes(self.speed_base[target], lo_cost, hi_cost)
+        return (lo, hi) if name == "latency" else (1000.0 / hi, 1000.0 / lo)
+
+    def _valid(self, table: np.ndarray, i: int) -> np.ndarray:
+        nb = int(self.bits_max[i]) + 1 if len(self.bits_max) else 1
+        return table[i, : self.mlp_max[i] + 1, : self.kv_max[i] + 1, :nb]
+
+    def _extremes(self, base: float, lo_cost: np.ndarray, hi_cost: np.ndarray) -> tuple[float, float]:
         sp = self.space
         if self.depths is not None:
             lo = base + min(lo_cost[:d].sum() for d in self.depths)

@@ -23,6 +23,7 @@ from llamanas.errors import LlamanasError, from_dict_strict, unknown
 from llamanas.search import objectives as objmod
 from llamanas.search import store as storemod
 from llamanas.search.algorithms import RUNNERS, BatchCache, Context
+from llamanas.search.latency import LatencyTable
 from llamanas.search.objectives import Constraint, Counts, Objective
 from llamanas.search.problem import Goals
 from llamanas.search.store import Store
@@ -35,6 +36,10 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RUN_FILE = "run.json"
 FRONT_FILE = "front.json"
 STORE_FILE = "results.sqlite"
+LATENCY_TABLE_FILE = "latency_table.json"
+# Builds a latency table for a run (deploy.speed.build_latency_table_for): (args, space, out path) ->
+# the table or the path it was saved to. Passed in by the caller: search cannot import deploy.
+LatencyTableBuilder = Callable[["SearchArgs", SearchSpace, Path], "LatencyTable | str | Path"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,13 @@ class SearchArgs:
     """auto (CUDA if present, else cpu) | cpu | cuda | cuda:N; Ray workers on GPUs use their own."""
     seq_len: int = 128
     """Sequence length for MACs per token."""
+    runtime: str = "hf"
+    """Where the latency and throughput objectives come from: hf (timing each sub-network in transformers)
+    or llamacpp (the speed in llama.cpp on this CPU, from a latency table fitted on a few timed GGUF
+    exports: --latency-table, or one built first into RUN_DIR/latency_table.json)."""
+    latency_table: str | None = None
+    """Latency table (JSON, from a llama.cpp calibration) used with --runtime llamacpp; its content is
+    copied into the run folder and keys the stored results."""
 
     # Fields that do not change which sub-networks are evaluated: a run may be resumed with new values.
     RESUMABLE = ("evaluations", "workers", "ray_address", "out", "store", "device")
@@ -109,7 +121,8 @@ class SearchArgs:
     def trajectory_dict(self) -> dict:
         """The fields that define the run's sequence of evaluations."""
         d = self.to_dict()
-        for k in self.RESUMABLE + ("space",):  # the space file's content is stored instead of its path
+        # The space file's and latency table's contents are stored instead of their paths.
+        for k in self.RESUMABLE + ("space", "latency_table"):
             d.pop(k)
         return d
 
@@ -136,8 +149,25 @@ class SearchArgs:
 
         if self.predictor not in KINDS:
             raise unknown("predictor", self.predictor, KINDS)
+        objmod.check_runtime(self.runtime)
+        if self.latency_table and self.runtime == "hf":
+            raise LlamanasError(
+                f"--latency-table {self.latency_table!r} is used only with --runtime llamacpp (the runtime is "
+                f"'hf', where latency and throughput are timed)."
+            )
 
-    def settings(self, timing: bool) -> EvalSettings:
+    @property
+    def timing_names(self) -> list[str]:
+        """The TIMING objectives and constraint targets of this run (latency, throughput)."""
+        names = [
+            *self.objectives,
+            *(objmod.parse_constraint(c, self.tasks).objective.name for c in self.constraints),
+        ]
+        return sorted({n for n in names if n in objmod.KINDS and objmod.KINDS[n].source == objmod.TIMING})
+
+    def settings(self, timing: bool, latency_table: str | None = None) -> EvalSettings:
+        """What the evaluations measure; ``latency_table`` is the digest of the table that gives latency and
+        throughput under --runtime llamacpp (then nothing is timed)."""
         return EvalSettings(
             tasks=self.tasks,
             split=self.split,
@@ -147,6 +177,8 @@ class SearchArgs:
             timing=timing,
             seq_len=self.seq_len,
             dtype=self.dtype,
+            runtime=self.runtime if latency_table else "hf",
+            latency_table=latency_table,
         )
 
     @property
@@ -202,8 +234,9 @@ def hypervolume_trace(goals: Goals, evaluated: list[Evaluated]) -> list[tuple[in
 class RunFiles:
     """A run directory's files: the one reader and the one writer of ``run.json``, ``front.json``,
     ``front.csv``, ``hypervolume.csv``, ``predictors.csv`` (views of the results store) and
-    ``front_<method>.json`` (``deploy.quantize``), each written atomically (``store.write_*``). The
-    evaluations themselves are in the store: ``load_run`` reads both.
+    ``front_<method>.json`` (``deploy.quantize``; ``front_llamacpp.json``, ``deploy.speed``) and
+    ``latency_table.json`` (the table of a ``--runtime llamacpp`` run), each written atomically
+    (``store.write_*``). The evaluations themselves are in the store: ``load_run`` reads both.
     """
 
     def __init__(self, run_dir: str | Path):
@@ -221,6 +254,19 @@ class RunFiles:
 
     def args(self) -> SearchArgs:
         return SearchArgs.from_dict(self.info()["args"])
+
+    @property
+    def latency_table_path(self) -> Path:
+        return self.dir / LATENCY_TABLE_FILE
+
+    def has_latency_table(self) -> bool:
+        return self.latency_table_path.is_file()
+
+    def latency_table(self) -> LatencyTable:
+        """``latency_table.json``: the table a ``--runtime llamacpp`` run computed latency/throughput with."""
+        if not self.has_latency_table():
+            raise LlamanasError(f"{self.dir}: no {LATENCY_TABLE_FILE} (not a --runtime llamacpp run).")
+        return LatencyTable.load(self.latency_table_path)
 
     def eval_settings(self) -> EvalSettings:
         """What the run's evaluations measured (run.json's ``settings``; from its ``args`` if it has none)."""
@@ -251,8 +297,12 @@ class RunFiles:
     def write_info(self, info: dict) -> None:
         storemod.write_json(self.dir / RUN_FILE, info)
 
+    def write_latency_table(self, table: LatencyTable) -> Path:
+        return table.save(self.latency_table_path)
+
     def write_front_after(self, method: str, payload: dict) -> Path:
-        """``front_<method>.json``: the front re-evaluated after quantization (``deploy.quantize``)."""
+        """``front_<method>.json``: the front re-evaluated after quantization (``deploy.quantize``), or
+        timed in a runtime (``front_llamacpp.json``, ``deploy.speed.time_front``)."""
         path = self.dir / f"front_{method}.json"
         storemod.write_json(path, payload)
         return path
@@ -331,13 +381,48 @@ def resolve_space(args: SearchArgs) -> SearchSpace:
     return SearchSpace.from_saved(meta["space"]) if "space" in meta else SearchSpace.from_arch(arch)
 
 
-def prepare_goals(args: SearchArgs, space: SearchSpace) -> tuple[list[Objective], list[Constraint], Counts]:
-    """Resolve objectives and constraints, and reject impossible constraints before loading anything."""
-    counts = Counts(space, DTYPE_BYTES[args.dtype], args.seq_len)
-    objectives = objmod.resolve(args.objectives, args.tasks)
-    constraints = [objmod.parse_constraint(c, args.tasks) for c in args.constraints]
+def prepare_goals(
+    args: SearchArgs, space: SearchSpace, latency_table: LatencyTable | None = None
+) -> tuple[list[Objective], list[Constraint], Counts]:
+    """Resolve objectives and constraints, and reject impossible constraints before loading anything.
+
+    With ``latency_table`` (``--runtime llamacpp``) latency and throughput are computed from it like counts.
+    """
+    runtime = args.runtime if latency_table is not None else "hf"
+    counts = Counts(space, DTYPE_BYTES[args.dtype], args.seq_len, latency_table=latency_table)
+    objectives = objmod.resolve(args.objectives, args.tasks, runtime)
+    constraints = [objmod.parse_constraint(c, args.tasks, runtime) for c in args.constraints]
     objmod.check_feasible(constraints, counts)
     return objectives, constraints, counts
+
+
+def resolve_latency_table(
+    args: SearchArgs, space: SearchSpace, build: LatencyTableBuilder | None = None
+) -> LatencyTable | None:
+    """The latency table of a ``--runtime llamacpp`` run that has a latency or throughput objective or
+    constraint (None otherwise): ``--latency-table``, else the one in the run folder (a resumed run), else
+    one made by ``build`` (saved into the run folder). Checked against the space."""
+    if args.runtime == "hf":
+        return None
+    names = args.timing_names
+    if not names:
+        return None
+    files = RunFiles(args.run_dir)
+    if args.latency_table:
+        table = LatencyTable.load(args.latency_table)
+    elif files.has_latency_table():
+        table = files.latency_table()
+    elif build is not None:
+        made = build(args, space, files.latency_table_path)
+        table = made if isinstance(made, LatencyTable) else LatencyTable.load(made)
+    else:
+        raise LlamanasError(
+            f"--runtime {args.runtime} computes {', '.join(names)} from a latency table, and none was given: "
+            f"pass --latency-table FILE (or let 'llamanas search' build one), or use --runtime hf to time "
+            f"every sub-network."
+        )
+    table.check_space(space)
+    return table
 
 
 def search(
@@ -345,8 +430,14 @@ def search(
     evaluator: EvaluatorSpec | None = None,
     space: SearchSpace | None = None,
     progress: Callable[[Trajectory], None] | None = None,
+    latency_table_builder: LatencyTableBuilder | None = None,
 ) -> SearchResult:
-    """Run (or resume) a search; returns its front. ``evaluator``/``space`` default to ``args.model``'s."""
+    """Run (or resume) a search; returns its front. ``evaluator``/``space`` default to ``args.model``'s.
+
+    With ``--runtime llamacpp`` and a latency or throughput objective, their values come from a latency
+    table (``resolve_latency_table``; ``latency_table_builder`` makes one when none is given, e.g.
+    ``deploy.speed.build_latency_table_for``), copied into the run folder and recorded in run.json.
+    """
     t0 = time.time()
     args.check()
     if args.dtype == "auto":  # record the dtype that runs: it keys the stored results
@@ -358,9 +449,10 @@ def search(
             dtype = dtype_name(resolve_placement(args.model, "auto", args.device)[1])
         args = dataclasses.replace(args, dtype=dtype)
     space = space or resolve_space(args)
-    objectives, constraints, counts = prepare_goals(args, space)
+    table = resolve_latency_table(args, space, latency_table_builder)
+    objectives, constraints, counts = prepare_goals(args, space, table)
     timing = any(o.source == objmod.TIMING for o in [*objectives, *(c.objective for c in constraints)])
-    settings = args.settings(timing)
+    settings = args.settings(timing, table.digest if table else None)
     spec = evaluator or SupernetSpec(
         args.model, space.to_dict(), settings, order=args.order, device=args.device
     )
@@ -380,8 +472,12 @@ def search(
                 "fingerprint": fingerprint,
                 "settings_hash": settings.hash(),
             }
+            if table is not None:
+                run_config["latency_table"] = table.digest
             run_id = store.open_run(run_name, run_config)
             files = RunFiles(run_dir)
+            if table is not None:
+                files.write_latency_table(table)
             files.write_info(
                 {
                     "args": args.to_dict(),
@@ -396,6 +492,16 @@ def search(
                     "fingerprint": fingerprint,
                     "settings": settings.to_dict(),
                     "settings_hash": settings.hash(),
+                    "runtime": args.runtime,
+                    "latency_table": None
+                    if table is None
+                    else {
+                        "file": LATENCY_TABLE_FILE,
+                        "source": args.latency_table,
+                        "digest": table.digest,
+                        "timing": table.timing,
+                        "holdout": table.holdout,
+                    },
                 },
             )
             traj = Trajectory(
@@ -460,8 +566,9 @@ def load_run(run_dir: str | Path) -> RunView:
     if not store_path.exists() and (run_dir / STORE_FILE).exists():
         store_path = run_dir / STORE_FILE  # the run directory was moved
     space = SearchSpace.from_saved(info["space"])
-    objectives = objmod.resolve(args.objectives, args.tasks)
-    constraints = [objmod.parse_constraint(c, args.tasks) for c in args.constraints]
+    runtime = args.runtime if info.get("latency_table") else "hf"
+    objectives = objmod.resolve(args.objectives, args.tasks, runtime)
+    constraints = [objmod.parse_constraint(c, args.tasks, runtime) for c in args.constraints]
     bounds = [tuple(info["bounds"][o.name]) for o in objectives]
     goals = Goals(objectives, constraints, bounds)
     with Store(store_path, create=False) as store:

@@ -42,6 +42,8 @@ class EvalSettings:
     prefill_tokens: int = 128
     gen_tokens: int = 32
     repeats: int = 5
+    runtime: str = "hf"  # "llamacpp": latency/throughput come from the latency table below, not timing
+    latency_table: str | None = None  # digest of that table (search.latency.LatencyTable.digest)
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -66,6 +68,9 @@ class EvalSettings:
         d["tasks"] = sorted(d["tasks"])
         if not self.timing:
             for k in ("prefill_tokens", "gen_tokens", "repeats"):
+                d.pop(k)
+        if self.runtime == "hf" and self.latency_table is None:  # keys of stores made before runtimes
+            for k in ("runtime", "latency_table"):
                 d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
