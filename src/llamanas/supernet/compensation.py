@@ -82,8 +82,8 @@ class Compensation:
         them and the folder's weights)."""
         from safetensors.torch import save_file
 
-        tensors = {f"mlp_mean.{i}": t.float().contiguous() for i, t in enumerate(self.mlp_mean)}
-        tensors |= {f"attn_mean.{i}": t.float().contiguous() for i, t in enumerate(self.attn_mean)}
+        tensors = {f"mlp_mean.{i}": t.double().contiguous() for i, t in enumerate(self.mlp_mean)}
+        tensors |= {f"attn_mean.{i}": t.double().contiguous() for i, t in enumerate(self.attn_mean)}
         path = Path(folder) / COMPENSATION_FILE
         save_file(tensors, str(path), metadata={"group_width": str(self.group_width)})
         return path

@@ -109,19 +109,19 @@ def allocate(arch: Arch, sens: Sensitivity, target: float) -> SubnetConfig:
     kv = [max(row) for row in sens.kv]
     size = lambda: SubnetConfig(tuple(range(n)), tuple(mlp), tuple(kv)).num_params(arch)  # noqa: E731
     while size() > budget:
-        # (loss increase per parameter saved, loss increase, layer, kind, new width); ties: the smaller
-        # increase, then the earlier layer.
+        # (loss change per parameter saved, loss change, layer, kind, -new width): a cut that lowers the
+        # loss comes first; ties go to the smaller change, the earlier layer, then the smaller cut.
         moves = []
         for i in range(n):
             here = arch.layer_params(mlp[i], kv[i])
             for m, loss in sens.mlp[i].items():
                 if m < mlp[i]:
                     d = loss - sens.mlp[i][mlp[i]]
-                    moves.append((max(d, 0.0) / (here - arch.layer_params(m, kv[i])), d, i, "mlp", m))
+                    moves.append((d / (here - arch.layer_params(m, kv[i])), d, i, "mlp", -m))
             for g, loss in sens.kv[i].items():
                 if g < kv[i]:
                     d = loss - sens.kv[i][kv[i]]
-                    moves.append((max(d, 0.0) / (here - arch.layer_params(mlp[i], g)), d, i, "kv", g))
+                    moves.append((d / (here - arch.layer_params(mlp[i], g)), d, i, "kv", -g))
         if not moves:
             smallest = size() / SubnetConfig.full(arch).num_params(arch)
             raise LlamanasError(
@@ -129,7 +129,7 @@ def allocate(arch: Arch, sens: Sensitivity, target: float) -> SubnetConfig:
                 f"the smallest it can make has {smallest:.1%}."
             )
         *_, i, kind, value = min(moves)
-        (mlp if kind == "mlp" else kv)[i] = value
+        (mlp if kind == "mlp" else kv)[i] = -value
     return SubnetConfig(tuple(range(n)), tuple(mlp), tuple(kv))
 
 
