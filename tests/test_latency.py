@@ -125,6 +125,8 @@ def test_holdout_reports_predictor_comparison_and_noise_error():
         assert h["predictor"]["model"] in ("ridge", "svr", "gbr", "ensemble")
         assert math.isfinite(h["predictor"]["mape"])
     assert fit_latency_table(timed[:30], SPACE).holdout == {}  # nothing held out: nothing reported
+    one = fit_latency_table(timed[:30], SPACE, timed[30:31], compare_predictors=False)
+    assert one.holdout["latency"]["kendall_tau"] is None  # undefined for one config: null, not NaN, in JSON
 
 
 def test_unseen_widths_are_interpolated():

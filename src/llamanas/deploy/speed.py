@@ -201,7 +201,7 @@ def time_front(
     table, each point also has the table's prediction and the payload its MAPE and Kendall tau."""
     import os
 
-    from llamanas.search.latency import VALUES
+    from llamanas.search.latency import VALUES, finite_or_none
     from llamanas.search.predictors import kendall_tau, mape
     from llamanas.search.run import RunFiles
 
@@ -263,8 +263,10 @@ def time_front(
         payload["table_error"] = {
             v: {
                 "n": len(points),
-                "mape": mape([p[v] for p in points], [p["predicted"][v] for p in points]),
-                "kendall_tau": kendall_tau([p[v] for p in points], [p["predicted"][v] for p in points]),
+                "mape": finite_or_none(mape([p[v] for p in points], [p["predicted"][v] for p in points])),
+                "kendall_tau": finite_or_none(
+                    kendall_tau([p[v] for p in points], [p["predicted"][v] for p in points])
+                ),
             }
             for v in VALUES
         }

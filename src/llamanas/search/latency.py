@@ -397,7 +397,11 @@ def holdout_error(
     true = _true_values(test)
     pred = {v: np.array([table.values(t.config)[v] for t in test]) for v in VALUES}
     out = {
-        v: {"n": len(test), "mape": mape(true[v], pred[v]), "kendall_tau": kendall_tau(true[v], pred[v])}
+        v: {
+            "n": len(test),
+            "mape": finite_or_none(mape(true[v], pred[v])),
+            "kendall_tau": finite_or_none(kendall_tau(true[v], pred[v])),
+        }
         for v in VALUES
     }
     if compare_predictors and space is not None and len(train) >= 2:
@@ -410,7 +414,12 @@ def holdout_error(
             guess = p.predict(F_test)
             out[v]["predictor"] = {
                 "model": p.chosen,
-                "mape": mape(true[v], guess),
-                "kendall_tau": kendall_tau(true[v], guess),
+                "mape": finite_or_none(mape(true[v], guess)),
+                "kendall_tau": finite_or_none(kendall_tau(true[v], guess)),
             }
     return out
+
+
+def finite_or_none(x: float) -> float | None:
+    """NaN (e.g. Kendall tau of one held-out config) as None: the table file stays standard JSON."""
+    return None if x is None or not math.isfinite(x) else float(x)

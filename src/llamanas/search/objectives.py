@@ -10,6 +10,9 @@ store of evaluations.
 ``Counts`` computes the analytic sizes (params, bytes, MACs) of many integer-encoded configs at once
 with per-layer lookup tables, so the inner LINAS search never predicts what it can compute exactly.
 
+``latency`` and ``throughput`` are timed in the loop (``--runtime hf``), or, with ``--runtime llamacpp``,
+computed like counts from a latency table of llama.cpp on this CPU (``search.latency``; source MODEL).
+
 Hypervolume uses fixed per-objective bounds (best, worst) derived from the space and the evaluation, not
 from the data seen, so numbers are comparable across runs and algorithms: accuracy in [1, 0], params
 between the smallest and the largest sub-network, gold NLL between 0 and the NLL of a uniform guess over
