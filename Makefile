@@ -28,17 +28,18 @@ lint: setup
 chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || true
 
-test: setup lint chromium
+test: setup llamacpp lint chromium
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest
 
-demo: setup
+demo: setup llamacpp
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/llamanas demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
 
-# Optional llama.cpp runtime for GGUF exports (parity, timing): llama-cpp-python, CPU only, built from
-# source once into a wheel cache (several minutes on 2 cores) and installed from there afterwards.
+# The llama.cpp runtime for GGUF exports (parity, evaluation, timing): llama-cpp-python, CPU only, built
+# from source once into a wheel cache (7-25 minutes on 2 cores; the registry has no prebuilt wheel that
+# loads on Debian 12) and installed from there afterwards. `make test` and `make demo` include it.
 LLAMACPP_VERSION := 0.3.36
 WHEELS ?= $(HOME)/.cache/llamanas/wheels
 LLAMACPP_CMAKE := -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAVA_BUILD=OFF \

@@ -2,7 +2,9 @@
 
 The stages are subpackages, each importing only those below it (docs/design.md, checked by import-linter):
 ``model`` → ``supernet`` → ``evaluation`` → ``tuning`` / ``search`` → ``deploy`` → ``evidence`` → ``cli``.
-The names below are the public Python API; the CLI mirrors it.
+The names below are the public Python API; the CLI mirrors it. Stage functions whose names are also
+module paths (``llamanas.evaluate.evaluate``, ``llamanas.extract.extract``, ``llamanas.search.search``)
+are imported from those paths, as in the README.
 """
 
 from __future__ import annotations
@@ -13,12 +15,10 @@ import importlib.util
 import sys
 
 import llamanas.model.hf_types  # noqa: F401 - registers the llamanas_<family> model types
-from llamanas.deploy.extract import extract
 from llamanas.errors import LlamanasError
-from llamanas.evaluation.evaluate import evaluate
 from llamanas.model.arch import Arch
 from llamanas.model.load import load_model
-from llamanas.search.run import SearchArgs, load_run, search
+from llamanas.search.run import SearchArgs, load_run
 from llamanas.supernet.elastic import SuperNet, load_supernet
 from llamanas.supernet.space import SearchSpace, SubnetConfig
 
@@ -31,12 +31,9 @@ __all__ = [
     "SubnetConfig",
     "SuperNet",
     "__version__",
-    "evaluate",
-    "extract",
     "load_model",
     "load_run",
     "load_supernet",
-    "search",
 ]
 
 # Module paths of llamanas 0.1's flat layout, so that code written against them keeps working.
