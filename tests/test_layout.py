@@ -16,8 +16,9 @@ def test_flat_module_paths_still_import(old, new):
 
 def test_readme_imports():
     from llamanas.evaluate import evaluate
-    from llamanas.evaluation.evaluate import evaluate as evaluate_new
     from llamanas.extract import extract
+
+    from llamanas.evaluation.evaluate import evaluate as evaluate_new
     from llamanas.supernet import load_supernet
 
     assert evaluate is evaluate_new and extract.__module__ == "llamanas.deploy.extract"
