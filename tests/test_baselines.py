@@ -287,3 +287,53 @@ def test_recovered_baselines_get_the_supernets_fine_tuning_budget(tiny_dir, tmp_
         run_baselines(
             str(tiny_dir), ["taskA"], [0.75], tmp_path / "o2", supernet_dir=str(tiny_dir), recover=True
         )
+
+
+def test_sensitivity_baseline_at_matched_size(tmp_path):
+    from llamanas.supernet.sensitivity import Sensitivity
+
+    specs = baseline_configs(SMOL, [0.8], None, methods=["sensitivity"])
+    assert specs[1].config is None and "sensitivity needs" in specs[1].note
+    # Later layers are cheap to cut: the allocation cuts them first, within the target.
+    sens = Sensitivity(
+        3.0,
+        [
+            {m: (1536 - m) / 1536 * (1.0 if i < 20 else 0.01) for m in (384, 768, 1152, 1536)}
+            for i in range(30)
+        ],
+        [{g: (3 - g) * 5.0 for g in (1, 2, 3)} for _ in range(30)],
+    )
+    spec = baseline_configs(SMOL, [0.9], None, methods=["sensitivity"], sensitivity=sens)[1]
+    cfg = spec.config
+    assert spec.method == "sensitivity" and cfg.num_params(SMOL) <= 0.9 * _full(SMOL)
+    assert cfg.depth == 30 and set(cfg.kv_groups) == {3}
+    assert all(m == 1536 for m in cfg.mlp[:20]) and min(cfg.mlp[20:]) == 384
+
+
+def test_run_baselines_with_sensitivity(tmp_path):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n\n".join(" ".join(f"w{(i * j) % 120}" for j in range(40)) for i in range(1, 6)))
+
+    def loader(name):
+        return SuperNet(tiny_model("llama", layers=4)), tiny_tokenizer()
+
+    def evaluate_fn(model, tokenizer, tasks, **kw):
+        return {t: FakeResult({"acc": 0.3}, {"acc": 0.01}) for t in tasks}
+
+    run = run_baselines(
+        "base-model",
+        ["taskA"],
+        [0.9],
+        tmp_path / "out",
+        methods=["width", "sensitivity"],
+        calibration=str(calib),
+        num_samples=4,
+        seq_len=16,
+        loader=loader,
+        evaluate_fn=evaluate_fn,
+    )
+    assert [r.method for r in run.rows] == ["base", "width", "sensitivity"]
+    row = run.rows[2]
+    assert row.params <= 0.9 * run.full_params and row.note == ""
+    assert set(run.sensitivity) == {"base"} and len(run.sensitivity["base"]["mlp"]) == 4
+    assert read_baselines(tmp_path / "out").to_dict() == json.loads(json.dumps(run.to_dict()))

@@ -15,7 +15,6 @@ from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.supernet.compensation import (
     Compensation,
-    compute_compensation,
     input_grams,
     least_squares,
     reconstruction_error,

@@ -114,3 +114,55 @@ def test_extract_keeps_bfloat16(tmp_path, ids):
     expected = sliced_state_dict(model, cfg)
     for name, t in loaded.state_dict().items():  # the very bf16 values, no float32 round trip
         assert torch.equal(t, expected[name]), name
+
+
+def test_compensation_adds_to_existing_biases(ids, tmp_path):
+    """A LLaMA with attention and MLP biases: compensation is added to its own o_proj/down_proj biases."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=True,
+        mlp_bias=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2 or p.numel() != 64 or "bias" in str(p):
+                p.normal_(0, 0.2)
+    sn = SuperNet(model)
+    ref = model(ids).logits
+    sn.compensate([ids])
+    torch.testing.assert_close(model(ids).logits, ref, rtol=0, atol=1e-6)
+    for k, cfg in enumerate(
+        [SubnetConfig((0, 2), (48, 96), (1, 2)), SubnetConfig((0, 1, 2), (24,) * 3, (1,) * 3)]
+    ):
+        path = extract(sn, cfg, tmp_path / f"b{k}")
+        loaded = AutoModelForCausalLM.from_pretrained(path).eval()
+        with sn.subnet(cfg):
+            torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-4)
+        # the biases the source had are there as before; none were added beyond them
+        comp = sn.compensation
+        sn.set_compensation(None)
+        plain = AutoModelForCausalLM.from_pretrained(extract(sn, cfg, tmp_path / f"p{k}"))
+        sn.set_compensation(comp)
+        assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in plain.parameters())
+
+
+def test_quantized_extraction_keeps_compensation(ids, tmp_path):
+    from llamanas.supernet.slicing import standalone
+
+    sn = SuperNet(tiny_model("llama"))
+    sn.compensate([ids])
+    cfg = SubnetConfig((0, 1, 3), (48, 96, 24), (1, 2, 2), bits=(8, 8, 8))
+    new = standalone(sn, cfg)
+    assert new.model.layers[0].mlp.down_proj.bias is not None
+    with sn.subnet(SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups)):
+        expected = sn.model(ids).logits
+    assert (new(ids).logits - expected).abs().max() < 0.1 * expected.abs().max()

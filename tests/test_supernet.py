@@ -158,3 +158,52 @@ def test_calibration_batches_deterministic():
     b = calibration_batches(Tok(), texts, num_samples=5, seq_len=16)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert sum(x.shape[0] for x in a) == 5 and a[0].shape[1] == 16
+
+
+@pytest.mark.parametrize("importance", ["wanda", "taylor"])
+def test_other_importance_scores_are_permutations(family, ids, importance):
+    model = tiny_model(family)
+    ref = model(ids).logits
+    batches = [torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(2))]
+    ordering = compute_ordering(model, batches, importance)
+    assert ordering.importance == importance
+    ordering.apply(model)
+    torch.testing.assert_close(model(ids).logits, ref, rtol=0, atol=1e-4)
+    assert sorted(ordering.mlp[1]) == list(range(96)) and sorted(ordering.kv_groups[1]) == [0, 1]
+    # gradients were only borrowed: none left behind, requires_grad as before
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+def test_wanda_and_taylor_see_the_weights_rms_does_not(ids):
+    """Channels whose down_proj columns are zero fire but contribute nothing: activation RMS cannot tell,
+    activation x weight and the gradient scores rank them last."""
+    from llamanas.supernet.importance import Ordering
+
+    model = tiny_model("llama")
+    silent = torch.arange(0, 96, 2)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight[:, silent] = 0.0
+            layer.self_attn.o_proj.weight[:, :32] = 0.0  # KV group 0's heads write nothing
+    for importance in ("wanda", "taylor"):
+        ordering = compute_ordering(model, [ids], importance)
+        for perm, groups in zip(ordering.mlp, ordering.kv_groups, strict=True):
+            assert set(perm[:48]) == set(range(1, 96, 2)), importance
+            assert groups == [1, 0], importance
+        assert Ordering.from_dict(ordering.to_dict()) == ordering
+    rms = compute_ordering(model, [ids], "rms")
+    assert any(set(perm[:48]) != set(range(1, 96, 2)) for perm in rms.mlp)
+    assert Ordering.from_dict({"mlp": rms.mlp, "kv_groups": rms.kv_groups}).importance == "rms"  # old files
+
+
+def test_unknown_importance_is_a_clear_error(ids):
+    from llamanas.errors import LlamanasError
+    from llamanas.supernet.importance import order_model
+
+    model = tiny_model("llama")
+    with pytest.raises(
+        LlamanasError, match=r"Unknown importance score 'magnitude'. Allowed: rms, wanda, taylor"
+    ):
+        compute_ordering(model, [ids], "magnitude")
+    with pytest.raises(LlamanasError, match="'magnitude'"):
+        order_model(model, tokenizer=None, importance="magnitude")  # fails before reading any text
