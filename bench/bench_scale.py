@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.data import ALPACA_DEMO, find_data
 from llamanas.model.load import load_config
@@ -32,12 +33,29 @@ STEPS = ("space", "ordering", "eval", "search", "extract", "finetune_lora")
 INFERENCE = ("ordering", "eval", "search", "extract")  # goal: peak <= 1.3 x the bf16 weight bytes
 
 
-def calibration_file(tmp: Path) -> str:
-    """About 400 tokens of the Alpaca demo: three 128-token windows (ordering on a 7B CPU is minutes)."""
-    records = json.loads(find_data(ALPACA_DEMO).read_text())[:6]
+def calibration_file(tmp: Path, windows: int = 4, seq_len: int = 128) -> str:
+    """Alpaca demo text cut to give exactly ``windows`` calibration windows of ``seq_len`` tokens (the
+    ordering step takes at most 64 windows, overlapping ones on short text): 512 tokens instead of 8,192,
+    because a 7B forward pass on two CPU cores takes minutes."""
+    from transformers import AutoTokenizer
+
+    from llamanas.model.load import resolve
+
+    records = json.loads(find_data(ALPACA_DEMO).read_text())[:20]
     text = "\n\n".join(r["instruction"] + " " + r["input"] + " " + r["output"] for r in records)
+    from llamanas.supernet.importance import calibration_batches, calibration_texts
+
+    tok = AutoTokenizer.from_pretrained(resolve("default"))
+    ids = tok(text, add_special_tokens=False)["input_ids"]
     path = tmp / "calibration.txt"
-    path.write_text(text)
+    for n in range(seq_len - 1, seq_len + 4 * windows):  # decoding and re-encoding may merge tokens
+        path.write_text(tok.decode(ids[:n]))
+        try:
+            batches = calibration_batches(tok, calibration_texts(path), seq_len=seq_len)
+        except LlamanasError:  # shorter than one window
+            continue
+        if sum(len(b) for b in batches) >= windows:
+            break
     return str(path)
 
 

@@ -847,6 +847,26 @@ def _member_subnet(spec: str) -> str:
     return load_run(ref[0]).member(ref[1]).config.to_json()
 
 
+def _latency_table_builder(args, space, path):
+    """Time sub-networks in llama.cpp and fit the latency table a `--runtime llamacpp` search needs."""
+    from llamanas.deploy.speed import DEFAULT_CONFIGS, DEFAULT_HOLDOUT, build_latency_table_for
+
+    n = DEFAULT_CONFIGS + DEFAULT_HOLDOUT
+    console.print(f"No --latency-table: timing {n} sub-networks in llama.cpp for {path} ...")
+    table = build_latency_table_for(
+        args,
+        space,
+        path,
+        progress=lambda i, total, cfg: console.print(
+            f"  {i + 1}/{total}: {cfg.depth} layers", highlight=False
+        ),
+    )
+    for v, h in table.holdout.items():
+        tau = "n/a" if h["kendall_tau"] is None else f"{h['kendall_tau']:.2f}"
+        console.print(f"latency table, held out ({h['n']}): {v} MAPE {h['mape']:.1%}, Kendall tau {tau}")
+    return table
+
+
 @dataclass_command(
     app,
     SearchArgs,
@@ -890,10 +910,15 @@ def search(args: SearchArgs):
 
     console.print(f"Loading {args.model} (workers: {args.ray_address or args.workers}) ...")
     try:
-        result = search_fn(args, progress=update)
+        result = search_fn(args, progress=update, latency_table_builder=_latency_table_builder)
     finally:
         bar.stop()
     out.print(front_table(load_run(out_dir), f"Pareto front of {out_dir}"))
+    if args.runtime == "llamacpp" and args.timing_names:  # the table predicted speeds: time the front
+        from llamanas.deploy.speed import time_front
+
+        with console.status("Timing the front in llama.cpp"):
+            console.print(f"wrote {time_front(out_dir)}")
     hv = result.hypervolume[-1][1] if result.hypervolume else 0.0
     console.print(
         f"{result.evaluations} evaluations ({result.computed} run now, {result.evaluations - result.computed} "
