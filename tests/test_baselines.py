@@ -337,3 +337,8 @@ def test_run_baselines_with_sensitivity(tmp_path):
     assert row.params <= 0.9 * run.full_params and row.note == ""
     assert set(run.sensitivity) == {"base"} and len(run.sensitivity["base"]["mlp"]) == 4
     assert read_baselines(tmp_path / "out").to_dict() == json.loads(json.dumps(run.to_dict()))
+
+
+def test_run_baselines_checks_the_importance_name_first():
+    with pytest.raises(LlamanasError, match="Unknown importance score 'grad'"):
+        run_baselines("base-model", ["taskA"], [0.9], importance="grad", loader=lambda n: 1 / 0)

@@ -236,6 +236,8 @@ class BaselineRun:
     rows: list[BaselineResult]
     dtype: str = "float32"  # the dtype the baselines were evaluated in
     sensitivity: dict[str, dict] = field(default_factory=dict)  # source -> Sensitivity.to_dict()
+    importance: str = "rms"  # the score the base model's channels were ordered by
+    compensate: bool = False  # bias compensation on the sliced baselines
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -303,6 +305,8 @@ def run_baselines(
     recover: bool = False,
     dtype: str = "auto",
     device: str = "auto",
+    importance: str = "rms",
+    compensate: bool = False,
     loader: Callable | None = None,
     evaluate_fn: Callable | None = None,
 ) -> BaselineRun:
@@ -310,15 +314,17 @@ def run_baselines(
     also fine-tunes each pruned model with the super-network's budget, in ``out_dir/recovered``).
 
     ``loader(name) -> (SuperNet, tokenizer)`` defaults to ``load_supernet`` (which orders the channels
-    by importance, as the width baseline needs); tests pass fakes for ``loader`` and ``evaluate_fn``.
+    by importance, as the width baseline needs, with the ``importance`` score; ``compensate`` switches bias
+    compensation on for every baseline); tests pass fakes for ``loader`` and ``evaluate_fn``.
     """
-    from llamanas.supernet.importance import calibration_batches, calibration_texts
+    from llamanas.supernet.importance import calibration_batches, calibration_texts, check_importance
     from llamanas.supernet.sensitivity import measure_sensitivity
 
     if not tasks:
         raise LlamanasError("Baselines need at least one task.")
     if not sizes:
         raise LlamanasError("Baselines need at least one size fraction, e.g. 0.9,0.8,0.7.")
+    check_importance(importance)
     tune_args = None
     if recover:
         if not supernet_dir or out_dir is None:
@@ -329,7 +335,16 @@ def run_baselines(
     if loader is None:
         from llamanas.supernet.elastic import load_supernet
 
-        loader = lambda name: load_supernet(name, calibration=calibration, dtype=dtype, device=device)  # noqa: E731
+        def loader(name):
+            return load_supernet(
+                name,
+                calibration=calibration,
+                dtype=dtype,
+                device=device,
+                importance=importance,
+                compensate=compensate,
+            )
+
     if evaluate_fn is None:
         from llamanas.evaluation.evaluate import evaluate as evaluate_fn
     eval_kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
@@ -378,6 +393,8 @@ def run_baselines(
         rows=rows,
         dtype=used_dtype,
         sensitivity=sens_rows,
+        importance=importance,
+        compensate=compensate,
     )
     if out_dir is not None:
         write_baselines(run, out_dir)
