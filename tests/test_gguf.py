@@ -369,3 +369,29 @@ def test_default_nonuniform_parity_and_tokenizer(default, tmp_path):
                 f"default {type}: max|diff|/std = {err:.2e}, mean {mean:.2e}, top-1 {ours.argmax()} vs {ref[-1].argmax()}"
             )
             assert mean < TOL_REAL[type] and ours.argmax() == ref[-1].argmax()
+
+
+@needs_llamacpp
+def test_compensation_biases_survive_gguf(tok_dir, tmp_path):
+    """Bias compensation puts output biases on down_proj / o_proj; both GGUF archs load and add them."""
+    from llamanas.deploy.llamacpp import LlamaCpp
+    from llamanas.supernet.elastic import SuperNet
+
+    model = model_of("llama")
+    sn = SuperNet(model)
+    g = torch.Generator().manual_seed(0)
+    sn.compensate([torch.randint(0, 261, (4, 24), generator=g)])
+    from llamanas.supernet.slicing import standalone
+
+    sub = standalone(sn, NONUNIFORM)
+    layer = sub.get_decoder().layers[0]
+    assert layer.mlp.down_proj.bias is not None and layer.self_attn.o_proj.bias is not None
+    out = export_gguf(sub, tok_dir, tmp_path / "c.gguf", type="f32")
+    names = {t.name for t in gguf.GGUFReader(out.path).tensors}
+    assert "blk.0.ffn_down.bias" in names and "blk.0.attn_output.bias" in names
+    cpp = LlamaCpp(out.path, n_ctx=64, all_logits=True, f32_cache=True)
+    ours, ref = cpp.logits(PROMPT), hf_logits(sub, PROMPT)
+    with sn.subnet(NONUNIFORM):
+        activated = hf_logits(model, PROMPT)
+    np.testing.assert_allclose(ref, activated, atol=1e-4)  # extraction kept the compensation
+    assert rel_err(ours, ref) < TOL["f32"]
