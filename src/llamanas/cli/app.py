@@ -75,6 +75,20 @@ LimitOpt = Annotated[int | None, typer.Option(help="Evaluate a seeded random sub
 FewshotOpt = Annotated[int | None, typer.Option(help="Few-shot examples (default: the task's, usually 0).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the --limit subset.")]
 DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
+ImportanceOpt = Annotated[
+    str,
+    typer.Option(
+        help="Importance score that orders channels before slicing: rms (activation RMS) | wanda (activation x "
+        "output-weight norm) | taylor (first-order |w x grad| of the calibration loss)."
+    ),
+]
+CompensateOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Bias compensation (FLAP): a slice adds the mean contribution of the channels it removes as an "
+        "output bias; measured once on calibration text, carried into extracted checkpoints and GGUF."
+    ),
+]
 DtypeOpt = Annotated[str, typer.Option(help=DTYPE_HELP + ". Recorded in every output.")]
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")  # deploy.gguf.TYPES; repeated so --help needs no import
 GGUFTypeOpt = Annotated[
@@ -109,13 +123,26 @@ def _subnet(spec: str | None, supernet):
 
 
 def _load(
-    model: str, space: str | None = None, order: bool = True, dtype: str = "auto", device: str = "auto"
+    model: str,
+    space: str | None = None,
+    order: bool = True,
+    dtype: str = "auto",
+    device: str = "auto",
+    importance: str = "rms",
+    compensate: bool = False,
 ):
     from llamanas.supernet.elastic import load_supernet
 
     with console.status(f"Loading {model}" + (" and ordering channels by importance" if order else "")):
         return load_supernet(
-            model, space_file=space, order=order, dtype=dtype, device=device, say=console.print
+            model,
+            space_file=space,
+            order=order,
+            dtype=dtype,
+            device=device,
+            say=console.print,
+            importance=importance,
+            compensate=compensate,
         )
 
 
@@ -215,6 +242,8 @@ def eval_(
         Path | None, typer.Option("--json", help="Also write results to this JSON file.")
     ] = None,
     no_order: NoOrderOpt = False,
+    importance: ImportanceOpt = "rms",
+    compensate: CompensateOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ):
@@ -245,7 +274,12 @@ def eval_(
         title += f" ({qmodel.config.llamanas_quant['method']})"
     else:
         supernet, tokenizer = _load(
-            model, order=subnet is not None and not no_order, dtype=dtype, device=device
+            model,
+            order=subnet is not None and not no_order,
+            dtype=dtype,
+            device=device,
+            importance=importance,
+            compensate=compensate and subnet is not None,
         )
         used_dtype = str(next(supernet.model.parameters()).dtype).removeprefix("torch.")
         cfg = _subnet(subnet, supernet)
@@ -524,6 +558,23 @@ def extract(
             "(same as `llamanas export --type TYPE`; replaces an existing file of that name).",
         ),
     ] = None,
+    importance: ImportanceOpt = "rms",
+    compensate: CompensateOpt = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            help="Least-squares repair: refit the kept down_proj / o_proj columns so each sliced layer "
+            "reproduces the full layer's output on the calibration text (closed form, per layer)."
+        ),
+    ] = False,
+    calibration: Annotated[
+        str | None,
+        typer.Option(help="Calibration text for --repair (Alpaca JSON/JSONL or .txt; default: built in)."),
+    ] = None,
+    ridge: Annotated[
+        float | None,
+        typer.Option(help="Ridge term of --repair (default: a small multiple of the mean diagonal)."),
+    ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ):
@@ -538,15 +589,28 @@ def extract(
     if gguf is not None:
         _check_gguf_type(gguf, "--gguf")
     subnet = _member_subnet(subnet)
-    supernet, tokenizer = _load(model, order=not no_order, dtype=dtype, device=device)
+    supernet, tokenizer = _load(
+        model, order=not no_order, dtype=dtype, device=device, importance=importance, compensate=compensate
+    )
     cfg = _subnet(subnet, supernet)
     meta = {
         "source_model": model,
         "ordered": not no_order,
+        "importance": importance,
+        "compensate": compensate,
         "dtype": str(next(supernet.model.parameters()).dtype).removeprefix("torch."),
     }
     path = extract_fn(
-        supernet, cfg, out_dir, tokenizer, metadata=meta, quantize=quantize, group_size=group_size
+        supernet,
+        cfg,
+        out_dir,
+        tokenizer,
+        metadata=meta,
+        quantize=quantize,
+        group_size=group_size,
+        repair=repair,
+        calibration=calibration,
+        ridge=ridge,
     )
     size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
     what = f", {quantize}" if quantize else ""
@@ -756,7 +820,11 @@ def baselines(
         str, typer.Option(help="Target sizes as fractions of the model's parameters, e.g. 0.9,0.8,0.7.")
     ] = "0.9,0.8,0.7",
     methods: Annotated[
-        str, typer.Option(help="Comma-separated: depth, shortgpt, width.")
+        str,
+        typer.Option(
+            help="Comma-separated: depth, shortgpt, width, sensitivity (per-layer widths allocated by each "
+            "layer's measured loss increase per parameter saved)."
+        ),
     ] = "depth,shortgpt,width",
     supernet: Annotated[
         str | None,
@@ -777,6 +845,8 @@ def baselines(
             "super-network's recorded budget (same data, steps, batch, learning rate), in OUT/recovered."
         ),
     ] = False,
+    importance: ImportanceOpt = "rms",
+    compensate: CompensateOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ):
@@ -812,6 +882,8 @@ def baselines(
             recover=recover,
             dtype=dtype,
             device=device,
+            importance=importance,
+            compensate=compensate,
         )
     out.print(baselines_table(f"Baselines of {model}", run.rows, task_list))
     console.print(f"wrote {out_dir / 'baselines.json'} and baselines.csv")

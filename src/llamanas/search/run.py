@@ -85,6 +85,11 @@ class SearchArgs:
     """Results store (default RUN_DIR/results.sqlite); point runs at one file to share evaluations."""
     order: bool = True
     """Order channels by importance before slicing (as every llamanas command does)."""
+    importance: str = "rms"
+    """Importance score that orders the channels: rms | wanda | taylor (a fine-tuned super-network keeps
+    the order it was trained with)."""
+    compensate: bool = False
+    """Bias compensation (FLAP) on every sliced sub-network: the mean contribution of removed channels."""
     dtype: str = "auto"
     """Compute dtype: auto (bfloat16 on a GPU, float32 on the CPU below 1B parameters, else the checkpoint's
     own) | bfloat16 | float16 | float32. The resolved dtype is recorded and keys the stored results."""
@@ -130,6 +135,9 @@ class SearchArgs:
         """Errors that name the bad value and the allowed ones, before anything is loaded."""
         if self.algorithm not in ALGORITHMS:
             raise unknown("algorithm", self.algorithm, ALGORITHMS)
+        from llamanas.supernet.importance import check_importance
+
+        check_importance(self.importance)
         for flag, v, lo in (
             ("--evaluations", self.evaluations, 1),
             ("--population", self.population, 2),
@@ -179,6 +187,7 @@ class SearchArgs:
             dtype=self.dtype,
             runtime=self.runtime if latency_table else "hf",
             latency_table=latency_table,
+            compensate=self.compensate,
         )
 
     @property
@@ -454,7 +463,12 @@ def search(
     timing = any(o.source == objmod.TIMING for o in [*objectives, *(c.objective for c in constraints)])
     settings = args.settings(timing, table.digest if table else None)
     spec = evaluator or SupernetSpec(
-        args.model, space.to_dict(), settings, order=args.order, device=args.device
+        args.model,
+        space.to_dict(),
+        settings,
+        order=args.order,
+        device=args.device,
+        importance=args.importance,
     )
     run_dir = args.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)

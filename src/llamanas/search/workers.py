@@ -44,6 +44,7 @@ class EvalSettings:
     repeats: int = 5
     runtime: str = "hf"  # "llamacpp": latency/throughput come from the latency table below, not timing
     latency_table: str | None = None  # digest of that table (search.latency.LatencyTable.digest)
+    compensate: bool = False  # bias compensation on the slices (changes values, not the weights)
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -72,6 +73,8 @@ class EvalSettings:
         if self.runtime == "hf" and self.latency_table is None:  # keys of stores made before runtimes
             for k in ("runtime", "latency_table"):
                 d.pop(k)
+        if not self.compensate:  # keys of stores made before compensation
+            d.pop("compensate")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -118,6 +121,7 @@ class SupernetSpec:
     order: bool = True
     calibration: str | None = None
     device: str = "auto"  # where each worker runs; Ray workers on GPUs get their own
+    importance: str = "rms"  # the score channels are ordered by (the weights' fingerprint covers it)
 
     def build(self, device: str | None = None) -> SupernetEvaluator:
         return SupernetEvaluator(self, device)
@@ -137,8 +141,12 @@ class SupernetEvaluator:
             calibration=spec.calibration,
             dtype=s.dtype,
             device=device or spec.device,
+            importance=spec.importance,
+            compensate=s.compensate,
         )
         supernet.space = SearchSpace.from_saved(spec.space)
+        if supernet.compensation is not None:  # biases for the driver's space's widths
+            supernet.set_compensation(supernet.compensation)
         self.supernet = supernet
         self._fingerprint = fingerprint(supernet.model)
         self.prepared = None

@@ -105,7 +105,9 @@ class Trainer:
             work="finetune-lora" if a.lora else "finetune",
             say=self.acc.print,
         )
-        already_ordered = read_supernet_meta(resolve(a.model)).get("ordered", False)
+        source_meta = read_supernet_meta(resolve(a.model))
+        already_ordered = source_meta.get("ordered", False)
+        self.ordered_by = source_meta.get("ordered_by", "rms") if already_ordered else a.importance
         self.ordering = None
         if state is not None and (self.ckpt / "ordering.json").is_file():
             # Re-measuring could flip near-ties and misalign the saved weights; apply the saved one.
@@ -113,7 +115,7 @@ class Trainer:
             self.ordering.apply(supernet.model)
         elif state is None and not already_ordered:
             calibration = a.calibration or (a.data if Path(a.data).is_file() else None)
-            self.ordering = order_model(supernet.model, tok, calibration)
+            self.ordering = order_model(supernet.model, tok, calibration, importance=a.importance)
         self.supernet, self.tokenizer = supernet, tok
         space: SearchSpace = supernet.space
         model = supernet.model
@@ -359,7 +361,7 @@ class Trainer:
             model.save_pretrained(self.out)
             self.tokenizer.save_pretrained(self.out)
             write_loss_curves(self.records, self.out / "losses.csv", self.out / "losses.png")
-            write_supernet_meta(self.out, self.supernet.space, record)
+            write_supernet_meta(self.out, self.supernet.space, record, ordered_by=self.ordered_by)
             if not a.keep_checkpoint:
                 shutil.rmtree(self.ckpt, ignore_errors=True)
         self.acc.wait_for_everyone()

@@ -157,6 +157,8 @@ class TuneArgs:
     train in float32."""
     device: str = "auto"
     """auto (CUDA if present, else cpu) | cpu | cuda | cuda:N; under `accelerate launch`, each process's."""
+    importance: str = "rms"
+    """Importance score that orders the channels before training: rms | wanda | taylor."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of storing them: less memory (7B with --lora),
     about a third more compute."""
@@ -172,6 +174,9 @@ class TuneArgs:
             raise unknown("precision", self.precision, PRECISIONS)
         if self.dtype not in DTYPE_CHOICES:
             raise unknown("dtype", self.dtype, DTYPE_CHOICES)
+        from llamanas.supernet.importance import check_importance
+
+        check_importance(self.importance)
         for name in ("steps", "batch_size", "grad_accum", "max_length", "lora_r", "num_buckets"):
             if getattr(self, name) < 1:
                 raise LlamanasError(f"{name} must be >= 1; got {getattr(self, name)}.")
