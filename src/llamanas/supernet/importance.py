@@ -64,14 +64,17 @@ class Ordering:
                     _permute_cols(lin, cols[name])
 
 
+# In place: the weights of a freshly loaded checkpoint are private memory maps of its files, so writing
+# into them costs nothing extra, while new tensors would keep every page mapped twice (2x the weights
+# in resident memory at 1B-7B; docs/benchmarks.md, scale table).
 def _permute_rows(lin, idx: torch.Tensor) -> None:
-    lin.weight.data = lin.weight.data[idx].contiguous()
+    lin.weight.data.copy_(lin.weight.data[idx])
     if lin.bias is not None:
-        lin.bias.data = lin.bias.data[idx].contiguous()
+        lin.bias.data.copy_(lin.bias.data[idx])
 
 
 def _permute_cols(lin, idx: torch.Tensor) -> None:
-    lin.weight.data = lin.weight.data[:, idx].contiguous()
+    lin.weight.data.copy_(lin.weight.data[:, idx])
 
 
 IMPORTANCES = ("rms", "wanda", "taylor")
