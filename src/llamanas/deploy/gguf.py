@@ -5,6 +5,7 @@ architecture with scalar sizes. A non-uniform one uses the ``deci`` architecture
 Nemotron-51B port), whose loader and graph size every layer on its own from the per-layer arrays
 ``deci.feed_forward_length``, ``deci.attention.head_count`` and ``deci.attention.head_count_kv``.
 Skipped layers are simply absent: the kept layers are renumbered, as in the extracted HF model.
+Over 500 lines, one concern: the GGUF file format (writing it, and reading back what it says).
 
 Facts from llama.cpp's source (``src/models/deci.cpp``, ``src/llama-model.cpp`` in the version pinned by
 the ``llamacpp`` extra) this module relies on:

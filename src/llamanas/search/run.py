@@ -6,6 +6,9 @@ The parts live beside this module: ``problem`` (goals, the pymoo problem and ope
 
     args = SearchArgs(tasks=("arc_easy",), objectives=("accuracy", "params"), evaluations=60, out="runs/a")
     result = search(args)
+
+Over 500 lines, one concern: a run as a whole (what defines it, and its folder: ``RunFiles`` is the one
+reader and writer of run.json, front files and exports).
 """
 
 from __future__ import annotations
