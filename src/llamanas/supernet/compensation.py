@@ -25,6 +25,7 @@ import torch
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.families import family_of
+from llamanas.supernet.importance import output_inputs
 from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 COMPENSATION_FILE = "llamanas_compensation.safetensors"
@@ -109,35 +110,23 @@ class Compensation:
 def compute_compensation(model, batches: Sequence[torch.Tensor], space: SearchSpace | None = None):
     """The ``Compensation`` of ``model`` (run at full width) from calibration batches; with ``space``,
     the biases of all its width choices are computed at once."""
-    family = family_of(model.config)
     arch = Arch.from_hf(model.config)
-    (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols
     layers = model.get_decoder().layers
     sums = {(i, k): None for i in range(len(layers)) for k in ("mlp", "attn")}
-    count = [0]
 
-    def hook(key):
-        def fn(_module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double().sum(0).cpu()
-            sums[key] = x if sums[key] is None else sums[key] + x
+    def add(key, x):
+        x = x.double().sum(0).cpu()
+        sums[key] = x if sums[key] is None else sums[key] + x
 
-        return fn
-
-    handles = []
-    for i, layer in enumerate(layers):
-        linears = family.linears_of(layer)
-        handles.append(linears[mlp_out].register_forward_pre_hook(hook((i, "mlp"))))
-        handles.append(linears[attn_out].register_forward_pre_hook(hook((i, "attn"))))
-    try:
-        device = next(model.parameters()).device
-        for ids in batches:
-            model(input_ids=ids.to(device), use_cache=False)
-            count[0] += ids.numel()
-    finally:
-        for h in handles:
-            h.remove()
-    if count[0] == 0:
-        raise LlamanasError("Bias compensation needs calibration text; got none.")
+    count = [
+        output_inputs(
+            model,
+            batches,
+            lambda i, x: add((i, "mlp"), x),
+            lambda i, x: add((i, "attn"), x),
+            "Bias compensation",
+        )
+    ]
     n = count[0]
     comp = Compensation(
         [sums[i, "mlp"] / n for i in range(len(layers))],

@@ -115,45 +115,50 @@ def measure_importance(
 
 
 @torch.inference_mode()
+def output_inputs(model, batches, on_mlp, on_attn, what: str) -> int:
+    """Run calibration ``batches`` through ``model`` and call ``on_mlp(i, x)`` / ``on_attn(i, x)`` with the
+    inputs of layer ``i``'s MLP output projection (its channels, (tokens, intermediate)) and attention
+    output projection (the heads' outputs, (tokens, heads x head_dim)); returns the number of tokens.
+    Importance scores and bias compensation are both statistics of these inputs."""
+    family = family_of(model.config)
+    (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols
+
+    def hook(fn, i):
+        return lambda _module, args: fn(i, args[0].detach().reshape(-1, args[0].shape[-1]))
+
+    handles = []
+    for i, layer in enumerate(model.get_decoder().layers):
+        linears = family.linears_of(layer)
+        handles.append(linears[mlp_out].register_forward_pre_hook(hook(on_mlp, i)))
+        handles.append(linears[attn_out].register_forward_pre_hook(hook(on_attn, i)))
+    tokens = 0
+    try:
+        device = next(model.parameters()).device
+        for ids in batches:
+            model(input_ids=ids.to(device), use_cache=False)
+            tokens += ids.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    if tokens == 0:
+        raise LlamanasError(f"{what} needs calibration text; got none.")
+    return tokens
+
+
 def _activation_rms(model, batches: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per layer: RMS over calibration tokens of each MLP channel, and of each attention head's output."""
     arch = Arch.from_hf(model.config)
     layers = model.get_decoder().layers
     mlp_sq = [torch.zeros(arch.intermediate_size, dtype=torch.float64) for _ in layers]
     head_sq = [torch.zeros(arch.num_heads, dtype=torch.float64) for _ in layers]
-    count = [0]
 
-    def mlp_hook(i):
-        def hook(_module, args):
-            x = args[0].detach().double().reshape(-1, args[0].shape[-1])  # (tokens, intermediate)
-            mlp_sq[i] += (x**2).sum(0).cpu()
+    def on_mlp(i, x):  # (tokens, intermediate)
+        mlp_sq[i] += (x.double() ** 2).sum(0).cpu()
 
-        return hook
+    def on_attn(i, x):  # (tokens, heads x head_dim)
+        head_sq[i] += (x.double().reshape(-1, arch.num_heads, arch.head_dim) ** 2).sum(-1).sum(0).cpu()
 
-    def attn_hook(i):
-        def hook(_module, args):
-            x = args[0].detach().double().reshape(-1, arch.num_heads, arch.head_dim)  # (tokens, heads, hd)
-            head_sq[i] += (x**2).sum(-1).sum(0).cpu()
-
-        return hook
-
-    handles = []
-    family = family_of(model.config)
-    (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols  # inputs: head outputs, MLP channels
-    for i, layer in enumerate(layers):
-        linears = family.linears_of(layer)
-        handles.append(linears[mlp_out].register_forward_pre_hook(mlp_hook(i)))
-        handles.append(linears[attn_out].register_forward_pre_hook(attn_hook(i)))
-    try:
-        device = next(model.parameters()).device
-        for ids in batches:
-            model(input_ids=ids.to(device), use_cache=False)
-            count[0] += ids.numel()
-    finally:
-        for h in handles:
-            h.remove()
-    if count[0] == 0:
-        raise LlamanasError("Importance ordering needs calibration text; got none.")
+    count = [output_inputs(model, batches, on_mlp, on_attn, "Importance ordering")]
     mlp_scores = [(s / count[0]).sqrt() for s in mlp_sq]
     head_rms = [(s / count[0]).sqrt() for s in head_sq]
     return mlp_scores, head_rms
