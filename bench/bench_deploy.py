@@ -65,7 +65,9 @@ def main() -> None:
     rows_path = args.out / "rows.json"
     rows = json.loads(rows_path.read_text()) if rows_path.is_file() else {}
     base_params = supernet.num_params()
-    for name, cfg in members(run_dir, supernet, [float(s) for s in args.sizes.split(",")]).items():
+    chosen = members(run_dir, supernet, [float(s) for s in args.sizes.split(",")])
+    # Timings first, all in a row on a quiet machine; the accuracies (long, not timed) afterwards.
+    for name, cfg in chosen.items():
         params = cfg.num_params(supernet.arch)
         key = f"{name} hf"
         if key not in rows:
@@ -81,16 +83,28 @@ def main() -> None:
             if not path.is_file():
                 export_subnet_gguf(supernet, cfg, "default", path, type=type_)
             t = time_gguf(path, prompt_tokens=128, decode_tokens=32, repeats=5, threads=args.threads)
-            res = evaluate_gguf(
-                path, ["arc_easy"], split="validation", limit=args.limit, n_threads=args.threads
-            )
-            r = res["arc_easy"]
             rows[key] = {"member": name, "runtime": f"llama.cpp {type_}", "params": params, "config": cfg.to_dict(),
                          "file_bytes": t.file_bytes, "prefill_tok_s": t.prefill_tokens_per_s,
-                         "decode_tok_s": t.decode_tokens_per_s, "peak_rss_bytes": t.peak_rss_bytes,
-                         "acc": r.metrics["acc"], "acc_stderr": r.stderr["acc"], "n": r.n}  # fmt: skip
+                         "decode_tok_s": t.decode_tokens_per_s, "peak_rss_bytes": t.peak_rss_bytes}  # fmt: skip
             rows_path.write_text(json.dumps(rows, indent=2))
-            print(key, json.dumps(rows[key]["decode_tok_s"]), rows[key]["acc"], flush=True)
+            print(key, f"decode {t.decode_tokens_per_s:.1f} tok/s", flush=True)
+    for name in chosen:
+        for type_ in TYPES:
+            r = rows[f"{name} {type_}"]
+            if "acc" in r:
+                continue
+            path = args.out / f"{name.rstrip('%')}-{type_}.gguf"
+            res = evaluate_gguf(
+                path,
+                ["arc_easy"],
+                split="validation",
+                limit=args.limit,
+                n_threads=args.threads,
+                progress=False,
+            )["arc_easy"]
+            r.update(acc=res.metrics["acc"], acc_stderr=res.stderr["acc"], n=res.n)
+            rows_path.write_text(json.dumps(rows, indent=2))
+            print(name, type_, f"ARC-Easy {res.metrics['acc']:.3f}", flush=True)
     print("| member | runtime | params | file MiB | ARC-Easy acc (570) | prefill tok/s | decode tok/s | "
           "decode speedup | params ratio | speedup / params ratio |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
