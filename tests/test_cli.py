@@ -277,3 +277,20 @@ def test_eval_gguf_equals_eval_hf(bpe_dir, gguf_file, tmp_path):
     assert "does not apply to a GGUF file" in str(r.exception)
     r = run("eval", "--model", tmp_path / "missing.gguf", *common)
     assert "does not exist" in str(r.exception)
+
+
+def test_eval_records_dtype_and_bf16_stays_close(bpe_dir, tmp_path):
+    from conftest import arc_available
+
+    if not arc_available():
+        pytest.skip("task data not available offline")
+    common = ("--tasks", "arc_easy", "--split", "validation", "--limit", 8, "--device", "cpu")
+    for dtype in ("float32", "bfloat16"):
+        r = run("eval", "--model", bpe_dir, *common, "--dtype", dtype, "--json", tmp_path / f"{dtype}.json")
+        assert r.exit_code == 0, r.output
+    f32, b16 = (json.loads((tmp_path / f"{d}.json").read_text()) for d in ("float32", "bfloat16"))
+    assert f32["dtype"] == "float32" and b16["dtype"] == "bfloat16"
+    a, b = (x["results"]["arc_easy"]["metrics"]["gold_nll"] for x in (f32, b16))
+    assert b == pytest.approx(a, rel=0.02)  # bf16 weights, float32 compute on the CPU: within 2% in nats
+    r = run("eval", "--model", bpe_dir, *common, "--dtype", "fp8")
+    assert isinstance(r.exception, LlamanasError) and "Unknown dtype 'fp8'" in str(r.exception)
