@@ -143,16 +143,16 @@ def eval_(
             title += f" sub-network ({cfg.num_params(supernet.arch):,} params)"
     out.print(results_table(f"{title} [{used_dtype}]", results))
     if json_path:
-        payload = {
-            "model": model,
-            "subnet": cfg.to_dict(),
-            "params": cfg.num_params(supernet.arch),
-            "dtype": used_dtype,
-            "results": {k: r.to_dict() for k, r in results.items()},
-        }
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(payload, indent=2))
-        console.print(f"wrote {json_path}")
+        _write_results(json_path, model, cfg.to_dict(), cfg.num_params(supernet.arch), used_dtype, results)
+
+
+def _write_results(path: Path, model: str, subnet, params: int, dtype: str, results: dict, **extra) -> None:
+    """The eval --json file: what was evaluated, in which dtype, and every task's results."""
+    payload = {"model": model, **extra, "subnet": subnet, "params": params, "dtype": dtype}
+    payload["results"] = {k: r.to_dict() for k, r in results.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    console.print(f"wrote {path}")
 
 
 def _eval_gguf(model, subnet, task_list, split, limit, num_fewshot, seed, json_path, device, dtype):
@@ -173,17 +173,7 @@ def _eval_gguf(model, subnet, task_list, split, limit, num_fewshot, seed, json_p
     )
     out.print(results_table(f"{model} [llama.cpp, {info.type}, {info.n_params:,} params]", results))
     if json_path:
-        payload = {
-            "model": model,
-            "runtime": "llamacpp",
-            "subnet": info.subnet,
-            "params": info.n_params,
-            "dtype": info.type,
-            "results": {k: r.to_dict() for k, r in results.items()},
-        }
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(payload, indent=2))
-        console.print(f"wrote {json_path}")
+        _write_results(json_path, model, info.subnet, info.n_params, info.type, results, runtime="llamacpp")
 
 
 @app.command()

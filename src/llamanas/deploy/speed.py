@@ -139,18 +139,10 @@ def build_latency_table(
         raise LlamanasError(f"holdout must be >= 0; got {holdout}.")
     cfgs = calibration_configs(space, n_configs + holdout, seed)
     threads = threads or os.cpu_count() or 1
+    settings = dict(type=type, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats)
     with _tokenizer_source(tokenizer_source, tokenizer) as source:
         timed = time_configs(
-            supernet,
-            cfgs,
-            source,
-            type=type,
-            prompt_tokens=prompt_tokens,
-            decode_tokens=decode_tokens,
-            repeats=repeats,
-            threads=threads,
-            time_fn=time_fn,
-            progress=progress,
+            supernet, cfgs, source, **settings, threads=threads, time_fn=time_fn, progress=progress
         )
     timing = {
         "runtime": RUNTIME,
@@ -221,18 +213,10 @@ def time_front(
         supernet, tokenizer = load_supernet(model, order=False, device="cpu")
         tokenizer_source = tokenizer_source or tokenizer_source_for(model)
     cfgs = [SubnetConfig.from_dict(m["config"]) for m in members]
+    settings = dict(type=type, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats)
     with _tokenizer_source(tokenizer_source, tokenizer) as source:
         timed = time_configs(
-            supernet,
-            cfgs,
-            source,
-            type=type,
-            prompt_tokens=prompt_tokens,
-            decode_tokens=decode_tokens,
-            repeats=repeats,
-            threads=threads,
-            time_fn=time_fn,
-            progress=progress,
+            supernet, cfgs, source, **settings, threads=threads, time_fn=time_fn, progress=progress
         )
     points = []
     for m, (tm, timing) in zip(members, timed, strict=True):
