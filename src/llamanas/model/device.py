@@ -110,7 +110,7 @@ def free_bytes(device: torch.device) -> int:
 
 
 # Bytes per byte of weights beyond the weights themselves, by kind of work: rough estimates that
-# bench/bench_scale.py checks against measured peaks (activations are small next to the weights at
+# docs/benchmarks.md (scale table) compares with measured peaks (activations are small next to the weights at
 # batch 1 and the evaluator's token budget).
 WORK = {
     "inference": 0.15,  # activations, KV cache, logits for the evaluator's token budget
