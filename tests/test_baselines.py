@@ -117,6 +117,26 @@ def test_block_influence_finds_the_layer_that_does_nothing():
     assert depth_truncation(arch, target).layers == (0, 1, 2)
 
 
+def test_attention_influence_finds_the_attention_that_does_nothing():
+    from llamanas.evidence.baselines import block_influence_per_block, drop_attention, drop_attention_blocks
+
+    model = tiny_model("llama", layers=4)
+    with torch.no_grad():  # layer 1's attention adds zero; its MLP still works
+        model.model.layers[1].self_attn.o_proj.weight.zero_()
+    bi = block_influence_per_block(model, _batches())
+    assert bi["attention"][1] == pytest.approx(0.0, abs=1e-9) and bi["mlp"][1] > 1e-3
+    assert min(b for i, b in enumerate(bi["attention"]) if i != 1) > 1e-3
+    arch = Arch.from_hf(model.config)
+    one = drop_attention_blocks(arch, bi["attention"], 1)
+    assert one.kv_groups == (2, 0, 2, 2) and one.mlp == (96,) * 4
+    target = one.num_params(arch) / _full(arch)
+    assert drop_attention(arch, bi["attention"], target) == one
+    with pytest.raises(LlamanasError, match="one must stay"):
+        drop_attention_blocks(arch, bi["attention"], 4)
+    specs = baseline_configs(arch, [target], None, ["attention"], attention_influence=bi["attention"])
+    assert specs[1].config == one
+
+
 def test_block_influence_works_on_a_supernet_with_elastic_layers():
     model = tiny_model("mistral", layers=3)
     sn = SuperNet(model)

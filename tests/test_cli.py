@@ -40,6 +40,20 @@ def test_measure_json(tiny_dir):
     )
     assert m["latency_ms"] > 0 and m["throughput_tok_s"] > 0
     assert m["bytes"] == 4 * m["params"]
+    assert m["kv_bytes_per_token"] == 2 * 2 * 1 * 16 * 2  # 2 layers x K and V x 1 group x head 16 x 2 B
+
+
+def test_measure_at_long_context_without_attention(tiny_dir):
+    """--context times decoding after a long prompt in HF too; a layer without attention keeps no cache."""
+    sub = '{"layers": [0, 1], "mlp": [48, 96], "kv_groups": [2, 0]}'
+    r = run("measure", "--model", tiny_dir, "--subnet", sub, "--json", "--repeats", 1, "--gen-tokens", 2,
+            "--context", "8,64")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [m["gen_context"] for m in rows] == [8, 64] and [m["prefill_tokens"] for m in rows] == [8, 64]
+    assert rows[0]["kv_bytes_per_token"] == 2 * 2 * 16 * 2  # layer 0 only: K and V, 2 groups of 16, 2 B
+    r = run("measure", "--model", tiny_dir, "--context", "0")
+    assert "--context values must be in 1.." in str(r.exception)
 
 
 def test_extract_cli_roundtrip(tiny_dir, tmp_path):
@@ -248,8 +262,8 @@ def test_measure_llamacpp_fields(bpe_dir, gguf_file):
     ]  # default: 128 and 1024 capped by 256 - 2
     r = run("measure", "--model", bpe_dir, "--runtime", "tvm")
     assert "--runtime 'tvm' is unknown" in str(r.exception)
-    r = run("measure", "--model", bpe_dir, "--context", "64")
-    assert "apply to --runtime llamacpp" in str(r.exception)
+    r = run("measure", "--model", bpe_dir, "--threads", "1")
+    assert "--threads applies to --runtime llamacpp" in str(r.exception)
     r = run("measure", "--model", gguf_file, "--runtime", "llamacpp", "--context", "999")
     assert "--context values must be in 1..224" in str(r.exception)
 

@@ -103,6 +103,8 @@ def random_configs(n: int, seed: int = 0):
 
 
 NONUNIFORM = SubnetConfig((0, 2, 3), (96, 32, 64), (2, 1, 2))  # layer 1 skipped
+# Layer 1 without MLP (the zero stand-in), layer 2 without attention.
+BLOCKS = SubnetConfig((0, 1, 2, 3), (96, 0, 64, 32), (2, 2, 0, 1))
 
 
 def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -248,7 +250,7 @@ PROMPT = [256, 104, 101, 108, 108, 111, 32, 259, 33, 10, 200, 7, 150, 99, 42, 3]
 
 @needs_llamacpp
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
-@pytest.mark.parametrize("cfg", [None, NONUNIFORM, *random_configs(2, seed=5)], ids=str)
+@pytest.mark.parametrize("cfg", [None, NONUNIFORM, BLOCKS, *random_configs(2, seed=5)], ids=str)
 def test_llamacpp_matches_hf_f32(tok_dir, tmp_path, family, cfg):
     from llamanas.deploy.llamacpp import LlamaCpp
 
@@ -395,3 +397,30 @@ def test_compensation_biases_survive_gguf(tok_dir, tmp_path):
         activated = hf_logits(model, PROMPT)
     np.testing.assert_allclose(ref, activated, atol=1e-4)  # extraction kept the compensation
     assert rel_err(ours, ref) < TOL["f32"]
+
+
+def test_skipped_blocks_are_deci_attention_free_and_zero_mlp(tok_dir, tmp_path):
+    from llamanas.deploy.gguf import NO_MLP_WIDTH
+
+    sub = build_extracted(model_of(), BLOCKS)
+    out = export_gguf(sub, tok_dir, tmp_path / "b.gguf", type="f32")
+    r = gguf.GGUFReader(str(out.path))
+    assert out.arch == "deci"
+
+    def arr(key):
+        f = r.fields[key]
+        return [int(f.parts[i][0]) for i in f.data]
+
+    assert arr("deci.attention.head_count") == [HEADS, HEADS, 0, HEADS // KV]
+    assert arr("deci.attention.head_count_kv") == [KV, KV, 0, 1]
+    assert arr("deci.feed_forward_length") == [96, NO_MLP_WIDTH, 64, 32]
+    names = {t.name: t for t in r.tensors}
+    assert "blk.2.attn_q.weight" not in names and "blk.2.attn_norm.weight" not in names
+    assert not np.asarray(names["blk.1.ffn_down.weight"].data).any()  # the stand-in adds exactly 0
+    uniform_skips = build_extracted(model_of(), SubnetConfig((0, 1), (0, 0), (2, 2)))
+    with pytest.raises(LlamanasError, match="cannot skip attention or MLP"):
+        export_gguf(uniform_skips, tok_dir, tmp_path / "x.gguf", arch="llama")
+    first_free = build_extracted(model_of(), SubnetConfig((0, 1), (96, 96), (0, 2)))
+    with pytest.raises(LlamanasError, match="first layer must keep its attention"):
+        export_gguf(first_free, tok_dir, tmp_path / "y.gguf")
+    assert not list(tmp_path.glob("*y.gguf*"))

@@ -29,7 +29,9 @@ from llamanas.search.run import RunFiles, SearchArgs, load_run, search
 from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 ARCH = tiny_arch(8)
-SPACE = SearchSpace.from_arch(ARCH)  # 8 layers, depth >= 4, MLP 64..256, KV 1..2
+SPACE = SearchSpace.from_arch(
+    ARCH, skip_attention=False, skip_mlp=False
+)  # 8 layers, depth >= 4, MLP 64..256, KV 1..2
 
 
 def true_costs(space: SearchSpace, seed: int = 0) -> dict[str, dict[str, float]]:
@@ -443,6 +445,17 @@ def test_time_front_writes_front_llamacpp(exportable, tmp_path):
     assert set(p) >= {"latency", "throughput", "timing", "predicted", "original"}
     assert p["predicted"] == pytest.approx(table.values(SubnetConfig.from_dict(p["config"])))
     assert set(d["table_error"]) == {"latency", "throughput"}
+    # the report plots accuracy against these llama.cpp timings, and the table's predictions beside them
+    from llamanas.evidence.report import load_data, report
+
+    data = load_data(r.run_dir)
+    assert len(data.runtime_front) == len(r.front) == len(data.runtime_predicted)
+    assert sorted(q.decode_ms for q in data.runtime_front) == pytest.approx(
+        sorted(1000.0 / q["throughput"] for q in d["points"])
+    )
+    page = report(r.run_dir).read_text()
+    assert "timed in llama.cpp" in page and "latency table" in page
+    assert (r.run_dir / "figures" / "front_llamacpp.png").is_file()
 
 
 def test_build_latency_table_smoke_in_llamacpp(exportable, tmp_path):

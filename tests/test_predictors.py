@@ -18,13 +18,13 @@ def test_ordinal_features_by_hand():
     enc = Encoder(SPACE)
     cfg = SubnetConfig((0, 2), (64, 256), (1, 2))
     f = enc(SPACE.encode(cfg)[None])[0]
-    assert len(f) == len(enc.names) == 3 * 4 + 5
+    assert len(f) == len(enc.names) == 3 * 4 + 8
     assert enc.names[:3] == ("keep.0", "mlp_frac.0", "kv_frac.0")
     per_layer = f[:12].reshape(4, 3)
     np.testing.assert_allclose(per_layer, [[1, 0.25, 0.5], [0, 0, 0], [1, 1.0, 1.0], [0, 0, 0]])
     lo, hi = SPACE.smallest().num_params(ARCH), SPACE.largest().num_params(ARCH)
-    depth, params, _, mean_mlp, mean_kv = f[12:]
-    assert depth == 0.5
+    depth, params, _, mean_mlp, mean_kv, attn, mlp_blocks, _ = f[12:]
+    assert depth == 0.5 and attn == 0.5 and mlp_blocks == 0.5
     assert params == pytest.approx((cfg.num_params(ARCH) - lo) / (hi - lo))
     assert (mean_mlp, mean_kv) == (pytest.approx(0.625), pytest.approx(0.75))
 

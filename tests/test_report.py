@@ -255,6 +255,14 @@ def test_layer_stats_per_percentile():
     assert stats[50]["mlp"][0][:3] == [1.0, 1.0, 0.0]  # P(MLP 64 | kept): layers 0, 1, 2
     assert math.isnan(stats[50]["mlp"][0][3])  # never kept in the top half
     assert stats[100]["kept"] == [0.5, 0.5, 0.75, 0.25]
+    assert stats[100]["attention"] == [1.0, 1.0, 1.0, 1.0]
+    skipping = [
+        *pts[:3],
+        Point("q", "evaluated", {"layers": [2, 3], "mlp": [0, 128], "kv_groups": [1, 0]}, 1, 0.2),
+    ]
+    stats = layer_stats(skipping, Score("accuracy", "acc", ("t",)), 4, [0, 64, 128], bands=(100,))
+    assert stats[100]["attention"][2:] == [1.0, 0.0]  # P(attention kept | layer kept)
+    assert stats[100]["mlp"][0][2] == pytest.approx(1 / 3)  # P(MLP skipped | layer 2 kept)
 
 
 def test_report_html_is_self_contained_with_pngs(tmp_path):

@@ -13,7 +13,7 @@ ARCH = Arch(
 
 
 def test_default_space_choices():
-    sp = SearchSpace.from_arch(ARCH)
+    sp = SearchSpace.from_arch(ARCH, skip_attention=False, skip_mlp=False)
     assert sp.mlp_choices[0] == (64, 128, 192, 256)
     assert sp.kv_choices[0] == (1, 2)
     assert sp.min_depth == 3
@@ -21,9 +21,9 @@ def test_default_space_choices():
 
 def test_mlp_rounding_to_64():
     arch = Arch(**{**ARCH.__dict__, "intermediate_size": 1536})
-    assert SearchSpace.from_arch(arch).mlp_choices[0] == (384, 768, 1152, 1536)
+    assert SearchSpace.from_arch(arch).mlp_choices[0] == (0, 384, 768, 1152, 1536)
     arch = Arch(**{**ARCH.__dict__, "intermediate_size": 100})  # too small for multiples of 64
-    assert SearchSpace.from_arch(arch).mlp_choices[0] == (24, 48, 72, 100)
+    assert SearchSpace.from_arch(arch).mlp_choices[0] == (0, 24, 48, 72, 100)
 
 
 def test_subnet_json_roundtrip_and_validation():
@@ -100,7 +100,8 @@ def test_first_n_mode():
         assert sp.decode(sp.encode(cfg)) == cfg
     with pytest.raises(LlamanasError, match="first_n"):
         sp.validate(SubnetConfig((0, 1, 2, 4), (256,) * 4, (2,) * 4))
-    assert sp.size() == 8**4 + 8**6
+    # per kept layer 5 MLP x 3 KV choices less (0, 0) = 14; the first layer keeps attention: 5 x 2 = 10
+    assert sp.size() == 10 * 14**3 + 10 * 14**5
 
 
 def test_space_file_errors(tmp_path):
@@ -135,7 +136,7 @@ def test_num_params_matches_real_model(family):
 
 
 def test_smallest_and_largest():
-    sp = SearchSpace.from_arch(ARCH)
+    sp = SearchSpace.from_arch(ARCH, skip_attention=False, skip_mlp=False)
     small, large = sp.smallest(), sp.largest()
     assert large == SubnetConfig.full(ARCH)
     assert small.depth == sp.min_depth and set(small.mlp) == {64} and set(small.kv_groups) == {1}

@@ -181,6 +181,20 @@ def test_subset():
     assert list(a) == list(T.subset(1000, 30, 0)) and list(a) != list(T.subset(1000, 30, 1))
 
 
+def test_subset_offset_is_disjoint_from_the_limit_subset():
+    """A search on ``limit`` docs and a report on ``offset=limit`` never share a document."""
+    search = set(T.subset(570, 100, 0))
+    report = T.subset(570, 400, 0, offset=100)
+    rest = set(T.subset(570, None, 0, offset=100))
+    assert len(report) == 400 and not search & set(report) and set(report) <= rest
+    assert search | rest == set(range(570)) and not search & rest
+    assert list(T.subset(570, 100, 0, offset=0)) == sorted(search)
+    with pytest.raises(LlamanasError, match="offset 570 leaves none"):
+        T.subset(570, None, 0, offset=570)
+    with pytest.raises(LlamanasError, match="offset must be >= 0"):
+        T.subset(570, 10, 0, offset=-1)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Against lm-eval itself
 # ----------------------------------------------------------------------------------------------------------

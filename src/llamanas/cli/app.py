@@ -65,6 +65,13 @@ SpaceOpt = Annotated[
 LimitOpt = Annotated[int | None, typer.Option(help="Evaluate a seeded random subset of N items per task.")]
 FewshotOpt = Annotated[int | None, typer.Option(help="Few-shot examples (default: the task's, usually 0).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the --limit subset.")]
+OffsetOpt = Annotated[
+    int,
+    typer.Option(
+        help="Skip the first N items of the seeded order: with --offset 100 the questions are disjoint from "
+        "those a search used with --limit 100 and the same seed (select on one part, report on the other)."
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
 ImportanceOpt = Annotated[
     str,

@@ -15,6 +15,7 @@ from llamanas.cli.app import (
     ImportanceOpt,
     LimitOpt,
     ModelOpt,
+    OffsetOpt,
     SeedOpt,
     _task_list,
     app,
@@ -38,8 +39,9 @@ def baselines(
     methods: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: depth, shortgpt, width, sensitivity (per-layer widths allocated by each "
-            "layer's measured loss increase per parameter saved)."
+            help="Comma-separated: depth, shortgpt, width, attention (skip the attention blocks of least "
+            "block influence, MLPs kept), sensitivity (per-layer widths allocated by each layer's measured "
+            "loss increase per parameter saved)."
         ),
     ] = "depth,shortgpt,width",
     supernet: Annotated[
@@ -50,6 +52,7 @@ def baselines(
     limit: LimitOpt = None,
     num_fewshot: FewshotOpt = None,
     seed: SeedOpt = 0,
+    offset: OffsetOpt = 0,
     calibration: Annotated[
         str | None,
         typer.Option(help="Calibration text for importance and block influence (default: built in)."),
@@ -94,6 +97,7 @@ def baselines(
             limit=limit,
             num_fewshot=num_fewshot,
             seed=seed,
+            offset=offset,
             calibration=calibration,
             recover=recover,
             dtype=dtype,

@@ -19,6 +19,7 @@ from llamanas.cli.app import (
     LimitOpt,
     ModelOpt,
     NoOrderOpt,
+    OffsetOpt,
     SeedOpt,
     SpaceOpt,
     SubnetOpt,
@@ -87,6 +88,7 @@ def eval_(
     limit: LimitOpt = None,
     num_fewshot: FewshotOpt = None,
     seed: SeedOpt = 0,
+    offset: OffsetOpt = 0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write results to this JSON file.")
     ] = None,
@@ -109,10 +111,12 @@ def eval_(
     if limit is not None and limit < 1:
         raise LlamanasError(f"--limit must be >= 1; got {limit}.")
     if _is_gguf(model):
-        return _eval_gguf(model, subnet, task_list, split, limit, num_fewshot, seed, json_path, device, dtype)
+        return _eval_gguf(
+            model, subnet, task_list, split, limit, num_fewshot, seed, json_path, device, dtype, offset
+        )
     from llamanas.deploy.quantize import is_quantized_dir, load_quantized
 
-    kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
+    kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed, offset=offset)
     title = model
     if is_quantized_dir(model):  # written by `quantize` or `extract --quantize`: evaluate it as it is
         if subnet is not None:
@@ -155,7 +159,7 @@ def _write_results(path: Path, model: str, subnet, params: int, dtype: str, resu
     console.print(f"wrote {path}")
 
 
-def _eval_gguf(model, subnet, task_list, split, limit, num_fewshot, seed, json_path, device, dtype):
+def _eval_gguf(model, subnet, task_list, split, limit, num_fewshot, seed, json_path, device, dtype, offset=0):
     from llamanas.deploy.gguf import read_gguf_info
     from llamanas.deploy.llamacpp import evaluate_gguf
 
@@ -169,7 +173,14 @@ def _eval_gguf(model, subnet, task_list, split, limit, num_fewshot, seed, json_p
         )
     info = read_gguf_info(model)
     results = evaluate_gguf(
-        info.path, task_list, split=split, limit=limit, num_fewshot=num_fewshot, seed=seed, progress=True
+        info.path,
+        task_list,
+        split=split,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        seed=seed,
+        progress=True,
+        offset=offset,
     )
     out.print(results_table(f"{model} [llama.cpp, {info.type}, {info.n_params:,} params]", results))
     if json_path:
@@ -203,8 +214,9 @@ def measure(
     context: Annotated[
         str | None,
         typer.Option(
-            help="--runtime llamacpp: comma-separated prompt lengths to time prefill and decode after "
-            "(default: --prefill-tokens and a long context of 1024, capped by the model's context length)."
+            help="Comma-separated prompt lengths to time prefill and decode after, e.g. 128,2048 (long "
+            "context: where skipped attention blocks pay). --runtime llamacpp default: --prefill-tokens and "
+            "1024, capped by the model's context length; hf default: a 16-token prompt for decoding."
         ),
     ] = None,
     type_: GGUFTypeOpt = "f16",
@@ -243,19 +255,29 @@ def measure(
             device,
             dtype,
         )
-    if context is not None or threads is not None:
-        raise LlamanasError("--context and --threads apply to --runtime llamacpp; hf uses --prefill-tokens.")
+    if threads is not None:
+        raise LlamanasError("--threads applies to --runtime llamacpp (hf uses torch's threads).")
     if _is_gguf(model):
         raise LlamanasError("A GGUF file is measured with --runtime llamacpp.")
     # sizes and speed do not depend on which channels are kept
     supernet, _ = _load(model, order=False, dtype=dtype, device=device)
     cfg = _subnet(subnet, supernet)
-    with console.status("Measuring"):
-        m = measure_fn(supernet, cfg, seq_len, timing, prefill_tokens, gen_tokens, repeats=repeats)
+    limit = getattr(supernet.model.config, "max_position_embeddings", None)
+    contexts = [None] if context is None else _contexts(context, prefill_tokens, gen_tokens, limit)
+    rows = []
+    for n in contexts:
+        with console.status("Measuring" + ("" if n is None else f" at a {n}-token context")):
+            kw = {} if n is None else {"gen_context": n}
+            p = prefill_tokens if n is None else n
+            rows.append(measure_fn(supernet, cfg, seq_len, timing, p, gen_tokens, repeats=repeats, **kw))
     if json_out:
-        print(json.dumps({"subnet": cfg.to_dict(), "runtime": "hf", **m.to_dict()}))
+        for m in rows:
+            print(json.dumps({"subnet": cfg.to_dict(), "runtime": "hf", **m.to_dict()}))
         return
-    out.print(key_value_table(f"{model}" + ("" if subnet is None else " sub-network"), m.to_dict()))
+    for m in rows:
+        title = f"{model}" + ("" if subnet is None else " sub-network")
+        title += "" if m.gen_context in (None, 16) or context is None else f", context {m.gen_context}"
+        out.print(key_value_table(title, m.to_dict()))
 
 
 def _contexts(context: str | None, prefill_tokens: int, gen_tokens: int, limit: int | None) -> list[int]:
@@ -325,6 +347,7 @@ def _measure_llamacpp(
                 params=c.params,
                 params_non_embedding=c.params_non_embedding,
                 macs_per_token=c.macs_per_token,
+                kv_bytes_per_token=c.kv_bytes_per_token,
                 seq_len=seq_len,
             )
         contexts = _contexts(context, prefill_tokens, gen_tokens, info.context_length)

@@ -4,7 +4,10 @@ A uniform network (every layer the same MLP size and KV groups) is written under
 architecture with scalar sizes. A non-uniform one uses the ``deci`` architecture (NVIDIA's Puzzle /
 Nemotron-51B port), whose loader and graph size every layer on its own from the per-layer arrays
 ``deci.feed_forward_length``, ``deci.attention.head_count`` and ``deci.attention.head_count_kv``.
-Skipped layers are simply absent: the kept layers are renumbered, as in the extracted HF model.
+Skipped layers are simply absent: the kept layers are renumbered, as in the extracted HF model. A skipped
+attention block is ``head_count = head_count_kv = 0`` (deci's attention-free layer: the residual passes
+through, no KV cache); a skipped MLP block is written as a stand-in of ``NO_MLP_WIDTH`` channels with
+zero weights, whose output is exactly zero (see below).
 Over 500 lines, one concern: the GGUF file format (writing it, and reading back what it says).
 
 Facts from llama.cpp's source (``src/models/deci.cpp``, ``src/llama-model.cpp`` in the version pinned by
@@ -13,8 +16,13 @@ the ``llamacpp`` extra) this module relies on:
 - both architectures use "normal" RoPE on pairs of consecutive values, so the query/key rows of each head
   are permuted from HF's half-split order (as ``convert_hf_to_gguf.py`` does), biases included;
 - q/k/v, output and MLP biases are optional tensors that both architectures load and add;
-- ``deci`` with ``feed_forward_length = 0`` drops the whole layer (attention output included), so a kept
-  layer always needs an MLP; ``SubnetConfig`` guarantees ``mlp >= 1`` and ``kv_groups >= 1``;
+- ``deci`` with ``feed_forward_length = 0`` drops the whole layer (the graph ``continue``s before adding
+  the attention output to the residual), so a layer without MLP cannot be written that way; it gets the
+  zero stand-in MLP instead (silu(0) * 0 = 0, and a zero ``ffn_down``), which costs 3 x hidden x 32
+  multiply-adds per token;
+- ``head_count = 0`` skips the attention block (``cur = inpL``; no norm, no KV cache for the layer), but
+  not in the first layer: the loader takes the head size from layer 0's head count, so a file whose
+  first layer has no attention is refused;
 - the rope dimension must equal the head size (``key_length``), which is written explicitly.
 
 Types: ``f32``, ``f16``, ``q8_0``, ``q4_0`` with gguf's own numpy quantizers. Q8_0/Q4_0 quantize blocks
@@ -45,6 +53,7 @@ from llamanas.model.families import family_of
 TYPES = ("f32", "f16", "q8_0", "q4_0")
 BITS_TO_TYPE = {16: "f16", 8: "q8_0", 4: "q4_0"}
 ARCHS = ("auto", "llama", "deci")
+NO_MLP_WIDTH = 32  # channels of the zero stand-in for a skipped MLP (one Q8_0/Q4_0 block)
 BLOCK = 32  # values per Q8_0 / Q4_0 block
 SUBNET_KEY = "llamanas.subnet"  # JSON of the sub-network config, when the caller gives one
 
@@ -125,16 +134,18 @@ def _layout(model) -> tuple[Arch, list[_Layer]]:
     out = []
     for i, layer in enumerate(model.get_decoder().layers):
         linears = family.linears_of(layer)
+        no_attn, no_mlp = q_name not in linears, gate_name not in linears  # skipped blocks
         for name, lin in linears.items():
             if not isinstance(lin, torch.nn.Linear):
                 raise LlamanasError(
                     f"Layer {i}: {name} is a {type(lin).__name__}, not a float linear. Export the float "
                     "sub-network (supernet.slicing.build_extracted) and pass its per-layer 'bits' to export_gguf."
                 )
-        q, k = linears[q_name].out_features, linears[k_name].out_features
+        q = 0 if no_attn else linears[q_name].out_features
+        k = 0 if no_attn else linears[k_name].out_features
         if q % hd or k % hd:
             raise LlamanasError(f"Layer {i}: q/k sizes {q}/{k} are not multiples of the head size {hd}.")
-        out.append(_Layer(q // hd, k // hd, linears[gate_name].out_features))
+        out.append(_Layer(q // hd, k // hd, 0 if no_mlp else linears[gate_name].out_features))
     return arch, out
 
 
@@ -315,11 +326,20 @@ def export_gguf(
         bad = sorted({b for b in bits if b not in BITS_TO_TYPE})
         if bad:
             raise LlamanasError(f"'bits' values {bad} have no GGUF type; allowed: {sorted(BITS_TO_TYPE)}.")
+    if layers[0].n_head == 0:
+        raise LlamanasError(
+            "Layer 0 skips its attention block, but llama.cpp derives the head size from the first layer "
+            "(it would load as head size 0): for GGUF the first layer must keep its attention."
+        )
     rope = _check_supported(model, a)
-    uniform = len(set(layers)) == 1
+    uniform = len(set(layers)) == 1 and layers[0].n_head > 0 and layers[0].n_ff > 0
     if arch == "auto":
         arch = "llama" if uniform else "deci"
     if arch == "llama" and not uniform:
+        if len(set(layers)) == 1:
+            raise LlamanasError(
+                "GGUF 'llama' cannot skip attention or MLP blocks; use arch='deci' (or 'auto')."
+            )
         i = next(i for i, lay in enumerate(layers) if lay != layers[0])
         raise LlamanasError(
             f"Layer {i} has {layers[i].n_head} heads / {layers[i].n_head_kv} KV heads / MLP {layers[i].n_ff}, "
@@ -340,7 +360,7 @@ def export_gguf(
         writer.add_context_length(int(getattr(c, "max_position_embeddings", 2048)))
         writer.add_embedding_length(a.hidden_size)
         if arch == "deci":
-            writer.add_feed_forward_length([int(lay.n_ff) for lay in layers])
+            writer.add_feed_forward_length([int(lay.n_ff or NO_MLP_WIDTH) for lay in layers])
             writer.add_head_count([int(lay.n_head) for lay in layers])
             writer.add_head_count_kv([int(lay.n_head_kv) for lay in layers])
         else:
@@ -408,8 +428,15 @@ def export_gguf(
         }
         for bid, (layer, lay) in enumerate(zip(decoder.layers, layers, strict=True)):
             ltype = BITS_TO_TYPE[bits[bid]] if bits is not None else type
-            add(tn(T.ATTN_NORM, bid), layer.input_layernorm.weight, "f32")
-            add(tn(T.FFN_NORM, bid), layer.post_attention_layernorm.weight, "f32")
+            if lay.n_head:
+                add(tn(T.ATTN_NORM, bid), getattr(layer, family.attention_norm).weight, "f32")
+            if lay.n_ff:
+                add(tn(T.FFN_NORM, bid), getattr(layer, family.mlp_norm).weight, "f32")
+            else:  # the zero stand-in of a skipped MLP: its output is exactly 0
+                h, w = a.hidden_size, NO_MLP_WIDTH
+                add(tn(T.FFN_NORM, bid), torch.ones(h), "f32")
+                for kind, shape in ((T.FFN_GATE, (w, h)), (T.FFN_UP, (w, h)), (T.FFN_DOWN, (h, w))):
+                    add(tn(kind, bid), torch.zeros(shape), ltype)
             for lname, lin in family.linears_of(layer).items():
                 heads = {q_name: lay.n_head, k_name: lay.n_head_kv}.get(lname)
                 add(tn(kinds[lname], bid), lin.weight, ltype, heads)

@@ -292,6 +292,7 @@ def evaluate_gguf(
     limit: int | None = None,
     num_fewshot: int | None = None,
     seed: int = 0,
+    offset: int = 0,
     tokenizer=None,
     n_threads: int | None = None,
     f32_cache: bool | None = None,
@@ -316,7 +317,14 @@ def evaluate_gguf(
         tokenizer = GGUFTokenizer(vocab)
     try:
         prepared = prepare(
-            tokenizer, tasks, split, limit, num_fewshot, seed, max_length=info.context_length or 2048
+            tokenizer,
+            tasks,
+            split,
+            limit,
+            num_fewshot,
+            seed,
+            max_length=info.context_length or 2048,
+            offset=offset,
         )
     finally:
         if vocab is not None:

@@ -293,6 +293,7 @@ def prepare(
     *,
     batch_tokens: int = 4096,
     max_length: int | None = None,
+    offset: int = 0,
 ) -> Prepared:
     """Build, tokenize, pack and batch every request once (no model needed).
 
@@ -313,7 +314,7 @@ def prepare(
     for name in leaves:
         spec = get_task(name)
         task_split = split or spec.default_split
-        indices = subset(len(load_docs(name, task_split)), limit, seed)
+        indices = subset(len(load_docs(name, task_split)), limit, seed, offset)
         prompts = build_prompts(name, task_split, num_fewshot, indices)
         pairs = [(c, x) for p in prompts for c, x in zip(p.contexts, p.continuations, strict=True)]
         encode.encode_many([_split_pair(c, x)[0] for c, x in pairs] + [c + x for c, x in pairs])
@@ -508,12 +509,14 @@ def evaluate(
     seed: int = 0,
     batch_tokens: int | None = None,
     progress: bool = True,
+    offset: int = 0,
 ) -> dict[str, TaskResult]:
     """Score ``model`` (any HF causal LM, e.g. LlamaForCausalLM) on lm-eval multiple-choice tasks.
 
     Returns one :class:`TaskResult` per task, plus one per requested group (e.g. ``mmlu``); MMLU
     subjects are reported as ``mmlu_<subject>``. Same as ``score(model, prepare(...))``.
-    ``batch_tokens`` defaults to ``auto_batch_tokens(model)``.
+    ``batch_tokens`` defaults to ``auto_batch_tokens(model)``; ``offset`` skips the first documents of the
+    seeded order (``tasks.subset``), e.g. those a search selected on.
     """
     max_length = model_max_length(model, tokenizer)
     batch_tokens = batch_tokens or auto_batch_tokens(model, max_length)
@@ -526,6 +529,7 @@ def evaluate(
         seed,
         batch_tokens=batch_tokens,
         max_length=max_length,
+        offset=offset,
     )
     return score(model, prepared, progress=progress)
 

@@ -24,11 +24,13 @@ class Measurement:
     dtype: str
     macs_per_token: int
     seq_len: int
+    kv_bytes_per_token: int  # KV cache per token of context, 16-bit (0 for layers without attention)
     latency_ms: float | None = None  # prefill of ``prefill_tokens`` at batch 1, median
     latency_ms_iqr: float | None = None
     prefill_tokens: int | None = None
     throughput_tok_s: float | None = None  # greedy generation at batch 1, median
     gen_tokens: int | None = None
+    gen_context: int | None = None  # prompt tokens the generation starts after (the context it decodes at)
     threads: int | None = None
 
     def to_dict(self) -> dict:
@@ -47,6 +49,7 @@ def count(supernet, cfg: SubnetConfig, seq_len: int = 128) -> Measurement:
         dtype=str(dtype).removeprefix("torch."),
         macs_per_token=cfg.macs_per_token(arch, seq_len),
         seq_len=seq_len,
+        kv_bytes_per_token=cfg.kv_bytes(arch),
     )
 
 
@@ -63,19 +66,29 @@ def _timed(fn, warmup: int, repeats: int) -> list[float]:
 
 @torch.inference_mode()
 def time_model(
-    model, prefill_tokens: int = 128, gen_tokens: int = 32, warmup: int = 2, repeats: int = 5, seed: int = 0
+    model,
+    prefill_tokens: int = 128,
+    gen_tokens: int = 32,
+    warmup: int = 2,
+    repeats: int = 5,
+    seed: int = 0,
+    gen_context: int = 16,
 ):
-    """(prefill latency ms median, its IQR, generation tokens/s median) for a standalone model."""
+    """(prefill latency ms median, its IQR, generation tokens/s median) for a standalone model; generation
+    starts after a prompt of ``gen_context`` tokens (a long one times decoding at long context)."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (1, prefill_tokens), generator=g).to(device)
+    n = max(prefill_tokens, gen_context)
+    ids = torch.randint(0, model.config.vocab_size, (1, n), generator=g).to(device)
+    prompt = ids[:, :gen_context]
+    ids = ids[:, :prefill_tokens]
     lat = _timed(lambda: model(input_ids=ids, use_cache=False), warmup, repeats)
     q = statistics.quantiles(lat, n=4) if len(lat) >= 2 else [lat[0]] * 3
 
     def generate():
         model.generate(
-            ids[:, :16],
-            attention_mask=torch.ones_like(ids[:, :16]),
+            prompt,
+            attention_mask=torch.ones_like(prompt),
             max_new_tokens=gen_tokens,
             min_new_tokens=gen_tokens,
             do_sample=False,
@@ -95,16 +108,21 @@ def measure(
     gen_tokens: int = 32,
     warmup: int = 2,
     repeats: int = 5,
+    gen_context: int = 16,
 ) -> Measurement:
-    """Counts, plus measured latency and throughput of the extracted sub-network when ``timing``."""
+    """Counts, plus measured latency and throughput of the extracted sub-network when ``timing``
+    (generation after a ``gen_context``-token prompt)."""
     m = count(supernet, cfg, seq_len)
     if timing:
         from llamanas.supernet.slicing import standalone
 
         model = standalone(supernet, cfg)  # at its layers' bits when cfg has them
         model.generation_config.pad_token_id = 0
-        lat, iqr, tps = time_model(model, prefill_tokens, gen_tokens, warmup, repeats)
+        lat, iqr, tps = time_model(
+            model, prefill_tokens, gen_tokens, warmup, repeats, gen_context=gen_context
+        )
         m.latency_ms, m.latency_ms_iqr, m.throughput_tok_s = lat, iqr, tps
         m.prefill_tokens, m.gen_tokens, m.threads = prefill_tokens, gen_tokens, torch.get_num_threads()
+        m.gen_context = gen_context
         del model
     return m

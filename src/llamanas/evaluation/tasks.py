@@ -394,14 +394,22 @@ def fewshot_pool_split(spec: TaskSpec) -> str:
     return split
 
 
-def subset(n_docs: int, limit: int | None, seed: int) -> np.ndarray:
-    """Indices of a fixed random subset of ``limit`` docs, sorted; nested in ``limit`` for a given seed."""
-    if limit is None or limit >= n_docs:
-        return np.arange(n_docs)
-    if limit <= 0:
+def subset(n_docs: int, limit: int | None, seed: int, offset: int = 0) -> np.ndarray:
+    """Indices of a fixed random subset of ``limit`` docs, sorted; nested in ``limit`` for a given seed.
+
+    ``offset`` skips the first ``offset`` docs of the seeded order: ``subset(n, k, s)`` and
+    ``subset(n, None, s, offset=k)`` are disjoint and together all docs, so a search can select on one
+    part and a report measure on the other, by construction."""
+    if offset < 0:
+        raise LlamanasError(f"offset must be >= 0, got {offset!r}.")
+    if limit is not None and limit <= 0:
         raise LlamanasError(f"limit must be a positive number of documents, got {limit!r}.")
+    if offset == 0 and (limit is None or limit >= n_docs):
+        return np.arange(n_docs)
+    if offset >= n_docs:
+        raise LlamanasError(f"offset {offset} leaves none of the {n_docs} documents.")
     perm = np.random.default_rng(seed).permutation(n_docs)
-    return np.sort(perm[:limit])
+    return np.sort(perm[offset : None if limit is None else offset + limit])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@
   most similar to their input, ``BI = 1 - mean cos(h_in, h_out)`` over calibration tokens.
 - ``width``: uniform structured width pruning of every MLP by activation importance (Minitron style: the
   channels are ordered by ``importance.py`` and every layer keeps the same first-k channels).
+- ``attention`` (not run by default): attention blocks dropped by their own Block Influence (He et al. 2024,
+  "What Matters in Transformers? Not All Attention is Needed"): ``1 - mean cos(h, h + attn(h))`` per
+  layer; the least influential attention blocks are skipped (MLPs kept) until the size is within the target.
 - ``sensitivity`` (not run by default): per-layer widths allocated by sensitivity (Sensi-BERT style,
   ``supernet/sensitivity.py``): each (layer, MLP or KV width of the search space) is scored by the
   calibration loss increase when only that layer is sliced, then the cheapest loss increase per parameter
@@ -34,7 +37,7 @@ from llamanas.model.arch import Arch
 from llamanas.supernet.space import SubnetConfig
 
 METHODS = ("depth", "shortgpt", "width")  # the default set
-ALL_METHODS = (*METHODS, "sensitivity")
+ALL_METHODS = (*METHODS, "attention", "sensitivity")
 DEFAULT_WIDTH_MULTIPLE = 8  # MLP widths in multiples of 8: vector-friendly, and < 1% from the target size
 
 
@@ -89,6 +92,34 @@ def shortgpt(arch: Arch, block_influence: Sequence[float], target: float) -> Sub
         kept.remove(next(order))
 
 
+def drop_attention(arch: Arch, attention_influence: Sequence[float], target: float) -> SubnetConfig:
+    """Skip attention blocks in increasing order of their Block Influence until the size is within the
+    target (at least one attention block stays: the most influential one)."""
+    if len(attention_influence) != arch.num_layers:
+        raise LlamanasError(
+            f"Attention influence has {len(attention_influence)} values; the model has {arch.num_layers} layers."
+        )
+    budget = _budget(arch, target)
+    order = sorted(range(arch.num_layers), key=lambda i: (attention_influence[i], -i))
+    for k in range(arch.num_layers):  # k = attention blocks dropped
+        cfg = drop_attention_blocks(arch, attention_influence, k)
+        if cfg.num_params(arch) <= budget:
+            return cfg
+    raise _too_small(
+        "attention", target, drop_attention_blocks(arch, attention_influence, len(order) - 1), arch
+    )
+
+
+def drop_attention_blocks(arch: Arch, attention_influence: Sequence[float], k: int) -> SubnetConfig:
+    """Every layer kept at full width, the ``k`` attention blocks of least Block Influence skipped."""
+    if not 0 <= k < arch.num_layers:
+        raise LlamanasError(f"Can drop 0..{arch.num_layers - 1} attention blocks (one must stay); got {k}.")
+    drop = set(sorted(range(arch.num_layers), key=lambda i: (attention_influence[i], -i))[:k])
+    n = arch.num_layers
+    kv = tuple(0 if i in drop else arch.num_kv_heads for i in range(n))
+    return SubnetConfig(tuple(range(n)), (arch.intermediate_size,) * n, kv)
+
+
 def uniform_width(arch: Arch, target: float, multiple: int = DEFAULT_WIDTH_MULTIPLE) -> SubnetConfig:
     """Every layer kept, every MLP cut to the same width (a multiple of ``multiple``) within the target."""
     if multiple < 1:
@@ -133,11 +164,72 @@ def block_influence(model, batches: Sequence[torch.Tensor]) -> list[float]:
     return [1.0 - s / c for s, c in zip(sums, count, strict=True)]
 
 
+@torch.inference_mode()
+def block_influence_per_block(model, batches: Sequence[torch.Tensor]) -> dict[str, list[float]]:
+    """Block Influence of each layer's attention and MLP block on its own: ``1 - mean cos(h, h + block)``
+    over calibration tokens, where h is the residual stream entering the block."""
+    from llamanas.model.families import family_of
+
+    family = family_of(model.config)
+    layers = model.get_decoder().layers
+    n = len(layers)
+    sums = {"attention": [0.0] * n, "mlp": [0.0] * n}
+    count = [0] * n
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def cos_sum(h: torch.Tensor, out: torch.Tensor) -> float:
+        return float(torch.nn.functional.cosine_similarity(h.double(), (h + out).double(), dim=-1).sum())
+
+    def pre(i):
+        def fn(_module, args, kwargs):
+            seen[i] = {"h": args[0] if args else kwargs["hidden_states"]}
+
+        return fn
+
+    def attn_hook(i):
+        def fn(_module, _args, output):
+            seen[i]["attn"] = output[0] if isinstance(output, tuple) else output
+
+        return fn
+
+    def mlp_hook(i):
+        def fn(_module, _args, output):
+            seen[i]["mlp"] = output
+
+        return fn
+
+    def post(i):
+        def fn(_module, _args, _kwargs, output):
+            s = seen.pop(i)
+            h, a, m = s["h"], s["attn"], s["mlp"]
+            sums["attention"][i] += cos_sum(h, a)
+            sums["mlp"][i] += cos_sum(h + a, m)
+            count[i] += h.shape[0] * h.shape[1]
+
+        return fn
+
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(pre(i), with_kwargs=True))
+        handles.append(getattr(layer, family.attention).register_forward_hook(attn_hook(i)))
+        handles.append(getattr(layer, family.mlp).register_forward_hook(mlp_hook(i)))
+        handles.append(layer.register_forward_hook(post(i), with_kwargs=True))
+    try:
+        for ids in batches:
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    if not count[0]:
+        raise LlamanasError("Block influence needs calibration text; got none.")
+    return {k: [1.0 - v / c for v, c in zip(vals, count, strict=True)] for k, vals in sums.items()}
+
+
 @dataclass
 class BaselineSpec:
     """One baseline to evaluate: how it was made, at which target, and the resulting config."""
 
-    method: str  # "base" | "depth" | "shortgpt" | "width" | "sensitivity"
+    method: str  # "base" | "depth" | "shortgpt" | "width" | "attention" | "sensitivity"
     target: float
     config: SubnetConfig | None
     source: str = "base"  # "base" (the model as given), "supernet" (sliced from it), "recovered"
@@ -152,10 +244,12 @@ def baseline_configs(
     source: str = "base",
     width_multiple: int = DEFAULT_WIDTH_MULTIPLE,
     sensitivity=None,
+    attention_influence: Sequence[float] | None = None,
 ) -> list[BaselineSpec]:
     """The full model plus each method at each size; infeasible ones carry a note instead of a config.
 
-    ``sensitivity`` (a ``supernet.sensitivity.Sensitivity``) is what the ``sensitivity`` method allocates from.
+    ``sensitivity`` (a ``supernet.sensitivity.Sensitivity``) is what the ``sensitivity`` method allocates
+    from; ``attention_influence`` (``block_influence_per_block(...)["attention"]``) the ``attention`` one.
     """
     from llamanas.supernet.sensitivity import allocate
 
@@ -173,6 +267,10 @@ def baseline_configs(
                     if bi is None:
                         raise LlamanasError("shortgpt needs block influence scores.")
                     cfg = shortgpt(arch, bi, target)
+                elif method == "attention":
+                    if attention_influence is None:
+                        raise LlamanasError("attention needs per-block influence scores.")
+                    cfg = drop_attention(arch, attention_influence, target)
                 elif method == "sensitivity":
                     if sensitivity is None:
                         raise LlamanasError("sensitivity needs per-layer sensitivity scores.")
@@ -238,6 +336,7 @@ class BaselineRun:
     sensitivity: dict[str, dict] = field(default_factory=dict)  # source -> Sensitivity.to_dict()
     importance: str = "rms"  # the score the base model's channels were ordered by
     compensate: bool = False  # bias compensation on the sliced baselines
+    offset: int = 0  # the first ``offset`` items of the seeded order were skipped (``tasks.subset``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -298,6 +397,7 @@ def run_baselines(
     limit: int | None = None,
     num_fewshot: int | None = None,
     seed: int = 0,
+    offset: int = 0,
     calibration: str | None = None,
     num_samples: int = 32,
     seq_len: int = 128,
@@ -348,6 +448,8 @@ def run_baselines(
     if evaluate_fn is None:
         from llamanas.evaluation.evaluate import evaluate as evaluate_fn
     eval_kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
+    if offset:  # only when asked: fake evaluators in tests take the original keywords
+        eval_kwargs["offset"] = offset
     sources = [("base", model)] + ([("supernet", supernet_dir)] if supernet_dir else [])
     rows: list[BaselineResult] = []
     bis: dict[str, list[float]] = {}
@@ -359,17 +461,20 @@ def run_baselines(
             raise LlamanasError(f"The super-network {name!r} does not have the shape of the model {model!r}.")
         full_params = SubnetConfig.full(supernet.arch).num_params(supernet.arch)
         used_dtype = str(next(supernet.model.parameters()).dtype).removeprefix("torch.")
-        bi = sens = None
-        if "shortgpt" in methods or "sensitivity" in methods:
+        bi = sens = attn_bi = None
+        if {"shortgpt", "sensitivity", "attention"} & set(methods):
             batches = calibration_batches(tokenizer, calibration_texts(calibration), num_samples, seq_len)
             supernet.reset()
         if "shortgpt" in methods:
             bi = block_influence(supernet.model, batches)
             bis[source] = bi
+        if "attention" in methods:
+            attn_bi = block_influence_per_block(supernet.model, batches)["attention"]
+            bis[f"{source}:attention"] = attn_bi
         if "sensitivity" in methods:
             sens = measure_sensitivity(supernet, batches)
             sens_rows[source] = sens.to_dict()
-        specs = baseline_configs(supernet.arch, sizes, bi, methods, source, width_multiple, sens)
+        specs = baseline_configs(supernet.arch, sizes, bi, methods, source, width_multiple, sens, attn_bi)
         rows += evaluate_specs(supernet, tokenizer, specs, tasks, eval_kwargs, evaluate_fn)
         if source == "base" and tune_args is not None:
             recovered = Path(out_dir) / "recovered"
@@ -387,6 +492,7 @@ def run_baselines(
         limit=limit,
         num_fewshot=num_fewshot,
         seed=seed,
+        offset=offset,
         sizes=[float(s) for s in sizes],
         full_params=full_params,
         block_influence=bis,

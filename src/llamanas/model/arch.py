@@ -47,12 +47,17 @@ class Arch:
         )
 
     def layer_params(self, mlp: int, kv_groups: int) -> int:
-        """Parameters of one decoder layer with ``mlp`` MLP channels and ``kv_groups`` KV groups."""
+        """Parameters of one decoder layer with ``mlp`` MLP channels and ``kv_groups`` KV groups; 0 of
+        either is a skipped block, which has no weights and no RMSNorm of its own."""
         h, hd, rep = self.hidden_size, self.head_dim, self.heads_per_group
         q, kv = kv_groups * rep * hd, kv_groups * hd
         attn = h * q + 2 * h * kv + q * h + (q + 2 * kv if self.attention_bias else 0)
-        mlp_params = 3 * h * mlp + (2 * mlp + h if self.mlp_bias else 0)
-        return attn + mlp_params + 2 * h  # two RMSNorms
+        mlp_params = 3 * h * mlp + (2 * mlp + h if self.mlp_bias and mlp else 0)
+        return attn + mlp_params + h * ((kv_groups > 0) + (mlp > 0))  # each kept block's RMSNorm
+
+    def kv_bytes_per_token(self, kv_groups: int, dtype_bytes: int = 2) -> int:
+        """KV-cache bytes one layer with ``kv_groups`` KV groups stores per token (keys and values)."""
+        return 2 * kv_groups * self.head_dim * dtype_bytes
 
     def fixed_params(self, embeddings: bool = True) -> int:
         """Parameters outside the decoder layers: the final norm, and the embeddings (with an untied head)."""

@@ -23,6 +23,8 @@ class Family:
     qkv_bias: bool = False  # q/k/v projections carry biases whatever the config says (Qwen2)
     attention: str = "self_attn"  # attribute of a decoder layer holding the attention block
     mlp: str = "mlp"  # attribute of a decoder layer holding the MLP block
+    attention_norm: str = "input_layernorm"  # the RMSNorm before the attention block
+    mlp_norm: str = "post_attention_layernorm"  # the RMSNorm before the MLP block
     # Linears of each block. Rows: sliced on their output; cols: sliced on their input. The attention's
     # rows are the query's first, then the keys' and values' (sliced by whole KV groups).
     attention_rows: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
@@ -41,8 +43,14 @@ class Family:
         return getattr(layer, self.attention if in_attention else self.mlp)
 
     def linears_of(self, layer) -> dict:
-        """The linears of decoder ``layer`` by name, attention first."""
-        return {name: getattr(self.block_of(layer, name), name) for name in self.linears}
+        """The linears of decoder ``layer`` by name, attention first (of an extracted model, those of the
+        blocks it keeps)."""
+        out = {}
+        for name in self.linears:
+            lin = getattr(self.block_of(layer, name), name, None)
+            if lin is not None:
+                out[name] = lin
+        return out
 
     def rows_and_cols(self, q, kv, mlp) -> tuple[dict, dict]:
         """What each linear is cut by, by name: (on its output rows, on its input columns).

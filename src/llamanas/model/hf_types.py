@@ -7,7 +7,8 @@ it is saved under the model type ``llamanas_<family>``: the family's own config 
 from them. Importing ``llamanas`` registers these types with ``AutoConfig``/``AutoModelForCausalLM``.
 A third key, ``layer_output_bias`` (true), gives every layer's ``down_proj`` and ``o_proj`` an output bias
 (bias compensation of a sliced sub-network; the families' own classes have none there, or, for LLaMA,
-only together with biases on every other linear).
+only together with biases on every other linear). A size of 0 in the per-layer lists is a skipped block:
+the layer has no attention (no KV cache) or no MLP, and no RMSNorm before it; the residual passes through.
 """
 
 from __future__ import annotations
@@ -49,16 +50,48 @@ def elastic_classes(family: Family):
     return config_cls, ElasticForCausalLM
 
 
+class NoAttention(nn.Module):
+    """A skipped attention block: adds nothing to the residual and keeps no KV cache."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states.new_zeros(hidden_states.shape), None
+
+
+class NoMLP(nn.Module):
+    """A skipped MLP block: adds nothing to the residual."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states.new_zeros(hidden_states.shape)
+
+
 def resize_layers(model, mlp_sizes: list[int], kv_heads: list[int], output_bias: bool = False) -> None:
     """Replace each layer's linears by ones of the per-layer sizes (weights are loaded afterwards);
-    ``output_bias`` gives the column-sliced ones (``down_proj``, ``o_proj``) a bias."""
+    ``output_bias`` gives the column-sliced ones (``down_proj``, ``o_proj``) a bias. A size of 0 replaces
+    the block and its norm by parameter-free pass-throughs; attention blocks are then numbered among
+    those that remain, which is how the KV cache indexes them."""
     arch = Arch.from_hf(model.config)
     family = family_of(model.config)
     h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
     layers = model.get_decoder().layers
     if len(mlp_sizes) != len(layers) or len(kv_heads) != len(layers):
         raise LlamanasError(f"{LAYER_MLP}/{LAYER_KV} need one value per layer ({len(layers)}).")
+    types = getattr(model.config, "layer_types", None)
+    if types and len(set(types)) > 1 and 0 in kv_heads:
+        raise LlamanasError(
+            f"This model mixes attention types ({sorted(set(types))}); skipping attention blocks is supported "
+            "only where every layer has the same type."
+        )
+    attn_pos = 0
     for layer, m, g in zip(layers, mlp_sizes, kv_heads, strict=True):
+        if g == 0:
+            setattr(layer, family.attention, NoAttention())
+            setattr(layer, family.attention_norm, nn.Identity())
+        else:
+            getattr(layer, family.attention).layer_idx = attn_pos
+            attn_pos += 1
+        if m == 0:
+            setattr(layer, family.mlp, NoMLP())
+            setattr(layer, family.mlp_norm, nn.Identity())
         rows, cols = family.rows_and_cols(g * rep * hd, g * hd, m)
         for name, old in family.linears_of(layer).items():
             # Each linear keeps the bias HF gave it from the config (and the family's q/k/v bias rule).

@@ -268,12 +268,10 @@ def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Subne
         bits = None
         if space.bits_choices:
             bits = tuple(pick(space.bits_choices[i], bits_j) for i in layers)
-        return SubnetConfig(
-            layers,
-            tuple(pick(space.mlp_choices[i], mlp_j) for i in layers),
-            tuple(pick(space.kv_choices[i], kv_j) for i in layers),
-            bits,
-        )
+        kv = [pick(space.kv_choices[i], kv_j) for i in layers]
+        if max(kv) == 0:  # every attention block skipped: the first layer keeps its attention
+            kv[0] = max(space.kv_choices[layers[0]])
+        return SubnetConfig(layers, tuple(pick(space.mlp_choices[i], mlp_j) for i in layers), tuple(kv), bits)
 
     anchors += [uniform(mlp_j=j) for j in range(max(len(m) for m in space.mlp_choices))]
     anchors += [uniform(kv_j=j) for j in range(max(len(k) for k in space.kv_choices))]
@@ -288,6 +286,8 @@ def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Subne
     while len(out) < n and tries < 100 * n + 100:
         tries += 1
         cfg = space.sample(rng)
+        if cfg.kv_groups[0] == 0:  # llama.cpp needs attention in the first layer (deploy.gguf)
+            continue
         if cfg.key() not in seen:
             seen.add(cfg.key())
             out.append(cfg)

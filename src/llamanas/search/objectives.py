@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llamanas.errors import LlamanasError, unknown
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace, SubnetConfig, layer_macs
 
 MIN, MAX = "min", "max"
 TASK, COUNT, TIMING = "task", "count", "timing"  # where a value comes from
@@ -61,6 +61,12 @@ KINDS: dict[str, Kind] = {
         "weight bytes at the run's dtype (stored bytes at each layer's bits with a 'bits' space)",
     ),
     "macs": Kind(MIN, COUNT, "", "multiply-accumulates per token"),
+    "kv_bytes": Kind(
+        MIN,
+        COUNT,
+        "B",
+        "KV-cache bytes per token of context (16-bit keys and values of each attention block)",
+    ),
     "latency": Kind(
         MIN,
         TIMING,
@@ -269,7 +275,7 @@ class Counts:
     fixed time plus a per-kept-layer time looked up by the layer's widths and precision.
     """
 
-    NAMES = ("params", "bytes", "macs")
+    NAMES = ("params", "bytes", "macs", "kv_bytes")
     SPEED = ("latency", "throughput")
 
     def __init__(self, space: SearchSpace, dtype_bytes: int = 4, seq_len: int = 128, latency_table=None):
@@ -285,20 +291,22 @@ class Counts:
         self.kv_max = np.array([len(k) - 1 for k in space.kv_choices])
         cm, ck = int(self.mlp_max.max()) + 1, int(self.kv_max.max()) + 1
         # table[name][layer, mlp index, kv index] = that layer's cost; unused cells stay 0.
-        self.tables = {n: np.zeros((a.num_layers, cm, ck)) for n in ("params", "macs")}
+        self.tables = {n: np.zeros((a.num_layers, cm, ck)) for n in ("params", "macs", "kv_bytes")}
+        # ok[layer, mlp index, kv index]: a cell a kept layer can be in (not both blocks skipped).
+        self.ok = np.zeros((a.num_layers, cm, ck), dtype=bool)
+        # A (0, 0) cell (both blocks skipped) costs 0: such a layer is not kept (``space.kept``).
         for i in range(a.num_layers):
             for j, m in enumerate(space.mlp_choices[i]):
                 for k, g in enumerate(space.kv_choices[i]):
-                    one = SubnetConfig((i,), (m,), (g,))
-                    self.tables["params"][i, j, k] = one.num_params(a, embeddings=False) - a.hidden_size
-                    self.tables["macs"][i, j, k] = (
-                        one.macs_per_token(a, seq_len) - a.vocab_size * a.hidden_size
-                    )
-        one = SubnetConfig((0,), (space.mlp_choices[0][0],), (space.kv_choices[0][0],))
+                    self.ok[i, j, k] = m > 0 or g > 0
+                    self.tables["params"][i, j, k] = a.layer_params(m, g)
+                    self.tables["macs"][i, j, k] = layer_macs(a, m, g, seq_len)
+                    self.tables["kv_bytes"][i, j, k] = a.kv_bytes_per_token(g)
         # The constant part: embeddings (+ untied head) and the final norm; the LM head's MACs.
         self.base = {
-            "params": float(one.num_params(a) - self.tables["params"][0, 0, 0]),
+            "params": float(a.fixed_params()),
             "macs": float(a.vocab_size * a.hidden_size),
+            "kv_bytes": 0.0,
         }
         # bytes[layer, mlp index, kv index, bits index]; one bits slot when the space has no precision genes.
         self.bits_max = np.array([len(b) - 1 for b in space.bits_choices], dtype=int)
@@ -339,7 +347,7 @@ class Counts:
         mi, ki = self.widths(X)
         layer = np.arange(self.n_layers)[None, :]
         out = {}
-        for name in ("params", "macs"):
+        for name in ("params", "macs", "kv_bytes"):
             per_layer = self.tables[name][layer, mi, ki]
             out[name] = self.base[name] + (per_layer * keep).sum(axis=1)
         bi = self.bits(X)
@@ -373,6 +381,7 @@ class Counts:
             "params": float(params),
             "bytes": size,
             "macs": float(cfg.macs_per_token(a, self.seq_len)),
+            "kv_bytes": float(cfg.kv_bytes(a)),
         }
         if self.latency_table is not None:
             out.update(self.latency_table.values(cfg))
@@ -389,13 +398,8 @@ class Counts:
                 )
             raise unknown("count", name, self.NAMES)
         table = self.tables[name]
-        layer = np.arange(self.n_layers)
-        if name == "bytes":
-            lo_cost = table[layer, 0, 0, 0]
-            hi_cost = table[layer, self.mlp_max, self.kv_max, self.bits_max if len(self.bits_max) else 0]
-        else:
-            lo_cost = table[layer, 0, 0]
-            hi_cost = table[layer, self.mlp_max, self.kv_max]
+        lo_cost = np.array([self._valid(table, i).min() for i in range(self.n_layers)])
+        hi_cost = np.array([self._valid(table, i).max() for i in range(self.n_layers)])
         return self._extremes(self.base[name], lo_cost, hi_cost)
 
     def _speed_range(self, name: str) -> tuple[float, float]:
@@ -409,8 +413,13 @@ class Counts:
         return (lo, hi) if name == "latency" else (1000.0 / hi, 1000.0 / lo)
 
     def _valid(self, table: np.ndarray, i: int) -> np.ndarray:
-        nb = int(self.bits_max[i]) + 1 if len(self.bits_max) else 1
-        return table[i, : self.mlp_max[i] + 1, : self.kv_max[i] + 1, :nb]
+        """Layer ``i``'s cells a kept layer can be in (flattened): its choices, not both blocks skipped."""
+        ok = self.ok[i, : self.mlp_max[i] + 1, : self.kv_max[i] + 1]
+        cells = table[i, : self.mlp_max[i] + 1, : self.kv_max[i] + 1]
+        if cells.ndim == 3:  # bytes and speed tables have a bits axis
+            nb = int(self.bits_max[i]) + 1 if len(self.bits_max) else 1
+            return cells[..., :nb][ok].ravel()
+        return cells[ok]
 
     def _extremes(self, base: float, lo_cost: np.ndarray, hi_cost: np.ndarray) -> tuple[float, float]:
         sp = self.space

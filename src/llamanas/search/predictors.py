@@ -48,7 +48,7 @@ class Encoder:
                 np.array(space.mlp_choices[i]) / a.intermediate_size
             )
             self.kv_frac[i, : len(space.kv_choices[i])] = np.array(space.kv_choices[i]) / a.num_kv_heads
-        self.ranges = {k: self.counts.range(k) for k in ("params", "macs", "bytes")}
+        self.ranges = {k: self.counts.range(k) for k in ("params", "macs", "bytes", "kv_bytes")}
         # Precision genes (joint search): each kept layer's bits / 16, and the stored bytes.
         self.bits_frac = None
         if space.bits_choices:
@@ -64,7 +64,10 @@ class Encoder:
                 names.append(f"keep.{i}")
                 names += [f"mlp.{i}={m}" for m in space.mlp_choices[i]]
                 names += [f"kv.{i}={g}" for g in space.kv_choices[i]]
+        # Block skipping (size 0) is already a 0 fraction above; the shares of layers that keep each
+        # block say it directly, as the counts say what a skipped block saves.
         names += ["depth_frac", "params_frac", "macs_frac", "mean_mlp_frac", "mean_kv_frac"]
+        names += ["attention_frac", "mlp_block_frac", "kv_bytes_frac"]
         if self.bits_frac is not None:
             names += [f"bits_frac.{i}" for i in range(n)] + ["bytes_frac", "mean_bits_frac"]
         self.names = tuple(names)
@@ -98,6 +101,9 @@ class Encoder:
             _frac(counts["macs"], self.ranges["macs"]),
             mlp.sum(axis=1) / np.maximum(depth, 1),
             kv.sum(axis=1) / np.maximum(depth, 1),
+            ((kv > 0) * keep).sum(axis=1) / n,
+            ((mlp > 0) * keep).sum(axis=1) / n,
+            _frac(counts["kv_bytes"], self.ranges["kv_bytes"]),
         ]
         cols.append(np.stack(derived, axis=1))
         if self.bits_frac is not None:

@@ -1,8 +1,9 @@
 """The super-network: one loaded HF model whose sub-networks are switched on in place.
 
 Activating a sub-network copies no weights: each linear layer of the decoder becomes an
-``ElasticLinear`` that multiplies by a first-k slice (a view) of its weight, and skipped layers are
-left out of the decoder's ``ModuleList`` for the duration. Because slices are first-k, channels must
+``ElasticLinear`` that multiplies by a first-k slice (a view) of its weight, skipped layers are
+left out of the decoder's ``ModuleList`` for the duration, and a skipped attention or MLP block (size 0)
+has its class switched to one whose forward returns zeros, so the residual passes through (``skip_block``). Because slices are first-k, channels must
 be ordered by importance first (``importance.py``) so that a slice keeps the best ones.
 
     supernet = SuperNet(model)
@@ -12,6 +13,7 @@ be ordered by importance first (``importance.py``) so that a slice keeps the bes
 
 from __future__ import annotations
 
+import functools
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +59,31 @@ class ElasticLinear(nn.Linear):
         if self.active_bias is not None:
             b = self.active_bias if b is None else b + self.active_bias
         return linear(x, w, b)  # F.linear; float32 compute for 16-bit weights on the CPU
+
+
+def _no_attention(self, hidden_states, *args, **kwargs):
+    """A skipped attention block: adds nothing to the residual, stores nothing in the KV cache."""
+    return torch.zeros_like(hidden_states), None
+
+
+def _no_mlp(self, hidden_states, *args, **kwargs):
+    return torch.zeros_like(hidden_states)
+
+
+@functools.cache
+def _skipped_class(cls: type, attention: bool) -> type:
+    forward = _no_attention if attention else _no_mlp
+    return type(f"Skipped{cls.__name__}", (cls,), {"forward": forward, "llamanas_skipped": True})
+
+
+def skip_block(module: nn.Module, skipped: bool, attention: bool) -> None:
+    """Switch a decoder block (a layer's attention or MLP module) to skipped or back, in place: only its
+    class changes, so its weights, names and state dict are untouched."""
+    is_skipped = getattr(type(module), "llamanas_skipped", False)
+    if skipped and not is_skipped:
+        module.__class__ = _skipped_class(type(module), attention)
+    elif not skipped and is_skipped:
+        module.__class__ = type(module).__bases__[0]
 
 
 def decoder_layers(model) -> nn.ModuleList:
@@ -120,12 +147,17 @@ class SuperNet:
                 "This sub-network has layers below 16 bits, which the super-network cannot switch on in place; "
                 "extract it (extract.standalone, or `llamanas extract`)."
             )
+        if self._layer_types is not None and len(set(self._layer_types)) > 1 and min(cfg.kv_groups) == 0:
+            raise LlamanasError(
+                f"This model mixes attention types ({sorted(set(self._layer_types))}); skipping attention "
+                "blocks is supported only where every layer has the same type."
+            )
         a, family, comp = self.arch, self.family, self.compensation
         (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols
         # bits are None or all 16 here, so the architecture alone says whether this is the full network.
         full = SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups) == SubnetConfig.full(a)
-        kept = []
-        for pos, (i, m, g) in enumerate(zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True)):
+        kept, attn_pos = [], 0
+        for i, m, g in zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True):
             layer = self._all_layers[i]
             # Slice sizes; None (no slicing) where the whole dimension is kept.
             q = None if g == a.num_kv_heads else g * a.heads_per_group * a.head_dim
@@ -139,14 +171,25 @@ class SuperNet:
             if comp is not None:  # the removed channels' mean contribution, None at full width
                 linears = family.linears_of(layer)
                 down, o = linears[mlp_out], linears[attn_out]
-                down.active_bias = comp.mlp_bias(i, m, down.weight)
-                o.active_bias = comp.kv_bias(i, g, o.weight)
-            # The KV cache is indexed by position among the layers that run.
-            getattr(layer, family.attention).layer_idx = pos
+                down.active_bias = comp.mlp_bias(i, m, down.weight) if m else None
+                o.active_bias = comp.kv_bias(i, g, o.weight) if g else None
+            attn = getattr(layer, family.attention)
+            skip_block(attn, g == 0, attention=True)
+            skip_block(getattr(layer, family.mlp), m == 0, attention=False)
+            # The KV cache is indexed by position among the attention blocks that run.
+            if g:
+                attn.layer_idx = attn_pos
+                attn_pos += 1
             kept.append(layer)
+        for i in set(range(a.num_layers)) - set(cfg.layers):  # layers left out run nothing: unskip them
+            layer = self._all_layers[i]
+            skip_block(getattr(layer, family.attention), False, attention=True)
+            skip_block(getattr(layer, family.mlp), False, attention=False)
         decoder = self.model.get_decoder()
         decoder.layers = self._all_layers if full else nn.ModuleList(kept)
         if self._layer_types is not None:
+            # Indexed by decoder position (the mask of each layer) and by cache index (the KV cache's
+            # layer kinds): the same list when every layer has one type, which skipping attention needs.
             self.model.config.layer_types = [self._layer_types[i] for i in cfg.layers]
         self.active = cfg
 

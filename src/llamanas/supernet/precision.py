@@ -366,16 +366,17 @@ def model_bytes(model) -> int:
 def layer_bytes(
     arch: Arch, mlp: int, kv_groups: int, bits: int = 16, group_size: int = DEFAULT_GROUP_SIZE
 ) -> int:
-    """Stored bytes of one decoder layer: its seven linears at ``bits``, biases and norms at 16 bits."""
+    """Stored bytes of one decoder layer: its seven linears at ``bits``, biases and norms at 16 bits (a
+    skipped block, size 0, has none)."""
     h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
     q, kv = kv_groups * rep * hd, kv_groups * hd
     shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, mlp), (h, mlp), (mlp, h)]  # (in, out)
     total = sum(linear_bytes(i, o, bits, group_size) for i, o in shapes)
     if arch.attention_bias:
         total += KEEP_BYTES * (q + 2 * kv)
-    if arch.mlp_bias:
+    if arch.mlp_bias and mlp:
         total += KEEP_BYTES * (2 * mlp + h)
-    return total + KEEP_BYTES * 2 * h  # two RMSNorms
+    return total + KEEP_BYTES * h * ((kv_groups > 0) + (mlp > 0))  # each kept block's RMSNorm
 
 
 def fixed_bytes(arch: Arch) -> int:

@@ -31,9 +31,9 @@ def output_biased(model, cfg: SubnetConfig, compensation=None) -> bool:
         return True
     if compensation is None:
         return False
-    arch = Arch.from_hf(model.config)
-    return any(m < arch.intermediate_size for m in cfg.mlp) or any(
-        g < arch.num_kv_heads for g in cfg.kv_groups
+    arch = Arch.from_hf(model.config)  # a skipped block (0) has no output to bias
+    return any(0 < m < arch.intermediate_size for m in cfg.mlp) or any(
+        0 < g < arch.num_kv_heads for g in cfg.kv_groups
     )
 
 
@@ -45,6 +45,7 @@ def iter_sliced(
 
     ``compensation`` (a ``compensation.Compensation``) adds output biases to ``down_proj`` / ``o_proj``
     (zero in layers at full width); ``overrides`` replaces tensors by extracted name (least-squares repair).
+    A skipped block (size 0) contributes no tensor, nor does the RMSNorm before it.
     """
     arch = Arch.from_hf(model.config)
     family = family_of(model.config)
@@ -60,6 +61,10 @@ def iter_sliced(
     for pos, (i, m, g) in enumerate(zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True)):
         rows, cols = family.rows_and_cols(g * rep * hd, g * hd, m)
         src = f"{prefix}{i}."
+        dropped = tuple(
+            [f"{family.attention}.", f"{family.attention_norm}."] * (g == 0)
+            + [f"{family.mlp}.", f"{family.mlp_norm}."] * (m == 0)
+        )
         # Output biases to add (compensation) or create (zero where the source has none).
         extra: dict[str, torch.Tensor | None] = {}
         if biased:
@@ -67,16 +72,20 @@ def iter_sliced(
                 sd[f"{src}{family.mlp}.{mlp_out}.weight"],
                 sd[f"{src}{family.attention}.{attn_out}.weight"],
             )
-            extra[f"{family.mlp}.{mlp_out}.bias"] = (
-                compensation.mlp_bias(i, m, down) if compensation else None
-            )
-            extra[f"{family.attention}.{attn_out}.bias"] = (
-                compensation.kv_bias(i, g, o) if compensation else None
-            )
+            if m:
+                extra[f"{family.mlp}.{mlp_out}.bias"] = (
+                    compensation.mlp_bias(i, m, down) if compensation else None
+                )
+            if g:
+                extra[f"{family.attention}.{attn_out}.bias"] = (
+                    compensation.kv_bias(i, g, o) if compensation else None
+                )
         for name, t in sd.items():
             if not name.startswith(src):
                 continue
             rest = name[len(src) :]
+            if rest.startswith(dropped):
+                continue
             module = rest.split(".")[-2] if rest.count(".") >= 1 else ""
             if module in rows:
                 t = t[: rows[module]]

@@ -1,7 +1,9 @@
 """The search space and the sub-network config.
 
 A ``SubnetConfig`` names which decoder layers are kept and, for each kept layer, its MLP intermediate
-size and how many KV groups of attention it keeps (whole groups, so GQA stays valid). A ``SearchSpace``
+size and how many KV groups of attention it keeps (whole groups, so GQA stays valid). A size of 0 skips
+that block: ``kv_groups`` 0 is a layer without attention, ``mlp`` 0 one without MLP (the residual passes
+through); a layer with both skipped is a skipped layer and is left out of ``layers``. A ``SearchSpace``
 says which configs are allowed, samples them, and maps them to and from integer vectors for search
 algorithms. Both are plain dataclasses that round-trip through JSON.
 
@@ -27,6 +29,10 @@ from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 
 MODES = ("per_layer", "first_n")
+# Why a search space keeps attention in the first kept layer: llama.cpp takes the head size from the first
+# layer of a GGUF file, so a sub-network without it there could not be deployed (deploy/gguf.py); it also
+# guarantees the one attention block every sub-network needs.
+FIRST_ATTENTION = "llama.cpp takes the head size from the first layer"
 BITS = (4, 8, 16)  # weight precisions of the joint architecture + precision search (16 = not quantized)
 
 
@@ -56,8 +62,19 @@ class SubnetConfig:
             )
         if any(b <= a for a, b in zip(self.layers, self.layers[1:], strict=False)) or self.layers[0] < 0:
             raise LlamanasError(f"'layers' must be distinct, ascending and >= 0; got {list(self.layers)}.")
-        if min(self.mlp) < 1 or min(self.kv_groups) < 1:
-            raise LlamanasError("'mlp' sizes and 'kv_groups' must be >= 1.")
+        if min(self.mlp) < 0 or min(self.kv_groups) < 0:
+            raise LlamanasError("'mlp' sizes and 'kv_groups' must be >= 0 (0 skips the block).")
+        both = [i for i, m, g in zip(self.layers, self.mlp, self.kv_groups, strict=True) if m == 0 == g]
+        if both:
+            raise LlamanasError(
+                f"Layers {both} skip both attention and MLP: a layer with no block is a skipped layer, "
+                "leave it out of 'layers'."
+            )
+        if max(self.kv_groups) == 0:
+            raise LlamanasError(
+                "A sub-network must keep at least one attention block (kv_groups > 0 in some layer); "
+                "without one no token sees another."
+            )
         if self.bits is not None:
             object.__setattr__(self, "bits", tuple(int(b) for b in self.bits))
             if len(self.bits) != len(self.layers):
@@ -100,12 +117,27 @@ class SubnetConfig:
         return len(self.layers)
 
     def is_uniform(self) -> bool:
-        return len(set(self.mlp)) == 1 and len(set(self.kv_groups)) == 1
+        """Every layer the same sizes and no skipped block: a plain checkpoint of the family can hold it."""
+        return len(set(self.mlp)) == 1 and len(set(self.kv_groups)) == 1 and not self.skips_blocks
+
+    @property
+    def skips_blocks(self) -> bool:
+        """Whether some kept layer skips its attention or its MLP."""
+        return min(self.mlp) == 0 or min(self.kv_groups) == 0
+
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        """The kept layers that keep attention (they, and only they, hold a KV cache)."""
+        return tuple(i for i, g in zip(self.layers, self.kv_groups, strict=True) if g > 0)
 
     def num_params(self, arch: Arch, embeddings: bool = True) -> int:
         """Parameters of the sub-network (the same count its extracted checkpoint has)."""
         layers = sum(arch.layer_params(m, g) for m, g in zip(self.mlp, self.kv_groups, strict=True))
         return layers + arch.fixed_params(embeddings)
+
+    def kv_bytes(self, arch: Arch, dtype_bytes: int = 2) -> int:
+        """KV-cache bytes per token of context (16-bit cache by default): what long context costs."""
+        return sum(arch.kv_bytes_per_token(g, dtype_bytes) for g in self.kv_groups)
 
     def macs_per_token(self, arch: Arch, seq_len: int = 128) -> int:
         """Multiply-accumulates per token when processing ``seq_len`` tokens with causal attention.
@@ -113,13 +145,8 @@ class SubnetConfig:
         Linear layers (decoder and LM head) plus attention scores and weighted sums; a token attends on
         average to (seq_len + 1) / 2 positions.
         """
-        h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
-        ctx = (seq_len + 1) / 2
-        macs = arch.vocab_size * h  # LM head
-        for m, g in zip(self.mlp, self.kv_groups, strict=True):
-            q, kv = g * rep * hd, g * hd
-            macs += h * q + 2 * h * kv + q * h + 3 * h * m
-            macs += 2 * ctx * q  # QK^T and AV for every query head
+        macs = arch.vocab_size * arch.hidden_size  # LM head
+        macs += sum(layer_macs(arch, m, g, seq_len) for m, g in zip(self.mlp, self.kv_groups, strict=True))
         return int(round(macs))
 
     # --- serialisation -------------------------------------------------------------------------
@@ -172,6 +199,14 @@ class SubnetConfig:
         return self.to_json()
 
 
+def layer_macs(arch: Arch, mlp: int, kv_groups: int, seq_len: int = 128) -> float:
+    """Multiply-accumulates per token of one decoder layer (``SubnetConfig.macs_per_token``)."""
+    h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
+    q, kv = kv_groups * rep * hd, kv_groups * hd
+    ctx = (seq_len + 1) / 2
+    return h * q + 2 * h * kv + q * h + 3 * h * mlp + 2 * ctx * q  # QK^T and AV for every query head
+
+
 def _round_size(frac: float, full: int) -> int:
     """A fraction of ``full`` rounded to a multiple of 64 where the size allows (else of 8, else 1)."""
     if frac >= 1.0:
@@ -206,11 +241,22 @@ class SearchSpace:
         for i, (ms, ks) in enumerate(zip(self.mlp_choices, self.kv_choices, strict=True)):
             if not ms or not ks:
                 raise LlamanasError(f"Layer {i} has no MLP or KV-group choice left.")
-            if max(ms) > a.intermediate_size or min(ms) < 1:
-                raise LlamanasError(f"Layer {i}: MLP sizes {list(ms)} must lie in 1..{a.intermediate_size}.")
-            if max(ks) > a.num_kv_heads or min(ks) < 1:
+            if max(ms) > a.intermediate_size or min(ms) < 0:
                 raise LlamanasError(
-                    f"Layer {i}: KV-group choices {list(ks)} must lie in 1..{a.num_kv_heads}."
+                    f"Layer {i}: MLP sizes {list(ms)} must lie in 0..{a.intermediate_size} (0 skips the MLP)."
+                )
+            if max(ks) > a.num_kv_heads or min(ks) < 0:
+                raise LlamanasError(
+                    f"Layer {i}: KV-group choices {list(ks)} must lie in 0..{a.num_kv_heads} (0 skips attention)."
+                )
+            if max(ms) == 0 and max(ks) == 0:
+                raise LlamanasError(f"Layer {i} can only skip both blocks: forbid it with min_depth instead.")
+        for i, ks in enumerate(self.kv_choices):  # a layer that must skip attention is never the first kept
+            guarded = any(j in self.always_keep and max(self.kv_choices[j]) > 0 for j in range(i))
+            if max(ks) == 0 and not guarded:
+                raise LlamanasError(
+                    f"Layer {i} always skips its attention block, so it must not be the first kept layer "
+                    f"({FIRST_ATTENTION}): add an earlier layer that keeps attention to always_keep."
                 )
         if self.bits_choices:
             if len(self.bits_choices) != a.num_layers:
@@ -243,11 +289,15 @@ class SearchSpace:
         min_depth: int | None = None,
         depth_choices: tuple[int, ...] | None = None,
         always_keep: tuple[int, ...] = (),
+        skip_attention: bool = True,
+        skip_mlp: bool = True,
     ) -> SearchSpace:
-        """The default space: 25/50/75/100% MLP, any number of KV groups, depth >= half the layers."""
+        """The default space: 25/50/75/100% MLP, any number of KV groups, depth >= half the layers, and
+        each kept layer's attention and MLP blocks kept or skipped (``skip_attention``, ``skip_mlp``)."""
         n = arch.num_layers
-        sizes = tuple(sorted({_round_size(f, arch.intermediate_size) for f in mlp_fractions}))
-        groups = tuple(sorted(set(kv_groups or range(1, arch.num_kv_heads + 1))))
+        sizes = {_round_size(f, arch.intermediate_size) for f in mlp_fractions} | ({0} if skip_mlp else set())
+        groups = set(kv_groups or range(1, arch.num_kv_heads + 1)) | ({0} if skip_attention else set())
+        sizes, groups = tuple(sorted(sizes)), tuple(sorted(groups))
         if min_depth is None:
             min_depth = max(1, math.ceil(n / 2))
         if mode == "first_n" and not depth_choices:
@@ -274,6 +324,8 @@ class SearchSpace:
             "kv_groups",
             "bits",
             "layers",
+            "skip_attention",
+            "skip_mlp",
         }
         extra = set(d) - allowed
         if extra:
@@ -286,8 +338,11 @@ class SearchSpace:
             depth_choices=tuple(d["depth_choices"]) if "depth_choices" in d else None,
             always_keep=tuple(d.get("always_keep", ())),
         )
-        mlp = [_sizes(d.get("mlp_choices"), arch.intermediate_size, "mlp_choices")] * arch.num_layers
-        kv = [_groups(d.get("kv_groups"), arch.num_kv_heads, "kv_groups")] * arch.num_layers
+        skip_attn, skip_mlp = _flag(d, "skip_attention"), _flag(d, "skip_mlp")
+        mlp_default = _sizes(d.get("mlp_choices"), arch.intermediate_size, "mlp_choices")
+        kv_default = _groups(d.get("kv_groups"), arch.num_kv_heads, "kv_groups")
+        mlp = [_skip(mlp_default, skip_mlp, "mlp_choices" not in d)] * arch.num_layers
+        kv = [_skip(kv_default, skip_attn, "kv_groups" not in d)] * arch.num_layers
         bits = [_bits(d["bits"], "bits")] * arch.num_layers if "bits" in d else None
         for key, spec in (d.get("layers") or {}).items():
             i = int(key)
@@ -295,10 +350,11 @@ class SearchSpace:
                 raise LlamanasError(
                     f"'layers' names layer {i}, but the model has layers 0..{arch.num_layers - 1}."
                 )
-            unknown_keys = set(spec) - {"mlp_choices", "kv_groups", "bits"}
+            allowed_keys = {"mlp_choices", "kv_groups", "bits", "skip_attention", "skip_mlp"}
+            unknown_keys = set(spec) - allowed_keys
             if unknown_keys:
                 raise LlamanasError(
-                    f"layers.{i}: unknown keys {sorted(unknown_keys)}; allowed: mlp_choices, kv_groups, bits."
+                    f"layers.{i}: unknown keys {sorted(unknown_keys)}; allowed: {', '.join(sorted(allowed_keys))}."
                 )
             if "bits" in spec:
                 if bits is None:
@@ -308,6 +364,10 @@ class SearchSpace:
                 mlp[i] = _sizes(spec["mlp_choices"], arch.intermediate_size, f"layers.{i}.mlp_choices")
             if "kv_groups" in spec:
                 kv[i] = _groups(spec["kv_groups"], arch.num_kv_heads, f"layers.{i}.kv_groups")
+            if "skip_mlp" in spec:
+                mlp[i] = _skip(mlp[i], _flag(spec, "skip_mlp", f"layers.{i}."), True)
+            if "skip_attention" in spec:
+                kv[i] = _skip(kv[i], _flag(spec, "skip_attention", f"layers.{i}."), True)
         return cls(
             arch=arch,
             mode=base.mode,
@@ -376,6 +436,11 @@ class SearchSpace:
         missing = sorted(set(self.always_keep) - set(cfg.layers))
         if missing:
             raise LlamanasError(f"Layers {missing} must always be kept in this space.")
+        if cfg.kv_groups[0] == 0:
+            raise LlamanasError(
+                f"The first kept layer ({cfg.layers[0]}) skips its attention block; in a search space the first "
+                f"kept layer keeps attention ({FIRST_ATTENTION})."
+            )
         for i, m, g in zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True):
             if m not in self.mlp_choices[i]:
                 raise LlamanasError(
@@ -407,25 +472,39 @@ class SearchSpace:
         )
 
     def smallest(self) -> SubnetConfig:
-        """The sub-network with the fewest parameters: shallowest, narrowest, dropping the largest layers."""
+        """The sub-network with the fewest parameters: shallowest, narrowest, dropping the largest layers;
+        each kept layer at its cheapest pair of blocks, the first one with attention."""
+        cheap = {i: self._cheapest(i) for i in range(self.arch.num_layers)}
         if self.mode == "first_n":
             layers = tuple(range(min(self.depth_choices)))
         else:
             keep = set(self.always_keep)
             rest = [i for i in range(self.arch.num_layers) if i not in keep]
-            cost = {i: self._layer_params(i, min(self.mlp_choices[i]), min(self.kv_choices[i])) for i in rest}
-            rest.sort(key=lambda i: (cost[i], i))
+            rest.sort(key=lambda i: (self._layer_params(i, *cheap[i]), i))
             need = max(0, self.min_depth - len(keep))
             layers = tuple(sorted(keep | set(rest[:need])))
+        pairs = {i: cheap[i] for i in layers}
+        if pairs[layers[0]][1] == 0:  # the first kept layer keeps attention (FIRST_ATTENTION)
+            pairs[layers[0]] = min(
+                (p for p in self._pairs(layers[0]) if p[1] > 0),
+                key=lambda p: (self._layer_params(layers[0], *p), p),
+            )
         return SubnetConfig(
             layers,
-            tuple(min(self.mlp_choices[i]) for i in layers),
-            tuple(min(self.kv_choices[i]) for i in layers),
+            tuple(pairs[i][0] for i in layers),
+            tuple(pairs[i][1] for i in layers),
             self._bits_of(layers, min),
         )
 
+    def _pairs(self, i: int) -> list[tuple[int, int]]:
+        """Layer ``i``'s allowed (MLP size, KV groups) pairs when it is kept (not both blocks skipped)."""
+        return [(m, g) for m in self.mlp_choices[i] for g in self.kv_choices[i] if m or g]
+
+    def _cheapest(self, i: int) -> tuple[int, int]:
+        return min(self._pairs(i), key=lambda p: (self._layer_params(i, *p), p))
+
     def _layer_params(self, i: int, m: int, g: int) -> int:
-        return SubnetConfig((i,), (m,), (g,)).num_params(self.arch, embeddings=False)
+        return self.arch.layer_params(m, g)
 
     def sample(self, rng: np.random.Generator) -> SubnetConfig:
         """A uniformly random config: depth first, then which layers, then widths."""
@@ -438,29 +517,44 @@ class SearchSpace:
             lo = max(0, self.min_depth - len(keep))
             k = int(rng.integers(lo, len(rest) + 1))
             layers = tuple(sorted(keep | {int(i) for i in rng.choice(rest, size=k, replace=False)}))
+        pairs = {}
+        for i in layers:  # widths uniform over the layer's pairs (never both blocks skipped)
+            allowed = self._pairs(i)
+            pairs[i] = allowed[int(rng.integers(len(allowed)))]
+        first = layers[0]
+        if pairs[first][1] == 0:  # the first kept layer keeps attention (FIRST_ATTENTION)
+            allowed = [p for p in self._pairs(first) if p[1] > 0]
+            if not allowed:
+                return self.sample(rng)
+            pairs[first] = allowed[int(rng.integers(len(allowed)))]
         return SubnetConfig(
             layers,
-            tuple(int(rng.choice(self.mlp_choices[i])) for i in layers),
-            tuple(int(rng.choice(self.kv_choices[i])) for i in layers),
+            tuple(int(pairs[i][0]) for i in layers),
+            tuple(int(pairs[i][1]) for i in layers),
             self._bits_of(layers, rng.choice),
         )
 
     def size(self) -> int:
-        """The number of distinct sub-networks (exact, may be huge)."""
-        nb = [len(b) for b in self.bits_choices] or [1] * self.arch.num_layers
-        widths = [len(m) * len(k) * b for m, k, b in zip(self.mlp_choices, self.kv_choices, nb, strict=True)]
+        """The number of distinct sub-networks (exact, may be huge): kept layers never skip both blocks,
+        and the first kept layer keeps its attention (``FIRST_ATTENTION``)."""
+        n = self.arch.num_layers
+        nb = [len(b) for b in self.bits_choices] or [1] * n
+        every = [len(self._pairs(i)) * nb[i] for i in range(n)]
+        attn = [sum(1 for _, g in self._pairs(i) if g > 0) * nb[i] for i in range(n)]
         if self.mode == "first_n":
-            return sum(math.prod(widths[:d]) for d in self.depth_choices)
-        # poly[k] = number of ways with k kept layers; always_keep layers are forced on.
-        poly = [1]
-        for i, w in enumerate(widths):
-            new = [0] * (len(poly) + 1)
-            for k, c in enumerate(poly):
+            return sum(attn[0] * math.prod(every[1:d]) for d in self.depth_choices)
+        # by[k] = ways with k kept layers, before any layer is kept and after the first; always_keep
+        # layers are forced on.
+        before, after = [1], [0]
+        for i in range(n):
+            new_before, new_after = [0] * (len(before) + 1), [0] * (len(after) + 1)
+            for k in range(len(before)):
                 if i not in self.always_keep:
-                    new[k] += c
-                new[k + 1] += c * w
-            poly = new
-        return sum(poly[self.min_depth :])
+                    new_before[k] += before[k]
+                    new_after[k] += after[k]
+                new_after[k + 1] += before[k] * attn[i] + after[k] * every[i]
+            before, after = new_before, new_after
+        return sum(after[self.min_depth :])
 
     # --- integer-vector encoding (for search algorithms) ---------------------------------------
     def _layout(self) -> list[tuple[str, list[int]]]:
@@ -508,14 +602,26 @@ class SearchSpace:
         """Inverse of ``split_genes`` for one vector: the groups, concatenated in layout order."""
         return np.array([int(v) for group, _ in self._layout() for v in genes[group]], dtype=int)
 
+    def skipped_blocks(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(attention skipped, MLP skipped), each (..., layers) bool, by the width genes alone (choice 0
+        is a skipped block when the layer's smallest choice is 0)."""
+        genes = self.split_genes(np.asarray(X))
+        kv_zero = np.array([k[0] == 0 for k in self.kv_choices])
+        mlp_zero = np.array([m[0] == 0 for m in self.mlp_choices])
+        return (genes["kv"] == 0) & kv_zero, (genes["mlp"] == 0) & mlp_zero
+
     def kept(self, X: np.ndarray) -> np.ndarray:
-        """(..., layers) bool: which layers a (repaired) vector, or each row of X, keeps."""
+        """(..., layers) bool: which layers a (repaired) vector, or each row of X, keeps (a layer whose
+        genes skip both blocks is not kept)."""
         X = np.asarray(X)
         genes = self.split_genes(X)
         if "depth" in genes:
             depth = np.array(sorted(self.depth_choices))[genes["depth"][..., 0]]
-            return np.arange(self.arch.num_layers) < depth[..., None]
-        return genes["keep"].astype(bool)
+            on = np.arange(self.arch.num_layers) < depth[..., None]
+        else:
+            on = genes["keep"].astype(bool)
+        attn_off, mlp_off = self.skipped_blocks(X)
+        return on & ~(attn_off & mlp_off)
 
     def canonical(self, X: np.ndarray) -> np.ndarray:
         """A copy of X (a vector or rows) where the genes of skipped layers hold their largest choice, the
@@ -523,6 +629,8 @@ class SearchSpace:
         X = np.array(X)
         keep = self.kept(X)
         genes = self.split_genes(X)
+        if "keep" in genes:
+            genes["keep"][...] = keep
         for group, top in self._layout()[1:]:
             genes[group][...] = np.where(keep, genes[group], np.array(top))
         return X
@@ -557,20 +665,47 @@ class SearchSpace:
         )
 
     def repair(self, x: np.ndarray) -> np.ndarray:
-        """Clip to bounds; switch on always-kept layers and, if too shallow, the lowest-index skipped ones."""
+        """Clip to bounds; a layer whose genes skip both blocks is a skipped layer; switch on always-kept
+        layers and, if too shallow, the lowest-index skipped ones (a layer switched on, or one first_n
+        must keep, gets its largest attention if it had no block); the first kept layer gets its largest
+        attention if it skipped it (``FIRST_ATTENTION``)."""
         xl, xu = self.bounds()
         x = np.clip(np.asarray(x, dtype=int), xl, xu)
+        genes = self.split_genes(x)  # views: writing them writes x
+        top_kv = [len(k) - 1 for k in self.kv_choices]
+
+        def give_block(i: int) -> None:  # a kept layer with no block gets attention (else its MLP)
+            if self.kv_choices[i][-1] > 0:
+                genes["kv"][i] = top_kv[i]
+            else:
+                genes["mlp"][i] = len(self.mlp_choices[i]) - 1
+
+        attn_off, mlp_off = self.skipped_blocks(x)
+        both = attn_off & mlp_off
         if self.mode == "per_layer":
-            keep = self.split_genes(x)["keep"]  # a view: switching a layer on writes x
+            keep = genes["keep"]
+            keep[both] = 0
             for i in self.always_keep:
-                keep[i] = 1
+                if not keep[i]:
+                    keep[i] = 1
+                    if both[i]:
+                        give_block(i)
             missing = self.min_depth - int(keep.sum())
             for i in range(len(keep)):
                 if missing <= 0:
                     break
                 if not keep[i]:
                     keep[i] = 1
+                    if both[i]:
+                        give_block(i)
                     missing -= 1
+        else:
+            depth = sorted(self.depth_choices)[int(genes["depth"][0])]
+            for i in np.flatnonzero(both[:depth]):  # first_n keeps layers 0..depth-1
+                give_block(int(i))
+        kept = np.flatnonzero(self.kept(x))
+        if len(kept) and self.skipped_blocks(x)[0][kept[0]]:  # the first kept layer keeps attention
+            genes["kv"][kept[0]] = top_kv[kept[0]]
         return x
 
     def describe(self) -> list[tuple[str, str]]:
@@ -587,10 +722,11 @@ class SearchSpace:
         else:
             rows.append(("always kept", ", ".join(map(str, self.always_keep)) or "-"))
         rows += [
-            ("MLP sizes", f"{', '.join(map(str, uniq_m))} (of {a.intermediate_size})"),
+            ("MLP sizes", f"{', '.join(map(str, uniq_m))} (of {a.intermediate_size}; 0 = MLP skipped)"),
             (
                 "KV groups",
-                f"{', '.join(map(str, uniq_k))} (of {a.num_kv_heads}; {a.heads_per_group} query heads each)",
+                f"{', '.join(map(str, uniq_k))} (of {a.num_kv_heads}; {a.heads_per_group} query heads each; "
+                "0 = attention skipped)",
             ),
             *(
                 [("weight bits", ", ".join(map(str, sorted({b for bs in self.bits_choices for b in bs}))))]
@@ -605,17 +741,36 @@ class SearchSpace:
         return rows
 
 
+def _flag(d: dict, key: str, where: str = "") -> bool | None:
+    """A yes/no key of a space file; None when absent."""
+    if key not in d:
+        return None
+    if not isinstance(d[key], bool):
+        raise LlamanasError(f"{where}{key} must be true or false; got {d[key]!r}.")
+    return d[key]
+
+
+def _skip(choices: tuple[int, ...], flag: bool | None, default: bool) -> tuple[int, ...]:
+    """Add (true) or remove (false) the 0 choice, a skipped block; when not said, the default list gets
+    it and a list the file spells out is taken as it is."""
+    if flag is None:
+        flag = True if default else None
+    if flag is None:
+        return choices
+    return tuple(sorted(set(choices) | {0})) if flag else tuple(c for c in choices if c != 0)
+
+
 def _sizes(spec, full: int, where: str) -> tuple[int, ...]:
-    """MLP choices as fractions (<= 1.0) or absolute sizes (> 1)."""
+    """MLP choices as fractions (<= 1.0) or absolute sizes (> 1); 0 skips the MLP."""
     if spec is None:
         spec = [0.25, 0.5, 0.75, 1.0]
     if not isinstance(spec, list) or not spec:
         raise LlamanasError(f"{where} must be a non-empty list of fractions or sizes; got {spec!r}.")
     out = set()
     for v in spec:
-        if not isinstance(v, (int, float)) or v <= 0:
-            raise LlamanasError(f"{where}: {v!r} is not a positive fraction or size.")
-        size = _round_size(float(v), full) if (isinstance(v, float) and v <= 1.0) else int(v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise LlamanasError(f"{where}: {v!r} is not a fraction, a size or 0 (MLP skipped).")
+        size = _round_size(float(v), full) if (isinstance(v, float) and 0 < v <= 1.0) else int(v)
         if size > full:
             raise LlamanasError(f"{where}: size {size} exceeds the model's intermediate size {full}.")
         out.add(size)
@@ -634,7 +789,7 @@ def _groups(spec, full: int, where: str) -> tuple[int, ...]:
         return tuple(range(1, full + 1))
     if not isinstance(spec, list) or not spec:
         raise LlamanasError(f"{where} must be a non-empty list of KV-group counts; got {spec!r}.")
-    bad = [g for g in spec if not isinstance(g, int) or not 1 <= g <= full]
+    bad = [g for g in spec if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= full]
     if bad:
-        raise LlamanasError(f"{where}: {bad} are not KV-group counts in 1..{full}.")
+        raise LlamanasError(f"{where}: {bad} are not KV-group counts in 0..{full} (0 skips attention).")
     return tuple(sorted(set(spec)))

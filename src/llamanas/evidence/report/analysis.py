@@ -53,7 +53,8 @@ def highlights(data: ReportData, sizes: Sequence[float] | None = None) -> list[t
 def layer_stats(
     points: Sequence[Point], score: Score, num_layers: int, mlp_sizes: Sequence[int], bands=BANDS
 ):
-    """Per accuracy band (top X%): P(layer kept) [layers] and P(MLP size | kept) [sizes x layers]."""
+    """Per accuracy band (top X%): P(layer kept) [layers], P(MLP size | kept) [sizes x layers; size 0 is a
+    skipped MLP] and P(attention kept | layer kept) [layers]."""
     ranked = _ranked([p for p in points if p.config], score)
     out = {}
     for band in bands:
@@ -61,16 +62,24 @@ def layer_stats(
         top = ranked[:k]
         kept = [0.0] * num_layers
         sizes = {s: [0] * num_layers for s in mlp_sizes}
+        attn = [0] * num_layers
         for p in top:
-            for i, m in zip(p.config["layers"], p.config["mlp"], strict=True):
+            for i, m, g in zip(p.config["layers"], p.config["mlp"], p.config["kv_groups"], strict=True):
                 if i < num_layers:
                     kept[i] += 1
+                    attn[i] += g > 0
                     if m in sizes:
                         sizes[m][i] += 1
         mlp = [
             [sizes[s][i] / kept[i] if kept[i] else float("nan") for i in range(num_layers)] for s in mlp_sizes
         ]
-        out[band] = {"n": len(top), "kept": [c / len(top) for c in kept] if top else kept, "mlp": mlp}
+        attention = [attn[i] / kept[i] if kept[i] else float("nan") for i in range(num_layers)]
+        out[band] = {
+            "n": len(top),
+            "kept": [c / len(top) for c in kept] if top else kept,
+            "mlp": mlp,
+            "attention": attention,
+        }
     return out
 
 

@@ -6,7 +6,8 @@ input that is missing is recorded in ``ReportData.missing`` with the reason inst
 
 The results store and ``run.json`` are read through the search stage's ``load_run``; the files the
 search and ``quantize_front`` export (``front.json``, ``hypervolume.csv``, ``predictors.csv``,
-``front_int8.json``/``front_int4.json``) are read here. An accuracy within two standard errors of chance
+``front_int8.json``/``front_int4.json``, and ``front_llamacpp.json``: the front timed in llama.cpp) are read
+here. An accuracy within two standard errors of chance
 is marked (``Point.at_chance``): such a sub-network cannot be told from random guessing.
 """
 
@@ -110,6 +111,7 @@ class Point:
     chance: float | None = None
     latency: float | None = None
     bytes: float | None = None
+    decode_ms: float | None = None  # ms per decoded token in a runtime (front_llamacpp.json)
     source: str = ""
     on_front: bool = False
 
@@ -138,6 +140,9 @@ class ReportData:
     base: Point | None
     notes: list[str] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
+    runtime: dict | None = None  # front_llamacpp.json's settings (type, prompt and decode tokens, threads...)
+    runtime_front: list[Point] = field(default_factory=list)  # the front timed there
+    runtime_predicted: list[Point] = field(default_factory=list)  # the latency table's prediction of it
 
 
 def _read_json(path: Path):
@@ -300,6 +305,25 @@ def load_data(run_dir: str | Path, baselines: str | Path | None = None) -> Repor
             "no front_int8.json / front_int4.json in the run folder (run `llamanas quantize --front RUN_DIR`)"
         )
 
+    runtime, runtime_front, runtime_predicted = None, [], []
+    timed = _read_json(run / "front_llamacpp.json")
+    if timed and timed.get("points"):
+        runtime = {k: v for k, v in timed.items() if k != "points"}
+        for k, e in enumerate(timed["points"]):
+            measured = (e.get("original") or {}).get("measured", {})
+            p = _point_from_measured(
+                f"front {k + 1} (llama.cpp)", "runtime", e["config"], measured, score, arch
+            )
+            p.latency, p.decode_ms, p.on_front = e.get("latency"), 1000.0 / e["throughput"], True
+            runtime_front.append(p)
+            guess = e.get("predicted")
+            if guess and guess.get("throughput"):
+                q = _point_from_measured(
+                    f"front {k + 1} (table)", "predicted", e["config"], measured, score, arch
+                )
+                q.latency, q.decode_ms = guess.get("latency"), 1000.0 / guess["throughput"]
+                runtime_predicted.append(q)
+
     base_points: list[Point] = []
     b_info = None
     if baselines is not None:
@@ -364,6 +388,9 @@ def load_data(run_dir: str | Path, baselines: str | Path | None = None) -> Repor
         base,
         notes,
         missing,
+        runtime=runtime,
+        runtime_front=runtime_front,
+        runtime_predicted=runtime_predicted,
     )
 
 

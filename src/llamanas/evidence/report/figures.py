@@ -24,11 +24,17 @@ BASELINE_NAMES = {
     "depth": ("depth truncation", "depth"),
     "shortgpt": ("ShortGPT (BI)", "shortgpt"),
     "width": ("uniform MLP width", "width"),
+    "attention": ("attention blocks dropped (BI)", "attention"),
 }
 PRED_METRICS = ("kendall_tau", "mape", "cv_tau")
 # Units of the x axes.
 SCALES = {"params": 1e6, "bytes": 2**20}
-AXIS_TITLES = {"params": "parameters (M)", "latency": "prefill latency (ms)", "bytes": "weight size (MiB)"}
+AXIS_TITLES = {
+    "params": "parameters (M)",
+    "latency": "prefill latency (ms)",
+    "bytes": "weight size (MiB)",
+    "decode_ms": "decode latency in llama.cpp (ms / token)",
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,9 @@ LOOKS = {
     "depth": Look("#2ca02c", "square", "s"),
     "shortgpt": Look("#9467bd", "diamond", "D"),
     "width": Look("#ff7f0e", "triangle-up", "^"),
+    "attention": Look("#e377c2", "triangle-down", "v"),
+    "runtime": Look("#1f77b4"),
+    "predicted": Look("#9aa5b1", "circle-open", "o"),
     "int8": Look("#17becf", "x", "x"),
     "int4": Look("#8c564b", "cross", "P"),
 }
@@ -120,6 +129,32 @@ def front_series(data: ReportData, x: str, front_by: str = "params") -> list[Ser
                     errors=True,
                 )
             )
+    return out
+
+
+def runtime_series(data: ReportData) -> list[Series]:
+    """Score against decode ms per token in llama.cpp: the front as timed, and as the latency table
+    predicted it (when the run searched with one)."""
+    out = [
+        Series(
+            sorted(data.runtime_front, key=lambda p: p.decode_ms or 0),
+            "runtime",
+            "front, timed in llama.cpp",
+            "front (llama.cpp)",
+            line=True,
+            errors=True,
+        )
+    ]
+    if data.runtime_predicted:
+        out.append(
+            Series(
+                sorted(data.runtime_predicted, key=lambda p: p.decode_ms or 0),
+                "predicted",
+                "front, latency table's prediction",
+                "table's prediction",
+                weight="faint",
+            )
+        )
     return out
 
 
@@ -252,6 +287,23 @@ def plotly_quantized(data: ReportData):
     return fig
 
 
+def plotly_runtime(data: ReportData):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for s in runtime_series(data):
+        for t in _traces(go, s, "decode_ms"):
+            fig.add_trace(t)
+    _chance_line(fig, data)
+    fig.update_layout(
+        xaxis_title=AXIS_TITLES["decode_ms"],
+        yaxis_title=data.score.label,
+        template="plotly_white",
+        height=480,
+    )
+    return fig
+
+
 def plotly_hypervolume(data: ReportData):
     import plotly.graph_objects as go
 
@@ -291,6 +343,11 @@ def plotly_predictors(data: ReportData):
     return fig
 
 
+def skips_attention(stats: dict) -> bool:
+    """Whether any ranked config skips an attention block (then the layer plots show where)."""
+    return any(v < 1 for s in stats.values() for v in s.get("attention", []) if not math.isnan(v))
+
+
 def plotly_layers(data: ReportData, stats: dict, sizes: Sequence[int]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -307,6 +364,18 @@ def plotly_layers(data: ReportData, stats: dict, sizes: Sequence[int]):
             row=1,
             col=1,
         )
+        if skips_attention(stats):
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(n)),
+                    y=[None if math.isnan(v) else v for v in stats[b]["attention"]],
+                    mode="lines",
+                    line=dict(dash="dot"),
+                    name=f"attention kept | layer kept, top {b}%",
+                ),
+                row=1,
+                col=1,
+            )
     for r, b in enumerate(bands, 2):
         z = [[None if math.isnan(v) else v for v in row] for row in stats[b]["mlp"]]
         fig.add_trace(

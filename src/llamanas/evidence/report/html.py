@@ -20,8 +20,16 @@ from llamanas.evidence.report.figures import (
     plotly_layers,
     plotly_predictors,
     plotly_quantized,
+    plotly_runtime,
 )
-from llamanas.evidence.report.png import png_front, png_hypervolume, png_layers, png_predictors, png_quantized
+from llamanas.evidence.report.png import (
+    png_front,
+    png_hypervolume,
+    png_layers,
+    png_predictors,
+    png_quantized,
+    png_runtime,
+)
 from llamanas.evidence.report.text import fmt_params, fmt_score, uniq
 
 REPORT_FILE = "report.html"
@@ -222,7 +230,17 @@ def render(data: ReportData, fig_dir: Path | None = None) -> str:
         parts.append(_missing(data.missing.get("front", "no evaluations")))
 
     parts.append("<h2>Accuracy vs measured latency</h2>")
-    if any(p.latency is not None for p in data.evaluated):
+    if data.runtime_front:
+        r = data.runtime or {}
+        parts.append(
+            f'<p class="note">The front exported to GGUF ({html.escape(str(r.get("type", "?")).upper())}) and timed '
+            f"in llama.cpp on this run's machine: ms per decoded token after a {r.get('prompt_tokens', '?')}-token "
+            f"prompt, batch 1, {r.get('threads', '?')} threads, median of {r.get('repeats', '?')}."
+            + (" Open circles: what the latency table predicted." if data.runtime_predicted else "")
+            + "</p>"
+        )
+        parts.append(fig_html(plotly_runtime(data)) + png("front_llamacpp.png", png_runtime, data))
+    elif any(p.latency is not None for p in data.evaluated):
         parts.append(
             fig_html(plotly_front(data, "latency"))
             + png("front_latency.png", lambda d, p: png_front(d, p, "latency"), data)

@@ -19,6 +19,8 @@ from llamanas.evidence.report.figures import (
     predictor_lines,
     predictor_metrics,
     quantized_series,
+    runtime_series,
+    skips_attention,
     xs,
 )
 
@@ -79,6 +81,18 @@ def png_front(data: ReportData, path: Path, x: str = "params") -> None:
     _save(plt, fig, path)
 
 
+def png_runtime(data: ReportData, path: Path) -> None:
+    plt = _mpl()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for s in runtime_series(data):
+        _draw(ax, s, "decode_ms")
+    ax.set_xlabel(AXIS_TITLES["decode_ms"])
+    ax.set_ylabel(data.score.label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(plt, fig, path)
+
+
 def png_quantized(data: ReportData, path: Path) -> None:
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -123,6 +137,8 @@ def png_layers(stats: dict, sizes: Sequence[int], path: Path) -> None:
     ax = axes[0][0]
     for b in bands:
         ax.plot(range(n), stats[b]["kept"], marker="o", label=f"top {b}%")
+        if skips_attention(stats):
+            ax.plot(range(n), stats[b]["attention"], linestyle=":", label=f"attention | kept, top {b}%")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("P(kept)")
     ax.legend(fontsize=7, ncol=len(bands))
