@@ -53,6 +53,7 @@ from llamanas.supernet.space import SubnetConfig  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_instatune import paired  # noqa: E402
+from bench_latency_search import dominated, hypervolume  # noqa: E402 - both maximised: cost negated
 from bench_recovery import evaluate_model  # noqa: E402
 
 CONTEXTS = (128, 2048)
@@ -165,22 +166,6 @@ def table_a(st: Store) -> str:
     return "\n".join(lines)
 
 
-def dominated(p, others) -> bool:
-    """p = (accuracy, cost): is some other point at least as accurate and as cheap, better in one?"""
-    return any(a >= p[0] and c <= p[1] and (a > p[0] or c < p[1]) for a, c in others)
-
-
-def hv_max_min(points, ref) -> float:
-    """Area dominated by (accuracy max, cost min) points with respect to ref = (accuracy, cost)."""
-    pts = sorted({(a, c) for a, c in points if a > ref[0] and c < ref[1]}, key=lambda x: x[1])
-    area, best = 0.0, ref[0]
-    for i, (a, c) in enumerate(pts):  # sweep by increasing cost
-        best = max(best, a)
-        nxt = pts[i + 1][1] if i + 1 < len(pts) else ref[1]
-        area += (best - ref[0]) * (nxt - c)
-    return area
-
-
 def part_b(args, st: Store, supernet):
     runs = {"no_blocks": Path(args.params_run), "blocks": args.out / "search_blocks"}
     if not (runs["no_blocks"] / "front.json").is_file():
@@ -212,18 +197,20 @@ def part_b(args, st: Store, supernet):
     pts = {}
     for name, f in fronts.items():
         ok = [m for m in f["members"] if "2048" in m["llamacpp"]]
-        pts[name] = {
-            "params": [(m["accuracy"], m["params"]) for m in f["members"]],
-            "decode_ms_2048": [(m["accuracy"], 1000.0 / m["llamacpp"]["2048"]["decode_tok_s"]) for m in ok],
+        pts[name] = {  # (accuracy, -cost, member): both maximised
+            "params": [(m["accuracy"], -m["params"], m) for m in f["members"]],
+            "decode_ms_2048": [
+                (m["accuracy"], -1000.0 / m["llamacpp"]["2048"]["decode_tok_s"], m) for m in ok
+            ],
         }
     summary = {}
     for axis in ("params", "decode_ms_2048"):
         every = [p for v in pts.values() for p in v[axis]]
-        ref = (min(a for a, _ in every) - 0.01, max(c for _, c in every) * 1.05)
+        ref = (min(a for a, _, _ in every) - 0.01, min(c for _, c, _ in every) * 1.05)  # cost x 1.05
         summary[axis] = {
             name: {
                 "n": len(v[axis]),
-                "hypervolume": hv_max_min(v[axis], ref),
+                "hypervolume": hypervolume(v[axis], ref),
                 "dominated_by_other": sum(
                     dominated(p, pts["blocks" if name == "no_blocks" else "no_blocks"][axis]) for p in v[axis]
                 ),

@@ -116,8 +116,9 @@ def test_extracted_equals_activated_with_compensation(family, ids, tmp_path):
         assert config["model_type"] == f"llamanas_{family}" and config["layer_output_bias"] is True
         loaded = AutoModelForCausalLM.from_pretrained(path).eval()
         torch.testing.assert_close(loaded(ids).logits, expected, rtol=0, atol=1e-4)
-        # exactly two output biases per kept layer beyond the sub-network's own parameters
-        extra = 2 * sn.arch.hidden_size * cfg.depth
+        # one output bias per kept block (two per layer that keeps both) beyond its own parameters
+        blocks = sum(m > 0 for m in cfg.mlp) + sum(g > 0 for g in cfg.kv_groups)
+        extra = sn.arch.hidden_size * blocks
         assert sum(p.numel() for p in loaded.parameters()) == cfg.num_params(sn.arch) + extra
         assert json.loads((path / "llamanas_subnet.json").read_text())["compensation"] is True
     # the full network extracts as a plain checkpoint: nothing to compensate

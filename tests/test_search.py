@@ -23,7 +23,10 @@ from llamanas.search.workers import Outcome
 from llamanas.supernet.space import SearchSpace
 
 ARCH = tiny_arch(8)
-SPACE = SearchSpace.from_arch(ARCH)  # 8 layers, depth >= 4, MLP 64..256, KV 1..2
+SPACE = SearchSpace.from_arch(
+    ARCH, skip_attention=False, skip_mlp=False
+)  # 8 layers, depth >= 4, MLP 64..256, KV 1..2
+BLOCKS = SearchSpace.from_arch(ARCH)  # the default: attention and MLP blocks can be skipped too
 WEIGHTS = np.linspace(1.0, 0.3, ARCH.num_layers)
 
 
@@ -380,3 +383,20 @@ def test_joint_precision_search_trades_bits_for_bytes(tmp_path):
     # The front mixes precisions: INT8 layers are nearly free, so some front members use them.
     assert any(8 in m.config.bits or 4 in m.config.bits for m in r.front)
     assert json.loads((r.run_dir / "run.json").read_text())["variable_names"][-1] == "bits.7"
+
+
+@pytest.mark.parametrize("algorithm", ["linas", "nsga2"])
+def test_search_in_the_block_space_never_repeats_a_config(tmp_path, algorithm):
+    """Vectors that skip both blocks of a layer, or attention in the first kept layer, are repaired to
+    one canonical config: no batch repeats a sub-network, every evaluated one is in the space."""
+    r = search(
+        args_for(tmp_path, algorithm, evaluations=40, population=10, inner_generations=30),
+        SyntheticSpec(),
+        BLOCKS,
+    )
+    view = load_run(r.run_dir)
+    keys = [e.config.key() for e in view.evaluated]
+    assert len(keys) == len(set(keys)) == 40
+    for e in view.evaluated:
+        BLOCKS.validate(e.config)
+    assert any(0 in e.config.kv_groups or 0 in e.config.mlp for e in view.evaluated)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,9 +90,20 @@ def tiny(tmp_path_factory):
 
 
 def args_for(tiny, out, **kw) -> TuneArgs:
+    """Fine-tuning arguments; the space keeps every attention and MLP block (the loss checks below compare
+    the smallest sub-network of the widths and depths, which skipping blocks would make degenerate)."""
     model_dir, data = tiny
+    no_blocks = Path(data).parent / "no_blocks.yaml"
+    no_blocks.write_text("skip_attention: false\nskip_mlp: false\n")
     base = dict(
-        data=str(data), out=str(out), model=str(model_dir), steps=24, batch_size=4, lr=1e-2, eval_size=0
+        data=str(data),
+        out=str(out),
+        model=str(model_dir),
+        steps=24,
+        batch_size=4,
+        lr=1e-2,
+        eval_size=0,
+        space=str(no_blocks),
     )
     base.update(kw)
     return TuneArgs(**base)
@@ -116,6 +129,7 @@ def before(tiny):
     """Losses of the ordered, untrained model: what every strategy must improve on."""
     model_dir, data = tiny
     supernet, tok = load_supernet(str(model_dir), calibration=str(data))
+    supernet.space = SearchSpace.from_arch(supernet.arch, skip_attention=False, skip_mlp=False)  # as args_for
     return subnet_losses(supernet, tok, data)
 
 
@@ -261,9 +275,9 @@ def test_batches_are_length_sorted_and_deterministic(tiny):
 # --- sampling schedules ------------------------------------------------------------------------------
 
 
-def space_30() -> SearchSpace:
+def space_30(blocks: bool = False) -> SearchSpace:
     arch = Arch(30, 576, 1536, 9, 3, 64, 49152, True)
-    return SearchSpace.from_arch(arch)
+    return SearchSpace.from_arch(arch, skip_attention=blocks, skip_mlp=blocks)
 
 
 def test_size_buckets_are_balanced_under_uniform_sampling():
@@ -611,7 +625,9 @@ def test_fine_tuning_a_super_network_keeps_its_space(tiny, tmp_path, monkeypatch
     space_file.write_text("mlp_choices: [0.5, 1.0]\nkv_groups: [2]\n")
     first = finetune(args_for(tiny, tmp_path / "a", steps=2, space=str(space_file)), progress=False)
     monkeypatch.setattr("llamanas.supernet.importance.order_model", lambda *a, **k: pytest.fail("re-ordered"))
-    second = finetune(args_for(tiny, tmp_path / "b", steps=2, model=str(first.out)), progress=False)
+    second = finetune(
+        args_for(tiny, tmp_path / "b", steps=2, model=str(first.out), space=None), progress=False
+    )
     assert second.supernet.space == first.supernet.space
     assert second.supernet.space.mlp_choices[0] == (32, 64)
 
@@ -627,3 +643,19 @@ def test_names_of_the_unsplit_tune_module_still_import():
     assert tune is new_home and tune.STRATEGIES is STRATEGIES
     assert tune.SoftTargets is SoftTargets and tune.distill_loss is distill_loss and tune.IGNORE == IGNORE
     assert all(hasattr(tune, name) for name in tune.__all__)
+
+
+def test_progressive_adds_block_skipping_last():
+    s = Sampler(space_30(blocks=True), "progressive", total_steps=100, seed=0, stages=4)
+    early = [s.sample(0) for _ in range(50)]
+    assert all(0 not in c.mlp and 0 not in c.kv_groups for c in early)
+    late = [s.sample(99) for _ in range(200)]
+    assert any(0 in c.kv_groups for c in late) and any(0 in c.mlp for c in late)
+
+
+def test_finetune_in_the_block_space(tiny, tmp_path):
+    """Sub-networks without attention or MLP blocks train like the others (the default space)."""
+    result = finetune(args_for(tiny, tmp_path / "b", steps=3, space=None), progress=False)
+    assert result.supernet.space.kv_choices[0][0] == 0
+    rows = read_rows(result.out / "losses.csv")
+    assert len(rows) == 3 and all(math.isfinite(float(r["loss"])) for r in rows)

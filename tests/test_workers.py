@@ -320,7 +320,7 @@ def test_counts_only_search_needs_no_tasks(tiny_dir, tmp_path):
     r = search(args)
     view = load_run(r.run_dir)
     arch = SearchSpace.from_saved(view.info["space"]).arch
-    assert all(set(e.measured) == {"params", "bytes", "macs"} for e in view.evaluated)
+    assert all(set(e.measured) == {"params", "bytes", "macs", "kv_bytes"} for e in view.evaluated)
     assert [e.measured["params"] for e in view.evaluated] == [
         e.config.num_params(arch) for e in view.evaluated
     ]

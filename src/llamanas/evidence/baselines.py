@@ -153,6 +153,12 @@ def block_influence(model, batches: Sequence[torch.Tensor]) -> list[float]:
         return fn
 
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    _run_hooked(model, batches, handles, count)
+    return [1.0 - s / c for s, c in zip(sums, count, strict=True)]
+
+
+def _run_hooked(model, batches, handles, count) -> None:
+    """Run the calibration batches through ``model`` with the hooks in ``handles``, then remove them."""
     try:
         for ids in batches:
             model(input_ids=ids, use_cache=False)
@@ -161,7 +167,6 @@ def block_influence(model, batches: Sequence[torch.Tensor]) -> list[float]:
             h.remove()
     if not count[0]:
         raise LlamanasError("Block influence needs calibration text; got none.")
-    return [1.0 - s / c for s, c in zip(sums, count, strict=True)]
 
 
 @torch.inference_mode()
@@ -214,14 +219,7 @@ def block_influence_per_block(model, batches: Sequence[torch.Tensor]) -> dict[st
         handles.append(getattr(layer, family.attention).register_forward_hook(attn_hook(i)))
         handles.append(getattr(layer, family.mlp).register_forward_hook(mlp_hook(i)))
         handles.append(layer.register_forward_hook(post(i), with_kwargs=True))
-    try:
-        for ids in batches:
-            model(input_ids=ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    if not count[0]:
-        raise LlamanasError("Block influence needs calibration text; got none.")
+    _run_hooked(model, batches, handles, count)
     return {k: [1.0 - v / c for v, c in zip(vals, count, strict=True)] for k, vals in sums.items()}
 
 

@@ -77,6 +77,10 @@ def repair_rows(space: SearchSpace, X: np.ndarray, xl=None, xu=None) -> np.ndarr
     if xl is None:
         xl, xu = space.bounds()
     X = np.clip(np.atleast_2d(X), xl, xu).astype(int)
+    if any(m[0] == 0 for m in space.mlp_choices) or any(k[0] == 0 for k in space.kv_choices):
+        # Skippable blocks: the block rules of ``SearchSpace.repair`` (a layer with no block is skipped,
+        # the first kept layer keeps attention) row by row.
+        return np.array([space.repair(x) for x in X], dtype=int).reshape(X.shape)
     if space.mode == "per_layer":
         keep = space.split_genes(X)["keep"]  # a view: switching layers on writes X
         keep[:, list(space.always_keep)] = 1

@@ -58,7 +58,8 @@ def calibration_loss(model, batches: Sequence[torch.Tensor]) -> float:
 
 def measure_sensitivity(supernet, batches: Sequence[torch.Tensor]) -> Sensitivity:
     """The loss increase of every (layer, width choice) of ``supernet.space``, one layer sliced at a time
-    (``sum over layers of (choices - 1)`` evaluations of the calibration loss)."""
+    (``sum over layers of (choices - 1)`` evaluations of the calibration loss). A width allocation: the
+    0 choices (skipped blocks) are left out."""
     arch, space = supernet.arch, supernet.space
     full = SubnetConfig.full(arch)
     previous = supernet.active
@@ -69,14 +70,14 @@ def measure_sensitivity(supernet, batches: Sequence[torch.Tensor]) -> Sensitivit
         kv: list[dict[int, float]] = []
         for i in range(arch.num_layers):
             row: dict[int, float] = {}
-            for m in space.mlp_choices[i]:
+            for m in (m for m in space.mlp_choices[i] if m):  # widths only: 0 (a skipped block) is not one
                 supernet.activate(_with(full, i, mlp=m))
                 row[m] = (
                     0.0 if m == arch.intermediate_size else calibration_loss(supernet.model, batches) - base
                 )
             mlp.append(row)
             row = {}
-            for g in space.kv_choices[i]:
+            for g in (g for g in space.kv_choices[i] if g):
                 supernet.activate(_with(full, i, kv=g))
                 row[g] = 0.0 if g == arch.num_kv_heads else calibration_loss(supernet.model, batches) - base
             kv.append(row)

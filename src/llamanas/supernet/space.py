@@ -517,10 +517,12 @@ class SearchSpace:
             lo = max(0, self.min_depth - len(keep))
             k = int(rng.integers(lo, len(rest) + 1))
             layers = tuple(sorted(keep | {int(i) for i in rng.choice(rest, size=k, replace=False)}))
-        pairs = {}
-        for i in layers:  # widths uniform over the layer's pairs (never both blocks skipped)
-            allowed = self._pairs(i)
-            pairs[i] = allowed[int(rng.integers(len(allowed)))]
+        mlp = [int(rng.choice(self.mlp_choices[i])) for i in layers]
+        kv = [int(rng.choice(self.kv_choices[i])) for i in layers]
+        for k, i in enumerate(layers):  # uniform over the layer's pairs: both skipped is drawn again
+            while mlp[k] == 0 and kv[k] == 0:
+                mlp[k], kv[k] = int(rng.choice(self.mlp_choices[i])), int(rng.choice(self.kv_choices[i]))
+        pairs = {i: (m, g) for i, m, g in zip(layers, mlp, kv, strict=True)}
         first = layers[0]
         if pairs[first][1] == 0:  # the first kept layer keeps attention (FIRST_ATTENTION)
             allowed = [p for p in self._pairs(first) if p[1] > 0]

@@ -273,35 +273,26 @@ def plotly_front(data: ReportData, x: str = "params"):
     return fig
 
 
-def plotly_quantized(data: ReportData):
+def _plotly_series(data: ReportData, series: list[Series], x: str):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for s in quantized_series(data):
-        for t in _traces(go, s, "bytes"):
+    for s in series:
+        for t in _traces(go, s, x):
             fig.add_trace(t)
     _chance_line(fig, data)
     fig.update_layout(
-        xaxis_title=AXIS_TITLES["bytes"], yaxis_title=data.score.label, template="plotly_white", height=480
+        xaxis_title=AXIS_TITLES[x], yaxis_title=data.score.label, template="plotly_white", height=480
     )
     return fig
+
+
+def plotly_quantized(data: ReportData):
+    return _plotly_series(data, quantized_series(data), "bytes")
 
 
 def plotly_runtime(data: ReportData):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for s in runtime_series(data):
-        for t in _traces(go, s, "decode_ms"):
-            fig.add_trace(t)
-    _chance_line(fig, data)
-    fig.update_layout(
-        xaxis_title=AXIS_TITLES["decode_ms"],
-        yaxis_title=data.score.label,
-        template="plotly_white",
-        height=480,
-    )
-    return fig
+    return _plotly_series(data, runtime_series(data), "decode_ms")
 
 
 def plotly_hypervolume(data: ReportData):

@@ -81,28 +81,24 @@ def png_front(data: ReportData, path: Path, x: str = "params") -> None:
     _save(plt, fig, path)
 
 
-def png_runtime(data: ReportData, path: Path) -> None:
+def _png_series(data: ReportData, series, x: str, path: Path) -> None:
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(8, 5))
-    for s in runtime_series(data):
-        _draw(ax, s, "decode_ms")
-    ax.set_xlabel(AXIS_TITLES["decode_ms"])
+    for s in series:
+        _draw(ax, s, x)
+    ax.set_xlabel(AXIS_TITLES[x])
     ax.set_ylabel(data.score.label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(plt, fig, path)
+
+
+def png_runtime(data: ReportData, path: Path) -> None:
+    _png_series(data, runtime_series(data), "decode_ms", path)
 
 
 def png_quantized(data: ReportData, path: Path) -> None:
-    plt = _mpl()
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for s in quantized_series(data):
-        _draw(ax, s, "bytes")
-    ax.set_xlabel(AXIS_TITLES["bytes"])
-    ax.set_ylabel(data.score.label)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(plt, fig, path)
+    _png_series(data, quantized_series(data), "bytes", path)
 
 
 def png_hypervolume(data: ReportData, path: Path) -> None:
