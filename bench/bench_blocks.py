@@ -112,7 +112,7 @@ def part_a(args, st: Store, supernet, tok):
         r["dropped_attention"] = [i for i, g in zip(cfg.layers, cfg.kv_groups, strict=True) if g == 0]
     st.save()
     for name, cfg in cfgs.items():  # timings first, in a row
-        if "llamacpp" not in rows[name]:
+        if "llamacpp" not in rows[name] and not args.no_timing:
             print(f"timing {name} in llama.cpp ...", flush=True)
             rows[name]["llamacpp"] = timings(supernet, cfg, args.threads)
             st.save()
@@ -231,6 +231,7 @@ def main() -> None:
     ap.add_argument("--piqa-limit", type=int, default=400)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-search", action="store_true", help="part A only")
+    ap.add_argument("--no-timing", action="store_true", help="accuracy only (a smoke test)")
     ap.add_argument("--params-run", default="runs/bench_deploy/search_params")
     args = ap.parse_args()
     torch.manual_seed(0)

@@ -220,7 +220,13 @@ class Run:
 
     def score(self, score: str) -> None:
         a, res = self.args, self.res
-        todo = [(m, s) for m in a.methods for s in self.sizes if key(score, m, s) not in res.cells]
+        first = score == a.scores[0]  # --full-once: the full network only under the first score
+        todo = [
+            (m, s)
+            for m in a.methods
+            for s in self.sizes
+            if key(score, m, s) not in res.cells and (s < 1.0 or first or not a.full_once)
+        ]
         if not todo:
             print(f"\n== {score}: all cells done", flush=True)
             return
@@ -264,7 +270,9 @@ class Run:
 
     def sensitivity(self) -> None:
         res = self.res
-        todo = [(m, s) for m in SENS_METHODS for s in self.sizes if key("rms", m, s) not in res.cells]
+        todo = [
+            (m, s) for m in self.args.sens_methods for s in self.sizes if key("rms", m, s) not in res.cells
+        ]
         if not todo:
             return
         supernet, batches = self.load("rms")  # reloaded: the rms pass may have finished in an earlier run
@@ -272,7 +280,7 @@ class Run:
         full = SubnetConfig.full(arch).num_params(arch)
         comp = None
         sens_batches = batches[: max(1, -(-self.args.sens_samples // 8))]  # batches hold 8 windows each
-        for method in SENS_METHODS:
+        for method in self.args.sens_methods:
             sizes = [s for m, s in todo if m == method]
             if not sizes:
                 continue
@@ -356,7 +364,7 @@ def step_cpu(res: Results, score: str, method: str, size: float) -> str:
 def table(res: Results, scores: list[str], methods: list[str], sizes: list[float], sens: bool) -> None:
     rows = [(s, m) for s in scores for m in methods]
     if sens:
-        rows += [("rms", m) for m in SENS_METHODS]
+        rows += [("rms", m) for m in SENS_METHODS if any(k.startswith(f"rms/{m}/") for k in res.cells)]
     n = {t: len(next(iter(res.cells.values()))[t]["correct"]) for t in TASKS} if res.cells else {}
     print(
         f"\nARC-Easy validation ({n.get('arc_easy')} questions), PIQA validation ({n.get('piqa')} questions): "
@@ -405,6 +413,13 @@ def main() -> None:
     ap.add_argument("--scores", default=",".join(IMPORTANCES), help="Importance scores.")
     ap.add_argument("--methods", default="none,bias,repair", help=f"Of {', '.join(METHODS)}.")
     ap.add_argument("--no-sensitivity", action="store_true", help="Skip the sensitivity allocation.")
+    ap.add_argument("--sens-methods", default=",".join(SENS_METHODS), help="Of sens, sens+bias.")
+    ap.add_argument(
+        "--full-once",
+        action="store_true",
+        help="Evaluate the full network (1.0) under the first score only: an ordering is a permutation, so "
+        "the full network is the same under every score (tested), and each evaluation costs minutes.",
+    )
     ap.add_argument("--limit", type=int, default=570, help="ARC-Easy questions (570 = the whole split).")
     ap.add_argument("--piqa-limit", type=int, default=400, help="PIQA questions (seeded subset).")
     ap.add_argument("--seed", type=int, default=0)
@@ -421,6 +436,9 @@ def main() -> None:
     args = ap.parse_args()
     args.scores = [s.strip() for s in args.scores.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.sens_methods = [m.strip() for m in args.sens_methods.split(",") if m.strip()]
+    if set(args.sens_methods) - set(SENS_METHODS):
+        raise SystemExit(f"--sens-methods: allowed {', '.join(SENS_METHODS)}; got {args.sens_methods}.")
     for s in args.scores:
         if s not in IMPORTANCES:
             raise SystemExit(f"Unknown score {s!r}; allowed: {', '.join(IMPORTANCES)}.")
