@@ -316,16 +316,8 @@ def evaluate_gguf(
         vocab = LlamaCpp(info.path, n_ctx=64, vocab_only=True)
         tokenizer = GGUFTokenizer(vocab)
     try:
-        prepared = prepare(
-            tokenizer,
-            tasks,
-            split,
-            limit,
-            num_fewshot,
-            seed,
-            max_length=info.context_length or 2048,
-            offset=offset,
-        )
+        window = dict(max_length=info.context_length or 2048, offset=offset)
+        prepared = prepare(tokenizer, tasks, split, limit, num_fewshot, seed, **window)
     finally:
         if vocab is not None:
             vocab.close()
