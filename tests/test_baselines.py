@@ -198,7 +198,10 @@ def test_run_baselines_writes_json_and_csv(tmp_path):
         "base",
         "supernet",
     }
-    assert all(kw == {"split": "validation", "limit": 20, "num_fewshot": None, "seed": 0} for *_, kw in calls)
+    assert all(
+        kw == {"split": "validation", "limit": 20, "num_fewshot": None, "seed": 0, "offset": 0}
+        for *_, kw in calls
+    )
     full = run.full_params
     for r in run.rows:
         assert r.params <= r.target * full and r.fraction == pytest.approx(r.params / full)

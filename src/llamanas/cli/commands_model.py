@@ -262,22 +262,23 @@ def measure(
     # sizes and speed do not depend on which channels are kept
     supernet, _ = _load(model, order=False, dtype=dtype, device=device)
     cfg = _subnet(subnet, supernet)
-    limit = getattr(supernet.model.config, "max_position_embeddings", None)
-    contexts = [None] if context is None else _contexts(context, prefill_tokens, gen_tokens, limit)
-    rows = []
-    for n in contexts:
-        with console.status("Measuring" + ("" if n is None else f" at a {n}-token context")):
-            kw = {} if n is None else {"gen_context": n}
-            p = prefill_tokens if n is None else n
-            rows.append(measure_fn(supernet, cfg, seq_len, timing, p, gen_tokens, repeats=repeats, **kw))
-    if json_out:
-        for m in rows:
+    # (prompt tokens timed for prefill, prompt tokens decoding starts after): --context sets both
+    if context is None:
+        runs = [(prefill_tokens, 16)]
+    else:
+        limit = getattr(supernet.model.config, "max_position_embeddings", None)
+        runs = [(n, n) for n in _contexts(context, prefill_tokens, gen_tokens, limit)]
+    title = f"{model}" + ("" if subnet is None else " sub-network")
+    for prefill, gen_context in runs:
+        where = "" if context is None else f", context {gen_context}"
+        with console.status(f"Measuring{where}"):
+            m = measure_fn(
+                supernet, cfg, seq_len, timing, prefill, gen_tokens, repeats=repeats, gen_context=gen_context
+            )
+        if json_out:
             print(json.dumps({"subnet": cfg.to_dict(), "runtime": "hf", **m.to_dict()}))
-        return
-    for m in rows:
-        title = f"{model}" + ("" if subnet is None else " sub-network")
-        title += "" if m.gen_context in (None, 16) or context is None else f", context {m.gen_context}"
-        out.print(key_value_table(title, m.to_dict()))
+        else:
+            out.print(key_value_table(title + where, m.to_dict()))
 
 
 def _contexts(context: str | None, prefill_tokens: int, gen_tokens: int, limit: int | None) -> list[int]:

@@ -332,7 +332,7 @@ def export_gguf(
             "(it would load as head size 0): for GGUF the first layer must keep its attention."
         )
     rope = _check_supported(model, a)
-    uniform = len(set(layers)) == 1 and layers[0].n_head > 0 and layers[0].n_ff > 0
+    uniform = len(set(layers)) == 1 and layers[0].n_ff > 0  # layer 0 has attention (checked above)
     if arch == "auto":
         arch = "llama" if uniform else "deci"
     if arch == "llama" and not uniform:

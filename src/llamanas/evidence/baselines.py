@@ -100,14 +100,11 @@ def drop_attention(arch: Arch, attention_influence: Sequence[float], target: flo
             f"Attention influence has {len(attention_influence)} values; the model has {arch.num_layers} layers."
         )
     budget = _budget(arch, target)
-    order = sorted(range(arch.num_layers), key=lambda i: (attention_influence[i], -i))
-    for k in range(arch.num_layers):  # k = attention blocks dropped
+    for k in range(arch.num_layers):  # k = attention blocks dropped (at most all but one)
         cfg = drop_attention_blocks(arch, attention_influence, k)
         if cfg.num_params(arch) <= budget:
             return cfg
-    raise _too_small(
-        "attention", target, drop_attention_blocks(arch, attention_influence, len(order) - 1), arch
-    )
+    raise _too_small("attention", target, cfg, arch)
 
 
 def drop_attention_blocks(arch: Arch, attention_influence: Sequence[float], k: int) -> SubnetConfig:
@@ -135,55 +132,27 @@ def uniform_width(arch: Arch, target: float, multiple: int = DEFAULT_WIDTH_MULTI
     raise _too_small("width", target, _keep(arch, layers, min(widths)), arch)
 
 
-@torch.inference_mode()
 def block_influence(model, batches: Sequence[torch.Tensor]) -> list[float]:
     """ShortGPT's Block Influence of every decoder layer: 1 - mean over tokens of cos(input, output)."""
-    layers = model.get_decoder().layers
-    sums = [0.0] * len(layers)
-    count = [0] * len(layers)
-
-    def hook(i):
-        def fn(_module, args, kwargs, output):
-            h_in = args[0] if args else kwargs["hidden_states"]
-            h_out = output[0] if isinstance(output, tuple) else output
-            cos = torch.nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)  # [B, T]
-            sums[i] += float(cos.sum())
-            count[i] += cos.numel()
-
-        return fn
-
-    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    _run_hooked(model, batches, handles, count)
-    return [1.0 - s / c for s, c in zip(sums, count, strict=True)]
-
-
-def _run_hooked(model, batches, handles, count) -> None:
-    """Run the calibration batches through ``model`` with the hooks in ``handles``, then remove them."""
-    try:
-        for ids in batches:
-            model(input_ids=ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    if not count[0]:
-        raise LlamanasError("Block influence needs calibration text; got none.")
+    return block_influence_per_block(model, batches)["layer"]
 
 
 @torch.inference_mode()
 def block_influence_per_block(model, batches: Sequence[torch.Tensor]) -> dict[str, list[float]]:
-    """Block Influence of each layer's attention and MLP block on its own: ``1 - mean cos(h, h + block)``
-    over calibration tokens, where h is the residual stream entering the block."""
+    """Block Influence of each decoder layer (``layer``: 1 - mean cos(input, output), ShortGPT) and of its
+    attention and MLP block on their own (``attention``, ``mlp``: ``1 - mean cos(h, h + block)``, where h
+    is the residual stream entering the block), over calibration tokens."""
     from llamanas.model.families import family_of
 
     family = family_of(model.config)
     layers = model.get_decoder().layers
     n = len(layers)
-    sums = {"attention": [0.0] * n, "mlp": [0.0] * n}
+    sums = {"layer": [0.0] * n, "attention": [0.0] * n, "mlp": [0.0] * n}
     count = [0] * n
     seen: dict[int, dict[str, torch.Tensor]] = {}
 
     def cos_sum(h: torch.Tensor, out: torch.Tensor) -> float:
-        return float(torch.nn.functional.cosine_similarity(h.double(), (h + out).double(), dim=-1).sum())
+        return float(torch.nn.functional.cosine_similarity(h.double(), out.double(), dim=-1).sum())
 
     def pre(i):
         def fn(_module, args, kwargs):
@@ -207,8 +176,9 @@ def block_influence_per_block(model, batches: Sequence[torch.Tensor]) -> dict[st
         def fn(_module, _args, _kwargs, output):
             s = seen.pop(i)
             h, a, m = s["h"], s["attn"], s["mlp"]
-            sums["attention"][i] += cos_sum(h, a)
-            sums["mlp"][i] += cos_sum(h + a, m)
+            sums["layer"][i] += cos_sum(h, output[0] if isinstance(output, tuple) else output)
+            sums["attention"][i] += cos_sum(h, h + a)
+            sums["mlp"][i] += cos_sum(h + a, h + a + m)
             count[i] += h.shape[0] * h.shape[1]
 
         return fn
@@ -219,7 +189,14 @@ def block_influence_per_block(model, batches: Sequence[torch.Tensor]) -> dict[st
         handles.append(getattr(layer, family.attention).register_forward_hook(attn_hook(i)))
         handles.append(getattr(layer, family.mlp).register_forward_hook(mlp_hook(i)))
         handles.append(layer.register_forward_hook(post(i), with_kwargs=True))
-    _run_hooked(model, batches, handles, count)
+    try:
+        for ids in batches:
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    if not count[0]:
+        raise LlamanasError("Block influence needs calibration text; got none.")
     return {k: [1.0 - v / c for v, c in zip(vals, count, strict=True)] for k, vals in sums.items()}
 
 
@@ -445,9 +422,7 @@ def run_baselines(
 
     if evaluate_fn is None:
         from llamanas.evaluation.evaluate import evaluate as evaluate_fn
-    eval_kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
-    if offset:  # only when asked: fake evaluators in tests take the original keywords
-        eval_kwargs["offset"] = offset
+    eval_kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed, offset=offset)
     sources = [("base", model)] + ([("supernet", supernet_dir)] if supernet_dir else [])
     rows: list[BaselineResult] = []
     bis: dict[str, list[float]] = {}

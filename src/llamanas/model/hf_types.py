@@ -64,6 +64,16 @@ class NoMLP(nn.Module):
         return hidden_states.new_zeros(hidden_states.shape)
 
 
+def check_attention_skippable(layer_types, kv_groups) -> None:
+    """Skipping attention renumbers the KV cache by the attention blocks that run, while the decoder
+    indexes ``layer_types`` by layer: the two agree only when every layer has the same attention type."""
+    if layer_types and len(set(layer_types)) > 1 and 0 in kv_groups:
+        raise LlamanasError(
+            f"This model mixes attention types ({sorted(set(layer_types))}); skipping attention blocks is "
+            "supported only where every layer has the same type."
+        )
+
+
 def resize_layers(model, mlp_sizes: list[int], kv_heads: list[int], output_bias: bool = False) -> None:
     """Replace each layer's linears by ones of the per-layer sizes (weights are loaded afterwards);
     ``output_bias`` gives the column-sliced ones (``down_proj``, ``o_proj``) a bias. A size of 0 replaces
@@ -75,12 +85,7 @@ def resize_layers(model, mlp_sizes: list[int], kv_heads: list[int], output_bias:
     layers = model.get_decoder().layers
     if len(mlp_sizes) != len(layers) or len(kv_heads) != len(layers):
         raise LlamanasError(f"{LAYER_MLP}/{LAYER_KV} need one value per layer ({len(layers)}).")
-    types = getattr(model.config, "layer_types", None)
-    if types and len(set(types)) > 1 and 0 in kv_heads:
-        raise LlamanasError(
-            f"This model mixes attention types ({sorted(set(types))}); skipping attention blocks is supported "
-            "only where every layer has the same type."
-        )
+    check_attention_skippable(getattr(model.config, "layer_types", None), kv_heads)
     attn_pos = 0
     for layer, m, g in zip(layers, mlp_sizes, kv_heads, strict=True):
         if g == 0:

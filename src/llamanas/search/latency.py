@@ -269,7 +269,7 @@ def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Subne
         if space.bits_choices:
             bits = tuple(pick(space.bits_choices[i], bits_j) for i in layers)
         kv = [pick(space.kv_choices[i], kv_j) for i in layers]
-        if max(kv) == 0:  # every attention block skipped: the first layer keeps its attention
+        if kv[0] == 0:  # the first kept layer keeps its attention (supernet.space.FIRST_ATTENTION)
             kv[0] = max(space.kv_choices[layers[0]])
         return SubnetConfig(layers, tuple(pick(space.mlp_choices[i], mlp_j) for i in layers), tuple(kv), bits)
 
@@ -286,8 +286,6 @@ def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Subne
     while len(out) < n and tries < 100 * n + 100:
         tries += 1
         cfg = space.sample(rng)
-        if cfg.kv_groups[0] == 0:  # llama.cpp needs attention in the first layer (deploy.gguf)
-            continue
         if cfg.key() not in seen:
             seen.add(cfg.key())
             out.append(cfg)

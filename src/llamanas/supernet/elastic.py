@@ -1,10 +1,11 @@
 """The super-network: one loaded HF model whose sub-networks are switched on in place.
 
 Activating a sub-network copies no weights: each linear layer of the decoder becomes an
-``ElasticLinear`` that multiplies by a first-k slice (a view) of its weight, skipped layers are
-left out of the decoder's ``ModuleList`` for the duration, and a skipped attention or MLP block (size 0)
-has its class switched to one whose forward returns zeros, so the residual passes through (``skip_block``). Because slices are first-k, channels must
-be ordered by importance first (``importance.py``) so that a slice keeps the best ones.
+``ElasticLinear`` that multiplies by a first-k slice (a view) of its weight, skipped layers are left out
+of the decoder's ``ModuleList`` for the duration, and a skipped attention or MLP block (size 0) has its
+class switched to one whose forward returns zeros, so the residual passes through (``skip_block``).
+Because slices are first-k, channels must be ordered by importance first (``importance.py``) so that a
+slice keeps the best ones.
 
     supernet = SuperNet(model)
     with supernet.subnet(cfg):
@@ -25,6 +26,7 @@ from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.device import linear
 from llamanas.model.families import family_of
+from llamanas.model.hf_types import NoAttention, NoMLP, check_attention_skippable
 from llamanas.supernet.compensation import Compensation
 from llamanas.supernet.space import SearchSpace, SubnetConfig
 
@@ -61,18 +63,10 @@ class ElasticLinear(nn.Linear):
         return linear(x, w, b)  # F.linear; float32 compute for 16-bit weights on the CPU
 
 
-def _no_attention(self, hidden_states, *args, **kwargs):
-    """A skipped attention block: adds nothing to the residual, stores nothing in the KV cache."""
-    return torch.zeros_like(hidden_states), None
-
-
-def _no_mlp(self, hidden_states, *args, **kwargs):
-    return torch.zeros_like(hidden_states)
-
-
 @functools.cache
 def _skipped_class(cls: type, attention: bool) -> type:
-    forward = _no_attention if attention else _no_mlp
+    # The forward of the extracted model's pass-through modules, on the super-network's own module.
+    forward = NoAttention.forward if attention else NoMLP.forward
     return type(f"Skipped{cls.__name__}", (cls,), {"forward": forward, "llamanas_skipped": True})
 
 
@@ -147,11 +141,7 @@ class SuperNet:
                 "This sub-network has layers below 16 bits, which the super-network cannot switch on in place; "
                 "extract it (extract.standalone, or `llamanas extract`)."
             )
-        if self._layer_types is not None and len(set(self._layer_types)) > 1 and min(cfg.kv_groups) == 0:
-            raise LlamanasError(
-                f"This model mixes attention types ({sorted(set(self._layer_types))}); skipping attention "
-                "blocks is supported only where every layer has the same type."
-            )
+        check_attention_skippable(self._layer_types, cfg.kv_groups)
         a, family, comp = self.arch, self.family, self.compensation
         (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols
         # bits are None or all 16 here, so the architecture alone says whether this is the full network.

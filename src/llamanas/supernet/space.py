@@ -125,11 +125,6 @@ class SubnetConfig:
         """Whether some kept layer skips its attention or its MLP."""
         return min(self.mlp) == 0 or min(self.kv_groups) == 0
 
-    @property
-    def attention_layers(self) -> tuple[int, ...]:
-        """The kept layers that keep attention (they, and only they, hold a KV cache)."""
-        return tuple(i for i, g in zip(self.layers, self.kv_groups, strict=True) if g > 0)
-
     def num_params(self, arch: Arch, embeddings: bool = True) -> int:
         """Parameters of the sub-network (the same count its extracted checkpoint has)."""
         layers = sum(arch.layer_params(m, g) for m, g in zip(self.mlp, self.kv_groups, strict=True))
@@ -524,10 +519,8 @@ class SearchSpace:
                 mlp[k], kv[k] = int(rng.choice(self.mlp_choices[i])), int(rng.choice(self.kv_choices[i]))
         pairs = {i: (m, g) for i, m, g in zip(layers, mlp, kv, strict=True)}
         first = layers[0]
-        if pairs[first][1] == 0:  # the first kept layer keeps attention (FIRST_ATTENTION)
+        if pairs[first][1] == 0:  # the first kept layer keeps attention (FIRST_ATTENTION; never empty)
             allowed = [p for p in self._pairs(first) if p[1] > 0]
-            if not allowed:
-                return self.sample(rng)
             pairs[first] = allowed[int(rng.integers(len(allowed)))]
         return SubnetConfig(
             layers,

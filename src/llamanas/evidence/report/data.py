@@ -204,6 +204,14 @@ def _point_from_measured(label: str, kind: str, cfg: dict, measured: dict, score
     )
 
 
+def _timed_point(label: str, kind: str, entry: dict, measured: dict, speed: dict, score, arch) -> Point:
+    """A front member of ``front_llamacpp.json`` at ``speed`` (its ``latency`` and ``throughput``: as timed,
+    or as the latency table predicted them)."""
+    p = _point_from_measured(label, kind, entry["config"], measured, score, arch)
+    p.latency, p.decode_ms = speed.get("latency"), 1000.0 / speed["throughput"]
+    return p
+
+
 def _point_from_results(label, kind, cfg, results, score, arch, **kw) -> Point:
     value, se, chance = score.from_results(results)
     params = kw.pop("params", None)
@@ -311,18 +319,13 @@ def load_data(run_dir: str | Path, baselines: str | Path | None = None) -> Repor
         runtime = {k: v for k, v in timed.items() if k != "points"}
         for k, e in enumerate(timed["points"]):
             measured = (e.get("original") or {}).get("measured", {})
-            p = _point_from_measured(
-                f"front {k + 1} (llama.cpp)", "runtime", e["config"], measured, score, arch
-            )
-            p.latency, p.decode_ms, p.on_front = e.get("latency"), 1000.0 / e["throughput"], True
-            runtime_front.append(p)
+            point = _timed_point(f"front {k + 1} (llama.cpp)", "runtime", e, measured, e, score, arch)
+            point.on_front = True
+            runtime_front.append(point)
             guess = e.get("predicted")
             if guess and guess.get("throughput"):
-                q = _point_from_measured(
-                    f"front {k + 1} (table)", "predicted", e["config"], measured, score, arch
-                )
-                q.latency, q.decode_ms = guess.get("latency"), 1000.0 / guess["throughput"]
-                runtime_predicted.append(q)
+                label = f"front {k + 1} (table)"
+                runtime_predicted.append(_timed_point(label, "predicted", e, measured, guess, score, arch))
 
     base_points: list[Point] = []
     b_info = None
