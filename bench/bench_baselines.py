@@ -16,6 +16,15 @@ Selection and report use disjoint questions by construction: the search scores t
 next ``--limit`` ones of the same order (``evaluate(..., offset=search_limit)``; 100 + 400 of the 570).
 ``--overlap`` restores the earlier protocol (search on a subset drawn with seed + 1, table on an
 independent subset drawn with seed: about 70 of 400 table questions were then also search questions).
+
+``--fronts`` runs several searches of the same budget, one front row each (``OUT/search`` for ``plain``,
+``OUT/search-NAME`` for the others), against one set of baselines:
+  plain       the super-network as every command loads it (rms ordering, no compensation);
+  warm        the same with ``--warm-start sensitivity`` (the first population seeded by sensitivity);
+  wanda+bias  the compensated super-network: wanda ordering and bias compensation (``--importance wanda
+              --compensate``); its front members are re-evaluated with the same settings.
+The baselines (``--methods``, e.g. ``depth,shortgpt,width,sensitivity``) are evaluated once and kept in
+``OUT/baselines``; a re-run reuses them when the settings match (``--fresh-baselines`` re-evaluates).
 """
 
 from __future__ import annotations
@@ -29,12 +38,20 @@ from pathlib import Path
 import torch
 
 from llamanas.evaluation.evaluate import evaluate
-from llamanas.evidence.baselines import run_baselines
+from llamanas.evidence.baselines import METHODS, read_baselines, run_baselines
 from llamanas.search.run import SearchArgs, search
 from llamanas.supernet.elastic import load_supernet
-from llamanas.supernet.space import SubnetConfig
 
 WIDTH_ONLY_SPACE = Path(__file__).with_name("instatune_space.yaml")
+# Front name -> (search settings, load_supernet settings) that differ from the plain run.
+FRONTS = {
+    "plain": ({}, {}),
+    "warm": ({"warm_start": ("sensitivity",)}, {}),
+    "wanda+bias": (
+        {"importance": "wanda", "compensate": True},
+        {"importance": "wanda", "compensate": True},
+    ),
+}
 
 
 def cell(r: dict) -> str:
@@ -64,75 +81,101 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_baselines"))
     ap.add_argument("--overlap", action="store_true", help="the earlier protocol (see above)")
+    ap.add_argument("--fronts", default="plain", help=f"Comma-separated, of {', '.join(FRONTS)}.")
+    ap.add_argument("--methods", default=",".join(METHODS), help="Baselines (llamanas baselines --methods).")
+    ap.add_argument("--fresh-baselines", action="store_true", help="Re-evaluate stored baselines.")
     args = ap.parse_args()
+    fronts = [f for f in args.fronts.split(",") if f]
+    if set(fronts) - set(FRONTS):
+        ap.error(f"unknown front(s) {sorted(set(fronts) - set(FRONTS))}; choose from {', '.join(FRONTS)}")
+    methods = [m for m in args.methods.split(",") if m]
     offset = 0 if args.overlap else args.search_limit  # table questions after the search's ones
     space = None if args.space == "default" else args.space
     tasks = [t for t in args.tasks.split(",") if t]
     sizes = [float(s) for s in args.sizes.split(",")]
     t0 = time.time()
 
-    run = search(
-        SearchArgs(
-            model=args.supernet or args.model,
-            tasks=(args.search_task,),
-            objectives=("accuracy", "params"),
-            algorithm="linas",
-            evaluations=args.evaluations,
-            population=args.population,
-            limit=args.search_limit,
-            data_seed=args.seed + 1 if args.overlap else args.seed,
-            seed=args.seed,
-            space=space,
-            inner_generations=300,
-            out=str(args.out / "search"),
+    runs, search_s = {}, {}
+    for name in fronts:
+        extra, _ = FRONTS[name]
+        t = time.time()
+        runs[name] = search(
+            SearchArgs(
+                model=args.supernet or args.model,
+                tasks=(args.search_task,),
+                objectives=("accuracy", "params"),
+                algorithm="linas",
+                evaluations=args.evaluations,
+                population=args.population,
+                limit=args.search_limit,
+                data_seed=args.seed + 1 if args.overlap else args.seed,
+                seed=args.seed,
+                space=space,
+                inner_generations=300,
+                out=str(args.out / ("search" if name == "plain" else f"search-{name}")),
+                **extra,
+            )
         )
-    )
-    search_s = time.time() - t0
-    print(
-        f"search: {run.evaluations} evaluations, {len(run.front)} on the front, {search_s:.0f} s", flush=True
-    )
+        search_s[name] = time.time() - t
+        run = runs[name]
+        print(
+            f"search {name}: {run.evaluations} evaluations, {len(run.front)} on the front, "
+            f"{search_s[name]:.0f} s",
+            flush=True,
+        )
 
     t1 = time.time()
-    baselines = run_baselines(
-        args.model,
-        tasks,
-        sizes,
-        args.out / "baselines",
-        supernet_dir=args.supernet,
-        split="validation",
-        limit=args.limit,
-        seed=args.seed,
-        offset=offset,
-    )
+    stored = args.out / "baselines" / "settings.json"
+    settings = {"tasks": tasks, "sizes": sizes, "methods": methods, "limit": args.limit, "seed": args.seed}
+    settings |= {"offset": offset, "model": args.model, "supernet": args.supernet}
+    if not args.fresh_baselines and stored.is_file() and json.loads(stored.read_text()) == settings:
+        baselines = read_baselines(args.out / "baselines")
+        print("baselines: reused from", args.out / "baselines", flush=True)
+    else:
+        baselines = run_baselines(
+            args.model,
+            tasks,
+            sizes,
+            args.out / "baselines",
+            supernet_dir=args.supernet,
+            methods=methods,
+            split="validation",
+            limit=args.limit,
+            seed=args.seed,
+            offset=offset,
+        )
+        stored.write_text(json.dumps(settings))
     baselines_s = time.time() - t1
     full = baselines.full_params
 
-    supernet, tokenizer = load_supernet(args.supernet or args.model, space_file=space)
-    picks: dict[float, tuple[SubnetConfig, float]] = {}
-    for size in sizes:
-        fits = [m for m in run.front if m.values["params"] <= size * full]
-        if fits:
+    front_rows: dict[str, dict[float, dict]] = {}
+    for name, run in runs.items():
+        supernet, tokenizer = load_supernet(args.supernet or args.model, space_file=space, **FRONTS[name][1])
+        front_rows[name] = {}
+        for size in sizes:
+            fits = [m for m in run.front if m.values["params"] <= size * full]
+            if not fits:
+                continue
             best = max(fits, key=lambda m: m.values["accuracy"])
-            picks[size] = (best.config, best.values["accuracy"])
-    front_rows = {}
-    for size, (cfg, search_acc) in picks.items():
-        with supernet.subnet(cfg):
-            res = evaluate(
-                supernet.model,
-                tokenizer,
-                tasks,
-                split="validation",
-                limit=args.limit,
-                seed=args.seed,
-                offset=offset,
-            )
-        front_rows[size] = {
-            "config": cfg.to_dict(),
-            "params": cfg.num_params(supernet.arch),
-            "search_acc": search_acc,
-            "results": {k: r.to_dict() for k, r in res.items()},
-        }
-        print(f"front @ {size}: {cfg.num_params(supernet.arch) / full:.1%} params", flush=True)
+            cfg = best.config
+            with supernet.subnet(cfg):
+                res = evaluate(
+                    supernet.model,
+                    tokenizer,
+                    tasks,
+                    split="validation",
+                    limit=args.limit,
+                    seed=args.seed,
+                    offset=offset,
+                )
+            front_rows[name][size] = {
+                "config": cfg.to_dict(),
+                "params": cfg.num_params(supernet.arch),
+                "search_acc": best.values["accuracy"],
+                "results": {k: r.to_dict() for k, r in res.items()},
+            }
+            print(f"front {name} @ {size}: {cfg.num_params(supernet.arch) / full:.1%} params", flush=True)
+        del supernet
 
     rows = [r for r in baselines.rows if r.config is not None]
     where = "overlapping the search's" if args.overlap else f"after the search's {offset} in the seeded order"
@@ -148,9 +191,11 @@ def main() -> None:
         if r.method == "base":
             line("100%", "base model" if r.source == "base" else "super-network, full", r.params, r.results)
     for size in sizes:
-        if size in front_rows:
-            f = front_rows[size]
-            line(f"{size:.0%}", "**LINAS front**", f["params"], f["results"])
+        for name, by_size in front_rows.items():
+            if size in by_size:
+                f = by_size[size]
+                label = "**LINAS front**" if name == "plain" else f"**LINAS front ({name})**"
+                line(f"{size:.0%}", label, f["params"], f["results"])
         for r in rows:
             if r.method != "base" and r.target == size:
                 name = r.method + ("" if r.source == "base" else f" ({r.source})")
@@ -158,10 +203,10 @@ def main() -> None:
     meta = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
-        "search_s": round(search_s, 1),
+        "search_s": {k: round(v, 1) for k, v in search_s.items()},
         "baselines_s": round(baselines_s, 1),
         "wall_s": round(time.time() - t0, 1),
-        "front": {str(k): v for k, v in front_rows.items()},
+        "front": {name: {str(k): v for k, v in rows.items()} for name, rows in front_rows.items()},
         "baselines": baselines.to_dict(),
     }
     (args.out / "results.json").write_text(json.dumps(meta, indent=2))

@@ -6,7 +6,7 @@
 Part A, on the default model ordered by activation RMS (as ``load_supernet`` does it):
   - Block Influence of every attention and MLP block on the calibration text (``1 - cos(h, h + block)``);
   - ``attn-k``: every layer kept at full width, the k attention blocks of least influence skipped
-    (``baselines.drop_attention_blocks``; k from ``--counts``, default 2,4,8,12);
+    (``blocks.drop_attention_blocks``; k from ``--counts``, default 2,4,8,12);
   - ``width-k``: the same parameter reduction by a uniform MLP width instead (every layer and attention
     block kept; the widest multiple of 8 whose size does not exceed attn-k's);
   - each config's KV-cache bytes per token, and, exported to F16 GGUF, its llama.cpp prefill and decode
@@ -41,12 +41,9 @@ from llamanas.deploy.gguf import export_subnet_gguf  # noqa: E402
 from llamanas.deploy.llamacpp import time_gguf  # noqa: E402
 from llamanas.errors import LlamanasError  # noqa: E402
 from llamanas.evaluation.evaluate import model_max_length, prepare  # noqa: E402
-from llamanas.evidence.baselines import (  # noqa: E402
-    block_influence_per_block,
-    drop_attention_blocks,
-    uniform_width,
-)
+from llamanas.evidence.baselines import uniform_width  # noqa: E402
 from llamanas.search.run import SearchArgs, load_run, search  # noqa: E402
+from llamanas.supernet.blocks import block_influence_per_block, drop_attention_blocks  # noqa: E402
 from llamanas.supernet.elastic import load_supernet  # noqa: E402
 from llamanas.supernet.importance import calibration_batches, calibration_texts  # noqa: E402
 from llamanas.supernet.space import SubnetConfig  # noqa: E402

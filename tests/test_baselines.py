@@ -118,7 +118,8 @@ def test_block_influence_finds_the_layer_that_does_nothing():
 
 
 def test_attention_influence_finds_the_attention_that_does_nothing():
-    from llamanas.evidence.baselines import block_influence_per_block, drop_attention, drop_attention_blocks
+    from llamanas.evidence.baselines import drop_attention
+    from llamanas.supernet.blocks import block_influence_per_block, drop_attention_blocks
 
     model = tiny_model("llama", layers=4)
     with torch.no_grad():  # layer 1's attention adds zero; its MLP still works

@@ -30,10 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
+from llamanas.supernet.blocks import block_influence, block_influence_per_block, drop_attention_blocks
 from llamanas.supernet.space import SubnetConfig
 
 METHODS = ("depth", "shortgpt", "width")  # the default set
@@ -107,16 +106,6 @@ def drop_attention(arch: Arch, attention_influence: Sequence[float], target: flo
     raise _too_small("attention", target, cfg, arch)
 
 
-def drop_attention_blocks(arch: Arch, attention_influence: Sequence[float], k: int) -> SubnetConfig:
-    """Every layer kept at full width, the ``k`` attention blocks of least Block Influence skipped."""
-    if not 0 <= k < arch.num_layers:
-        raise LlamanasError(f"Can drop 0..{arch.num_layers - 1} attention blocks (one must stay); got {k}.")
-    drop = set(sorted(range(arch.num_layers), key=lambda i: (attention_influence[i], -i))[:k])
-    n = arch.num_layers
-    kv = tuple(0 if i in drop else arch.num_kv_heads for i in range(n))
-    return SubnetConfig(tuple(range(n)), (arch.intermediate_size,) * n, kv)
-
-
 def uniform_width(arch: Arch, target: float, multiple: int = DEFAULT_WIDTH_MULTIPLE) -> SubnetConfig:
     """Every layer kept, every MLP cut to the same width (a multiple of ``multiple``) within the target."""
     if multiple < 1:
@@ -130,74 +119,6 @@ def uniform_width(arch: Arch, target: float, multiple: int = DEFAULT_WIDTH_MULTI
         if cfg.num_params(arch) <= budget:
             return cfg
     raise _too_small("width", target, _keep(arch, layers, min(widths)), arch)
-
-
-def block_influence(model, batches: Sequence[torch.Tensor]) -> list[float]:
-    """ShortGPT's Block Influence of every decoder layer: 1 - mean over tokens of cos(input, output)."""
-    return block_influence_per_block(model, batches)["layer"]
-
-
-@torch.inference_mode()
-def block_influence_per_block(model, batches: Sequence[torch.Tensor]) -> dict[str, list[float]]:
-    """Block Influence of each decoder layer (``layer``: 1 - mean cos(input, output), ShortGPT) and of its
-    attention and MLP block on their own (``attention``, ``mlp``: ``1 - mean cos(h, h + block)``, where h
-    is the residual stream entering the block), over calibration tokens."""
-    from llamanas.model.families import family_of
-
-    family = family_of(model.config)
-    layers = model.get_decoder().layers
-    n = len(layers)
-    sums = {"layer": [0.0] * n, "attention": [0.0] * n, "mlp": [0.0] * n}
-    count = [0] * n
-    seen: dict[int, dict[str, torch.Tensor]] = {}
-
-    def cos_sum(h: torch.Tensor, out: torch.Tensor) -> float:
-        return float(torch.nn.functional.cosine_similarity(h.double(), out.double(), dim=-1).sum())
-
-    def pre(i):
-        def fn(_module, args, kwargs):
-            seen[i] = {"h": args[0] if args else kwargs["hidden_states"]}
-
-        return fn
-
-    def attn_hook(i):
-        def fn(_module, _args, output):
-            seen[i]["attn"] = output[0] if isinstance(output, tuple) else output
-
-        return fn
-
-    def mlp_hook(i):
-        def fn(_module, _args, output):
-            seen[i]["mlp"] = output
-
-        return fn
-
-    def post(i):
-        def fn(_module, _args, _kwargs, output):
-            s = seen.pop(i)
-            h, a, m = s["h"], s["attn"], s["mlp"]
-            sums["layer"][i] += cos_sum(h, output[0] if isinstance(output, tuple) else output)
-            sums["attention"][i] += cos_sum(h, h + a)
-            sums["mlp"][i] += cos_sum(h + a, h + a + m)
-            count[i] += h.shape[0] * h.shape[1]
-
-        return fn
-
-    handles = []
-    for i, layer in enumerate(layers):
-        handles.append(layer.register_forward_pre_hook(pre(i), with_kwargs=True))
-        handles.append(getattr(layer, family.attention).register_forward_hook(attn_hook(i)))
-        handles.append(getattr(layer, family.mlp).register_forward_hook(mlp_hook(i)))
-        handles.append(layer.register_forward_hook(post(i), with_kwargs=True))
-    try:
-        for ids in batches:
-            model(input_ids=ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    if not count[0]:
-        raise LlamanasError("Block influence needs calibration text; got none.")
-    return {k: [1.0 - v / c for v, c in zip(vals, count, strict=True)] for k, vals in sums.items()}
 
 
 @dataclass

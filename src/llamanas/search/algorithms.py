@@ -67,6 +67,8 @@ class Context:
     on_batch: Callable[[], None] = field(default=lambda: None)
     quality: Callable[[int, str, dict], None] = field(default=lambda loop, name, row: None)
     batches: BatchCache | None = None
+    warm: list[SubnetConfig] = field(default_factory=list)
+    """Warm-start configs (``warm_start``): in the first population after the anchors, before random ones."""
 
     def analytic_ok(self, cfg: SubnetConfig) -> bool:
         cs = self.goals.analytic_constraints
@@ -101,10 +103,15 @@ class Context:
     def initial(self) -> list[SubnetConfig]:
         """The first population, the same for every algorithm with the same seed: the largest and the
         smallest sub-networks (the ends of the front, so it always spans the space; the largest is the base
-        model) where the constraints allow them, then random ones."""
-        anchors = []
-        for cfg in (self.space.largest(), self.space.smallest()):
-            if self.args.population > len(anchors) and self.traj.is_new(cfg) and self.analytic_ok(cfg):
+        model) where the constraints allow them, then the warm-start configs, then random ones."""
+        anchors: list[SubnetConfig] = []
+        for cfg in (self.space.largest(), self.space.smallest(), *self.warm):
+            if (
+                self.args.population > len(anchors)
+                and cfg not in anchors
+                and self.traj.is_new(cfg)
+                and self.analytic_ok(cfg)
+            ):
                 anchors.append(cfg)
         rng = np.random.default_rng(self.args.seed)
         return anchors + self.sample_new(rng, self.args.population - len(anchors), {c.key() for c in anchors})

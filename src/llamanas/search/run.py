@@ -36,6 +36,7 @@ from llamanas.supernet.space import SearchSpace, SubnetConfig
 
 ALGORITHMS = ("random", "nsga2", "linas")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+TUPLE_FIELDS = ("tasks", "objectives", "constraints", "warm_start")
 RUN_FILE = "run.json"
 FRONT_FILE = "front.json"
 STORE_FILE = "results.sqlite"
@@ -107,18 +108,23 @@ class SearchArgs:
     latency_table: str | None = None
     """Latency table (JSON, from a llama.cpp calibration) used with --runtime llamacpp; its content is
     copied into the run folder and keys the stored results."""
+    warm_start: tuple[str, ...] = ()
+    """Seed the first population (after the largest and smallest) with sub-networks chosen by importance
+    instead of random ones: sensitivity (per-layer widths allocated by calibration loss at 90..50% of the
+    parameters) and/or attention (the least influential attention blocks skipped; a space that skips
+    attention). Computed once on the calibration text and saved in the run folder."""
 
     # Fields that do not change which sub-networks are evaluated: a run may be resumed with new values.
     RESUMABLE = ("evaluations", "workers", "ray_address", "out", "store", "device")
 
     def __post_init__(self):
-        for name in ("tasks", "objectives", "constraints"):
+        for name in TUPLE_FIELDS:
             v = getattr(self, name)
             object.__setattr__(self, name, (v,) if isinstance(v, str) else tuple(v))
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for name in ("tasks", "objectives", "constraints"):
+        for name in TUPLE_FIELDS:
             d[name] = list(d[name])
         return d
 
@@ -132,6 +138,8 @@ class SearchArgs:
         # The space file's and latency table's contents are stored instead of their paths.
         for k in self.RESUMABLE + ("space", "latency_table"):
             d.pop(k)
+        if not d["warm_start"]:  # runs made before the option existed resume unchanged
+            d.pop("warm_start")
         return d
 
     def check(self) -> None:
@@ -141,6 +149,9 @@ class SearchArgs:
         from llamanas.supernet.importance import check_importance
 
         check_importance(self.importance)
+        from llamanas.search.warm_start import check_warm_start
+
+        check_warm_start(self.warm_start)
         for flag, v, lo in (
             ("--evaluations", self.evaluations, 1),
             ("--population", self.population, 2),
@@ -305,7 +316,22 @@ class RunFiles:
                 raise LlamanasError(f"{f}: member {i} has no 'config' (a sub-network config object).")
         return members
 
+    def warm_start(self, names: tuple[str, ...]) -> dict | None:
+        """``warm_start.json``'s seeds when they were made for ``names`` (None otherwise)."""
+        from llamanas.search.warm_start import WARM_START_FILE
+
+        f = self.dir / WARM_START_FILE
+        if not f.is_file():
+            return None
+        seeds = json.loads(f.read_text())
+        return seeds if list(seeds) == list(names) else None
+
     # --- writing (atomic) ----------------------------------------------------------------------
+    def write_warm_start(self, seeds: dict) -> None:
+        from llamanas.search.warm_start import WARM_START_FILE
+
+        storemod.write_json(self.dir / WARM_START_FILE, seeds)
+
     def write_info(self, info: dict) -> None:
         storemod.write_json(self.dir / RUN_FILE, info)
 
@@ -528,6 +554,16 @@ def search(
             def on_batch():
                 files.export(goals, traj.history, store.quality(run_id))
 
+            warm: list[SubnetConfig] = []
+            if args.warm_start:
+                from llamanas.search.warm_start import interleave
+
+                seeds = files.warm_start(args.warm_start)
+                if seeds is None:
+                    seeds = pool.warm_start(args.warm_start)
+                    files.write_warm_start(seeds)
+                warm = interleave(seeds)
+
             ctx = Context(
                 args,
                 space,
@@ -537,6 +573,7 @@ def search(
                 on_batch=on_batch,
                 quality=lambda loop, name, row: store.put_quality(run_id, loop, name, row),
                 batches=BatchCache(store, run_id),
+                warm=warm,
             )
             RUNNERS[args.algorithm](ctx)
             on_batch()

@@ -147,7 +147,7 @@ class SupernetEvaluator:
         supernet.space = SearchSpace.from_saved(spec.space)
         if supernet.compensation is not None:  # biases for the driver's space's widths
             supernet.set_compensation(supernet.compensation)
-        self.supernet = supernet
+        self.supernet, self.tokenizer = supernet, tokenizer
         self._fingerprint = fingerprint(supernet.model)
         self.prepared = None
         if s.tasks:
@@ -180,6 +180,12 @@ class SupernetEvaluator:
             ref["latency"] = (0.0, self._time(space.largest())["latency"])
             ref["throughput"] = (0.0, self._time(space.smallest())["throughput"])
         return ref
+
+    def warm_start(self, names: tuple[str, ...]) -> dict:
+        """Warm-start configs (``search.warm_start``) from this super-network, on ordering's calibration text."""
+        from llamanas.search.warm_start import warm_start_configs
+
+        return warm_start_configs(self.supernet, self.tokenizer, names, self.spec.calibration)
 
     def _time(self, cfg: SubnetConfig) -> dict[str, float]:
         from llamanas.evaluation.measure import measure
@@ -251,6 +257,14 @@ def uniform_gold_nll(prepared, tasks, vocab_size: int) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------------
 
 
+def _warm_start(evaluator: Evaluator, names: tuple[str, ...]) -> dict:
+    if not hasattr(evaluator, "warm_start"):
+        raise LlamanasError(
+            f"--warm-start needs the super-network's evaluator; {type(evaluator).__name__} has no warm start."
+        )
+    return evaluator.warm_start(names)
+
+
 class LocalPool:
     """Evaluates in this process, one config at a time (``--workers 1``; Ray is not imported)."""
 
@@ -270,6 +284,9 @@ class LocalPool:
 
     def reference(self) -> dict[str, tuple[float, float]]:
         return self.evaluator.reference()
+
+    def warm_start(self, names: tuple[str, ...]) -> dict:
+        return _warm_start(self.evaluator, names)
 
     def imap_unordered(self, cfgs: list[SubnetConfig]) -> Iterator[tuple[int, Outcome]]:
         for i, cfg in enumerate(cfgs):
@@ -293,6 +310,9 @@ class _Actor:
 
     def evaluate(self, cfg: dict) -> Outcome:
         return self.evaluator.evaluate(SubnetConfig.from_dict(cfg))
+
+    def warm_start(self, names: tuple[str, ...]) -> dict:
+        return _warm_start(self.evaluator, names)
 
 
 class RayPool:
@@ -342,6 +362,9 @@ class RayPool:
 
     def reference(self) -> dict[str, tuple[float, float]]:
         return self.ray.get(self.actors[0].reference.remote())
+
+    def warm_start(self, names: tuple[str, ...]) -> dict:
+        return self.ray.get(self.actors[0].warm_start.remote(names))
 
     def imap_unordered(self, cfgs: list[SubnetConfig]) -> Iterator[tuple[int, Outcome]]:
         ray = self.ray
