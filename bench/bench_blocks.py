@@ -20,6 +20,12 @@ validation, seeded 100-question subset, 30 evaluations, population 8, seed 0); b
 llama.cpp (F16, 2048-token prompt, 32 decoded, median of 3) and compared on params and on measured decode
 latency: hypervolume with one reference point, and how many members of each the other dominates.
 Everything is kept in OUT/results.json after each step; a re-run continues where it stopped.
+
+After a short InstaTune (``llamanas finetune`` in the default space, which skips blocks), the same configs
+on the fine-tuned weights (timings do not change with training):
+
+    python bench/bench_blocks.py --supernet runs/blocks_tune --influence-from runs/bench_blocks/results.json \
+        --out runs/bench_blocks_tuned --no-search --no-timing
 """
 
 from __future__ import annotations
@@ -230,11 +236,27 @@ def main() -> None:
     ap.add_argument("--no-search", action="store_true", help="part A only")
     ap.add_argument("--no-timing", action="store_true", help="accuracy only (a smoke test)")
     ap.add_argument("--params-run", default="runs/bench_deploy/search_params")
+    ap.add_argument(
+        "--supernet",
+        default="default",
+        help="A fine-tuned super-network of the default model (llamanas finetune): part A on its weights.",
+    )
+    ap.add_argument(
+        "--influence-from",
+        type=Path,
+        default=None,
+        help="Another run's results.json: drop the same attention blocks (its Block Influence), so a "
+        "fine-tuned super-network is compared on the configs of the untuned one.",
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     np.random.seed(0)
     st = Store(args.out / "results.json")
-    supernet, tok = load_supernet("default")
+    if args.influence_from and "influence" not in st.d:
+        st.d["influence"] = json.loads(args.influence_from.read_text())["influence"]
+        st.d["influence_from"] = str(args.influence_from)
+        st.save()
+    supernet, tok = load_supernet(args.supernet)
     part_a(args, st, supernet, tok)
     print(table_a(st), flush=True)
     if not args.no_search:

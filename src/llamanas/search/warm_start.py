@@ -32,15 +32,21 @@ def check_warm_start(names: Sequence[str]) -> None:
         raise LlamanasError(f"--warm-start names a method twice: {list(names)}.")
 
 
-def warm_start_configs(supernet, tokenizer, names: Sequence[str], calibration: str | None = None) -> dict:
-    """``{method: [config dict, ...]}`` for each named method, on the calibration text ordering uses."""
+def warm_start_configs(
+    supernet, tokenizer, names: Sequence[str], calibration: str | None = None, num_samples: int = 16
+) -> dict:
+    """``{method: [config dict, ...]}`` for each named method, on ``num_samples`` windows of 128 tokens of the
+    calibration text ordering uses (seeds need a ranking, not a precise loss: sensitivity costs one
+    calibration pass per (layer, width choice), about 90 passes on the default model's width-only space)."""
     from llamanas.supernet.blocks import attention_configs
     from llamanas.supernet.importance import calibration_batches, calibration_texts
     from llamanas.supernet.sensitivity import sensitivity_configs
 
     check_warm_start(names)
     device = next(supernet.model.parameters()).device
-    batches = [b.to(device) for b in calibration_batches(tokenizer, calibration_texts(calibration))]
+    batches = [
+        b.to(device) for b in calibration_batches(tokenizer, calibration_texts(calibration), num_samples)
+    ]
     makers = {"sensitivity": sensitivity_configs, "attention": attention_configs}
     out = {n: [c.to_dict() for c in makers[n](supernet, batches)] for n in names}
     if "attention" in out and not out["attention"]:
