@@ -84,6 +84,13 @@ def main() -> None:
     ap.add_argument("--fronts", default="plain", help=f"Comma-separated, of {', '.join(FRONTS)}.")
     ap.add_argument("--methods", default=",".join(METHODS), help="Baselines (llamanas baselines --methods).")
     ap.add_argument("--fresh-baselines", action="store_true", help="Re-evaluate stored baselines.")
+    ap.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=32,
+        help="Calibration windows (128 tokens) of block influence and sensitivity (run_baselines' num_samples; "
+        "sensitivity costs one pass over them per (layer, width choice)).",
+    )
     args = ap.parse_args()
     fronts = [f for f in args.fronts.split(",") if f]
     if set(fronts) - set(FRONTS):
@@ -128,6 +135,7 @@ def main() -> None:
     stored = args.out / "baselines" / "settings.json"
     settings = {"tasks": tasks, "sizes": sizes, "methods": methods, "limit": args.limit, "seed": args.seed}
     settings |= {"offset": offset, "model": args.model, "supernet": args.supernet}
+    settings |= {"calibration_samples": args.calibration_samples}
     if not args.fresh_baselines and stored.is_file() and json.loads(stored.read_text()) == settings:
         baselines = read_baselines(args.out / "baselines")
         print("baselines: reused from", args.out / "baselines", flush=True)
@@ -139,6 +147,7 @@ def main() -> None:
             args.out / "baselines",
             supernet_dir=args.supernet,
             methods=methods,
+            num_samples=args.calibration_samples,
             split="validation",
             limit=args.limit,
             seed=args.seed,
