@@ -38,23 +38,22 @@ def warm_start_configs(
     """``{method: [config dict, ...]}`` for each named method, on ``num_samples`` windows of 128 tokens of the
     calibration text ordering uses (seeds need a ranking, not a precise loss: sensitivity costs one
     calibration pass per (layer, width choice), about 90 passes on the default model's width-only space)."""
-    from llamanas.supernet.blocks import attention_configs
+    from llamanas.supernet.blocks import attention_configs, skippable_attention
     from llamanas.supernet.importance import calibration_batches, calibration_texts
     from llamanas.supernet.sensitivity import sensitivity_configs
 
     check_warm_start(names)
+    if "attention" in names and not skippable_attention(supernet.space):  # before any calibration pass
+        raise LlamanasError(
+            "--warm-start attention skips attention blocks, and this search space skips none: use the default "
+            "space or allow skip_attention in the space file."
+        )
     device = next(supernet.model.parameters()).device
     batches = [
         b.to(device) for b in calibration_batches(tokenizer, calibration_texts(calibration), num_samples)
     ]
     makers = {"sensitivity": sensitivity_configs, "attention": attention_configs}
-    out = {n: [c.to_dict() for c in makers[n](supernet, batches)] for n in names}
-    if "attention" in out and not out["attention"]:
-        raise LlamanasError(
-            "--warm-start attention skips attention blocks, and this search space skips none: use the default "
-            "space or allow skip_attention in the space file."
-        )
-    return out
+    return {n: [c.to_dict() for c in makers[n](supernet, batches)] for n in names}
 
 
 def interleave(seeds: dict[str, list[dict]]) -> list[SubnetConfig]:

@@ -96,6 +96,12 @@ def block_influence_per_block(model, batches: Sequence[torch.Tensor]) -> dict[st
     return {k: [1.0 - v / c for v, c in zip(vals, count, strict=True)] for k, vals in sums.items()}
 
 
+def skippable_attention(space) -> list[int]:
+    """The layers whose attention ``space`` lets a sub-network skip; never the first layer (a sub-network's
+    first kept layer keeps attention)."""
+    return [i for i in range(1, space.arch.num_layers) if 0 in space.kv_choices[i]]
+
+
 def attention_order(space, attention_influence: Sequence[float]) -> list[int]:
     """The layers whose attention ``space`` lets a sub-network skip, least influential first (ties: the later
     layer first). The first layer is never among them: a sub-network's first kept layer keeps attention."""
@@ -104,8 +110,7 @@ def attention_order(space, attention_influence: Sequence[float]) -> list[int]:
         raise LlamanasError(
             f"Attention influence has {len(attention_influence)} values; the model has {n} layers."
         )
-    skippable = [i for i in range(1, n) if 0 in space.kv_choices[i]]
-    return sorted(skippable, key=lambda i: (attention_influence[i], -i))
+    return sorted(skippable_attention(space), key=lambda i: (attention_influence[i], -i))
 
 
 def attention_configs(
@@ -115,19 +120,21 @@ def attention_configs(
     skippable attention blocks skipped, k a fraction of the layers (distinct k >= 1 only). Empty when the
     space skips no attention."""
     space = supernet.space
+    if not skippable_attention(space):
+        return []  # nothing to rank: no calibration pass
+    base = space.largest()
     previous = supernet.active
     try:
-        supernet.activate(space.largest())
+        supernet.activate(base)
         influence = block_influence_per_block(supernet.model, batches)["attention"]
     finally:
         supernet.activate(previous)
     order = attention_order(space, influence)
-    base = space.largest()
     out: list[SubnetConfig] = []
     for k in sorted({min(len(order), max(1, round(f * space.arch.num_layers))) for f in fractions}):
         drop = set(order[:k])
         kv = tuple(0 if i in drop else g for i, g in zip(base.layers, base.kv_groups, strict=True))
         cfg = SubnetConfig(base.layers, base.mlp, kv, base.bits)
-        if order and cfg not in out:
+        if cfg not in out:
             out.append(space.validate(cfg))
     return out
