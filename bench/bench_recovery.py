@@ -6,6 +6,12 @@
 --methods none,bias,repair; a re-run skips every finished cell. Smoke test:
 ``--limit 10 --piqa-limit 10 --sizes 0.8 --sens-samples 8``.)
 
+After training: ``--supernet DIR --label NAME`` evaluates the same cells on a super-network that is already
+ordered (a ``llamanas finetune`` output) instead of ordering the base model, as rows ``NAME/method/size``
+of the same table (so Δ against rms/none stays paired); ``repair`` then refits towards that super-network's
+own full network. The table adds Δ against the untuned peer (the base model ordered by the same score,
+same method), e.g. ``--supernet runs/recovery_tune --label tuned --methods none,repair --no-sensitivity``.
+
 Sub-networks are the fixed yardstick of bench_instatune.py (``fixed_subnets`` on the width-only space
 ``instatune_space.yaml``: every layer kept, about 100/90/80/70/64% of the parameters); ``--sizes`` picks
 them by their parameter fraction. The full network (1.0) is always included: it must score the same for
@@ -108,6 +114,7 @@ class Results:
         self.cells: dict[str, dict] = old.get("cells", {})
         self.steps: dict[str, dict] = old.get("steps", {})
         self.sensitivity: dict[str, dict] = old.get("sensitivity", {})
+        self.sources: dict[str, str] = old.get("sources", {})  # --label -> its --supernet folder
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +124,7 @@ class Results:
             "cells": self.cells,
             "steps": self.steps,
             "sensitivity": self.sensitivity,
+            "sources": self.sources,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
@@ -166,19 +174,29 @@ class Run:
 
     def load(self, score: str):
         """The model ordered by ``score`` as a SuperNet (as ``load_supernet`` does it, the ordering timed),
-        the tokenizer and the calibration batches."""
+        or the ``--supernet`` as it is when ``score`` is its label; the tokenizer and the calibration
+        batches."""
         a = self.args
-        print(f"\n== {score}: loading {a.model}", flush=True)
-        model, tok = load_model(a.model, dtype=a.dtype)
-        if read_supernet_meta(resolve(a.model)).get("ordered"):
-            raise SystemExit(f"{a.model} is already importance-ordered; pass the unordered model.")
-        step: dict = {}
-        with timed(step):
-            order_model(model, tok, a.calibration, importance=score)
-        self.res.steps.setdefault(f"order/{score}", step)
-        print(f"  ordered by {score}: {step['cpu_s']} CPU s, {step['wall_s']} s", flush=True)
+        if a.supernet and score == a.label:
+            print(f"\n== {score}: loading the super-network {a.supernet}", flush=True)
+            model, tok = load_model(a.supernet, dtype=a.dtype)
+            meta = read_supernet_meta(resolve(a.supernet))
+            if not meta.get("ordered"):
+                raise SystemExit(f"{a.supernet} is not importance-ordered; pass a super-network folder.")
+            ordered_by = meta.get("ordered_by", "rms")
+        else:
+            print(f"\n== {score}: loading {a.model}", flush=True)
+            model, tok = load_model(a.model, dtype=a.dtype)
+            if read_supernet_meta(resolve(a.model)).get("ordered"):
+                raise SystemExit(f"{a.model} is already importance-ordered; pass the unordered model.")
+            step: dict = {}
+            with timed(step):
+                order_model(model, tok, a.calibration, importance=score)
+            self.res.steps.setdefault(f"order/{score}", step)
+            print(f"  ordered by {score}: {step['cpu_s']} CPU s, {step['wall_s']} s", flush=True)
+            ordered_by = score
         supernet = SuperNet(model, SearchSpace.from_file(self.space_file, Arch.from_hf(model.config)))
-        supernet.ordered_by = score
+        supernet.ordered_by = ordered_by
         if self.prepared is None:
             n = model_max_length(model)
             self.prepared = {
@@ -333,7 +351,7 @@ def check_full(res: Results) -> list[str]:
                 )
         accs = ", ".join(f"{t} {ref[t]['acc']:.4f}" for t in TASKS)
         lines.append(f"{score}: {accs} for every method ({', '.join(cells)}): identical answers")
-    scores = list(by_score)
+    scores = [s for s in by_score if s in IMPORTANCES]  # orderings of one base model; labels are others
     for s in scores[1:]:
         a, b = next(iter(by_score[scores[0]].values())), next(iter(by_score[s].values()))
         same = all(a[t]["correct"] == b[t]["correct"] for t in TASKS)
@@ -359,6 +377,28 @@ def step_cpu(res: Results, score: str, method: str, size: float) -> str:
     if k is None:
         return "0"
     return f"{res.steps[k]['cpu_s']:.1f}" if k in res.steps else "?"
+
+
+def peer_table(res: Results, label: str, peer: str, methods: list[str], sizes: list[float]) -> None:
+    """Δ of the ``--supernet`` rows against the base model ordered by the same score (same method, size)."""
+    print(f"\nΔ {label} minus {peer} (same method and size), points ± paired stderr\n")
+    print("| method | size | ARC-Easy | Δ ARC | PIQA | Δ PIQA |")
+    print("|---|---|---|---|---|---|")
+    for method in methods:
+        for size in sizes:
+            c, p = res.cells.get(key(label, method, size)), res.cells.get(key(peer, method, size))
+            if p is None and size == 1.0:
+                p = next(
+                    (v for k, v in res.cells.items() if k.startswith(f"{peer}/") and k.endswith("/1.00")),
+                    None,
+                )
+            if c is None or p is None:
+                continue
+            deltas = ["{:+.1f} ± {:.1f}".format(*paired(p[t]["correct"], c[t]["correct"])) for t in TASKS]
+            print(
+                f"| {method} | {size:.2f} | {fmt_acc(c, 'arc_easy')} | {deltas[0]} | {fmt_acc(c, 'piqa')} | "
+                f"{deltas[1]} |"
+            )
 
 
 def table(res: Results, scores: list[str], methods: list[str], sizes: list[float], sens: bool) -> None:
@@ -432,6 +472,13 @@ def main() -> None:
         help="Calibration windows of the sensitivity measurement (64 = all, as baselines uses).",
     )
     ap.add_argument("--space", default=str(WIDTH_ONLY_SPACE), help="Search space (the yardstick's).")
+    ap.add_argument(
+        "--supernet",
+        default=None,
+        help="An ordered super-network folder (e.g. a finetune output) evaluated instead of --scores, as rows "
+        "labelled --label.",
+    )
+    ap.add_argument("--label", default="tuned", help="Row label of --supernet (not an importance name).")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_recovery"))
     args = ap.parse_args()
     args.scores = [s.strip() for s in args.scores.split(",") if s.strip()]
@@ -446,6 +493,14 @@ def main() -> None:
         if m not in METHODS:
             raise SystemExit(f"Unknown method {m!r}; allowed: {', '.join(METHODS)}.")
     sizes = sorted({1.0, *(float(s) for s in args.sizes.split(","))}, reverse=True)
+    if args.supernet:
+        if args.label in IMPORTANCES or "/" in args.label:
+            raise SystemExit(f"--label {args.label!r} must not be an importance name or hold '/'.")
+        meta = read_supernet_meta(resolve(args.supernet))
+        if not meta.get("ordered"):
+            raise SystemExit(f"--supernet {args.supernet} is not an ordered super-network folder.")
+        peer = meta.get("ordered_by", "rms")
+        args.scores = [args.label]
 
     arch = Arch.from_hf(load_config(args.model))
     cfgs = yardstick(SearchSpace.from_file(args.space, arch), sizes)
@@ -461,6 +516,10 @@ def main() -> None:
         "sens_samples": args.sens_samples,
     }
     res = Results(args.out / "results.json", settings)
+    if args.supernet:
+        old = res.sources.setdefault(args.label, str(args.supernet))
+        if old != str(args.supernet):
+            raise SystemExit(f"--label {args.label!r} already holds rows of {old}; use another label.")
     check_full(res)
     t0 = time.time()
     run = Run(args, res, args.space, sizes, cfgs)
@@ -469,7 +528,16 @@ def main() -> None:
     if not args.no_sensitivity:
         run.sensitivity()
     res.save()
-    table(res, args.scores, args.methods, sizes, not args.no_sensitivity)
+    shown = [*IMPORTANCES, *args.scores] if args.supernet else args.scores
+    table(
+        res,
+        [s for s in dict.fromkeys(shown) if any(k.startswith(f"{s}/") for k in res.cells)],
+        args.methods,
+        sizes,
+        not args.no_sensitivity,
+    )
+    if args.supernet:
+        peer_table(res, args.label, peer, args.methods, sizes)
     print(f"\nwrote {res.path} ({time.time() - t0:.0f} s this run, {torch.get_num_threads()} threads)")
 
 
