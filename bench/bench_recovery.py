@@ -179,11 +179,8 @@ class Run:
         a = self.args
         if a.supernet and score == a.label:
             print(f"\n== {score}: loading the super-network {a.supernet}", flush=True)
-            model, tok = load_model(a.supernet, dtype=a.dtype)
-            meta = read_supernet_meta(resolve(a.supernet))
-            if not meta.get("ordered"):
-                raise SystemExit(f"{a.supernet} is not importance-ordered; pass a super-network folder.")
-            ordered_by = meta.get("ordered_by", "rms")
+            model, tok = load_model(a.supernet, dtype=a.dtype)  # main checked that it is ordered
+            ordered_by = a.peer
         else:
             print(f"\n== {score}: loading {a.model}", flush=True)
             model, tok = load_model(a.model, dtype=a.dtype)
@@ -499,7 +496,7 @@ def main() -> None:
         meta = read_supernet_meta(resolve(args.supernet))
         if not meta.get("ordered"):
             raise SystemExit(f"--supernet {args.supernet} is not an ordered super-network folder.")
-        peer = meta.get("ordered_by", "rms")
+        args.peer = meta.get("ordered_by", "rms")  # the score it was ordered by: its untuned peer's rows
         args.scores = [args.label]
 
     arch = Arch.from_hf(load_config(args.model))
@@ -537,7 +534,7 @@ def main() -> None:
         not args.no_sensitivity,
     )
     if args.supernet:
-        peer_table(res, args.label, peer, args.methods, sizes)
+        peer_table(res, args.label, args.peer, args.methods, sizes)
     print(f"\nwrote {res.path} ({time.time() - t0:.0f} s this run, {torch.get_num_threads()} threads)")
 
 
