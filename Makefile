@@ -40,14 +40,19 @@ clean:
 # The llama.cpp runtime for GGUF exports (parity, evaluation, timing): llama-cpp-python, CPU only, built
 # from source once into a wheel cache (7-25 minutes on 2 cores; the registry has no prebuilt wheel that
 # loads on Debian 12) and installed from there afterwards. `make test` and `make demo` include it.
+# A portable AVX2 build, not -march=native: on a CPU with AMX under a VM, the native build's Q8_0 matrix
+# products crashed (segmentation fault in llama_decode, 2026-12-04), and one wheel must serve every machine
+# that shares the cache. --no-cache-dir: pip's own wheel cache would ignore CMAKE_ARGS.
 LLAMACPP_VERSION := 0.3.36
-WHEELS ?= $(HOME)/.cache/llamanas/wheels
+WHEELS ?= $(HOME)/.cache/llamanas/wheels-avx2
 LLAMACPP_CMAKE := -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAVA_BUILD=OFF \
 	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
-	-DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF
+	-DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
+	-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 .PHONY: llamacpp
 llamacpp: setup
 	ls $(WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl >/dev/null 2>&1 || \
 		CMAKE_ARGS="$(LLAMACPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
-		$(PIP) wheel -q --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMACPP_VERSION)
-	$(PIP) install -q --find-links $(WHEELS) --only-binary llama-cpp-python llama-cpp-python==$(LLAMACPP_VERSION)
+		$(PIP) wheel -q --no-cache-dir --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMACPP_VERSION)
+	$(PIP) install -q --force-reinstall --no-deps --find-links $(WHEELS) --only-binary llama-cpp-python \
+		llama-cpp-python==$(LLAMACPP_VERSION)

@@ -38,8 +38,10 @@ from pathlib import Path
 import torch
 
 from llamanas.evaluation.evaluate import evaluate
+from llamanas.evaluation.questions import Questions
 from llamanas.evidence.baselines import METHODS, read_baselines, run_baselines
-from llamanas.search.run import SearchArgs, search
+from llamanas.search.args import SearchArgs
+from llamanas.search.run import search
 from llamanas.supernet.elastic import load_supernet
 
 WIDTH_ONLY_SPACE = Path(__file__).with_name("instatune_space.yaml")
@@ -148,10 +150,7 @@ def main() -> None:
             supernet_dir=args.supernet,
             methods=methods,
             num_samples=args.calibration_samples,
-            split="validation",
-            limit=args.limit,
-            seed=args.seed,
-            offset=offset,
+            questions=Questions(split="validation", limit=args.limit, seed=args.seed, offset=offset),
         )
         stored.write_text(json.dumps(settings))
     baselines_s = time.time() - t1
@@ -172,10 +171,7 @@ def main() -> None:
                     supernet.model,
                     tokenizer,
                     tasks,
-                    split="validation",
-                    limit=args.limit,
-                    seed=args.seed,
-                    offset=offset,
+                    questions=Questions(split="validation", limit=args.limit, seed=args.seed, offset=offset),
                 )
             front_rows[name][size] = {
                 "config": cfg.to_dict(),

@@ -47,12 +47,14 @@ from llamanas.deploy.gguf import export_subnet_gguf  # noqa: E402
 from llamanas.deploy.llamacpp import time_gguf  # noqa: E402
 from llamanas.errors import LlamanasError  # noqa: E402
 from llamanas.evaluation.evaluate import model_max_length, prepare  # noqa: E402
+from llamanas.evaluation.questions import Questions
 from llamanas.evidence.baselines import uniform_width  # noqa: E402
-from llamanas.search.run import SearchArgs, load_run, search  # noqa: E402
+from llamanas.search.args import SearchArgs  # noqa: E402
+from llamanas.search.run import load_run, search  # noqa: E402
 from llamanas.supernet.blocks import block_influence_per_block, drop_attention_blocks  # noqa: E402
 from llamanas.supernet.elastic import load_supernet  # noqa: E402
 from llamanas.supernet.importance import calibration_batches, calibration_texts  # noqa: E402
-from llamanas.supernet.space import SubnetConfig  # noqa: E402
+from llamanas.supernet.subnet import SubnetConfig  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_instatune import paired  # noqa: E402
@@ -126,8 +128,18 @@ def part_a(args, st: Store, supernet, tok):
         if prepared is None:
             n = model_max_length(supernet.model)
             prepared = {
-                "arc_easy": prepare(tok, ["arc_easy"], "validation", args.limit, seed=0, max_length=n),
-                "piqa": prepare(tok, ["piqa"], "validation", args.piqa_limit, seed=0, max_length=n),
+                "arc_easy": prepare(
+                    tok,
+                    ["arc_easy"],
+                    questions=Questions(split="validation", limit=args.limit, seed=0),
+                    max_length=n,
+                ),
+                "piqa": prepare(
+                    tok,
+                    ["piqa"],
+                    questions=Questions(split="validation", limit=args.piqa_limit, seed=0),
+                    max_length=n,
+                ),
             }
         print(f"evaluating {name} ...", flush=True)
         with supernet.subnet(cfg):

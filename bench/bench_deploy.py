@@ -26,9 +26,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from llamanas.deploy.gguf import export_subnet_gguf  # noqa: E402
 from llamanas.deploy.llamacpp import evaluate_gguf, time_gguf  # noqa: E402
 from llamanas.evaluation.measure import measure  # noqa: E402
-from llamanas.search.run import SearchArgs, load_run, search  # noqa: E402
+from llamanas.evaluation.questions import Questions
+from llamanas.search.args import SearchArgs  # noqa: E402
+from llamanas.search.run import load_run, search  # noqa: E402
 from llamanas.supernet.elastic import load_supernet  # noqa: E402
-from llamanas.supernet.space import SubnetConfig  # noqa: E402
+from llamanas.supernet.subnet import SubnetConfig  # noqa: E402
 
 TYPES = ("f16", "q8_0", "q4_0")
 
@@ -97,8 +99,7 @@ def main() -> None:
             res = evaluate_gguf(
                 path,
                 ["arc_easy"],
-                split="validation",
-                limit=args.limit,
+                questions=Questions(split="validation", limit=args.limit),
                 n_threads=args.threads,
                 progress=False,
             )["arc_easy"]

@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from llamanas.tuning.tune import SoftTargets, distill_loss
+from llamanas.tuning.losses import SoftTargets, distill_loss
 
 
 def kl_div_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
-"""Benchmark and parity check: llamanas.evaluate vs lm-evaluation-harness 0.4 on the same model and docs.
+"""Benchmark and parity check: llamanas.evaluation.evaluate vs lm-evaluation-harness 0.4 on the same model and docs.
 
 Runs, in one process on the same machine: our evaluator, then lm-eval's ``hf`` model
 (``pretrained=DIR,dtype=float32``) offline, on a task YAML that ``include:``s the built-in one and reads
-our offline copy of the split (``llamanas.tasks.write_lm_eval_configs``). Reports wall times (model
+our offline copy of the split (``llamanas.evaluation.tasks.write_lm_eval_configs``). Reports wall times (model
 loading excluded on both sides), acc / acc_norm, the speed ratio, and the largest per-request
 loglikelihood difference. Example::
 
@@ -57,13 +57,13 @@ def run_ours(
         prepare,
         results_from_loglikelihoods,
     )
+    from llamanas.evaluation.questions import Questions
 
     t0 = time.perf_counter()
     prepared = prepare(
         tokenizer,
         task,
-        split,
-        limit,
+        questions=Questions(split=split, limit=limit),
         batch_tokens=batch_tokens,
         max_length=model_max_length(model, tokenizer),
     )

@@ -27,12 +27,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def ours(args) -> dict:
     from llamanas.evaluation.evaluate import model_max_length, prepare, score
+    from llamanas.evaluation.questions import Questions
     from llamanas.model.load import load_model
 
     t_import = time.perf_counter()
     model, tok = load_model(args.model, dtype=args.dtype, device="cpu")
     t_load = time.perf_counter()
-    prepared = prepare(tok, args.task, args.split, args.limit, max_length=model_max_length(model, tok))
+    prepared = prepare(
+        tok,
+        args.task,
+        questions=Questions(split=args.split, limit=args.limit),
+        max_length=model_max_length(model, tok),
+    )
     t_prep = time.perf_counter()
     r = score(model, prepared)[args.task]
     t_score = time.perf_counter()

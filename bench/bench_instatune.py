@@ -34,10 +34,13 @@ from llamanas.evaluation.evaluate import (
     prepare,
     results_from_loglikelihoods,
 )
+from llamanas.evaluation.questions import Questions
 from llamanas.model.data import ALPACA_DEMO, find_data
 from llamanas.supernet.elastic import SuperNet, load_supernet
-from llamanas.supernet.space import SearchSpace, SubnetConfig
-from llamanas.tuning.tune import TuneArgs, finetune
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
+from llamanas.tuning.args import TuneArgs
+from llamanas.tuning.tune import finetune
 
 TARGETS = (1.0, 0.9, 0.8, 0.7, 0.6)
 DROP_PENALTY = 0.003  # per dropped layer: prefer narrowing to dropping when sizes are within ~1%
@@ -250,9 +253,7 @@ def main() -> None:
     prepared = prepare(
         tokenizer,
         [args.task],
-        args.split,
-        args.limit,
-        seed=args.seed,
+        questions=Questions(split=args.split, limit=args.limit, seed=args.seed),
         max_length=model_max_length(base.model),
     )
     subnets = fixed_subnets(base.space)

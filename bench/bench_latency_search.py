@@ -26,7 +26,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 from llamanas.deploy.speed import DEFAULT_CONFIGS, DEFAULT_HOLDOUT, build_latency_table_for, time_front  # noqa: E402
-from llamanas.search.run import SearchArgs, search  # noqa: E402
+from llamanas.search.args import SearchArgs  # noqa: E402
+from llamanas.search.run import search  # noqa: E402
 
 COMMON = dict(
     model="default", tasks=("arc_easy",), algorithm="linas", evaluations=30, population=8, limit=100,

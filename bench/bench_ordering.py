@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 from llamanas.evaluation.evaluate import model_max_length, prepare, score
+from llamanas.evaluation.questions import Questions
 from llamanas.model.arch import Arch
 from llamanas.model.load import load_model
 from llamanas.supernet.elastic import SuperNet
 from llamanas.supernet.importance import order_model
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.subnet import SubnetConfig
 
 
 def fixed_subnets(arch: Arch) -> dict[str, SubnetConfig]:
@@ -48,7 +49,10 @@ def main() -> None:
 
     model, tokenizer = load_model(args.model)
     prepared = prepare(
-        tokenizer, [args.task], args.split, args.limit, seed=args.seed, max_length=model_max_length(model)
+        tokenizer,
+        [args.task],
+        questions=Questions(split=args.split, limit=args.limit, seed=args.seed),
+        max_length=model_max_length(model),
     )
     supernet = SuperNet(model)
     subnets = fixed_subnets(supernet.arch)

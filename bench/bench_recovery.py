@@ -73,6 +73,7 @@ from llamanas.evaluation.evaluate import (
     prepare,
     results_from_loglikelihoods,
 )
+from llamanas.evaluation.questions import Questions
 from llamanas.model.arch import Arch
 from llamanas.model.load import load_config, load_model, resolve
 from llamanas.supernet.compensation import DEFAULT_RIDGE, repair_weights
@@ -80,7 +81,8 @@ from llamanas.supernet.elastic import SuperNet, read_supernet_meta
 from llamanas.supernet.importance import IMPORTANCES, calibration_batches, calibration_texts, order_model
 from llamanas.supernet.sensitivity import Sensitivity, allocate, measure_sensitivity
 from llamanas.supernet.slicing import standalone
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_instatune import WIDTH_ONLY_SPACE, fixed_subnets, paired, per_doc_correct  # noqa: E402
@@ -197,8 +199,18 @@ class Run:
         if self.prepared is None:
             n = model_max_length(model)
             self.prepared = {
-                "arc_easy": prepare(tok, ["arc_easy"], "validation", a.limit, seed=a.seed, max_length=n),
-                "piqa": prepare(tok, ["piqa"], "validation", a.piqa_limit, seed=a.seed, max_length=n),
+                "arc_easy": prepare(
+                    tok,
+                    ["arc_easy"],
+                    questions=Questions(split=a.split, limit=a.limit, seed=a.seed),
+                    max_length=n,
+                ),
+                "piqa": prepare(
+                    tok,
+                    ["piqa"],
+                    questions=Questions(split="validation", limit=a.piqa_limit, seed=a.seed),
+                    max_length=n,
+                ),
             }
             print(
                 f"  ARC-Easy {self.prepared['arc_easy'].n_docs}, PIQA {self.prepared['piqa'].n_docs} questions",
@@ -398,13 +410,19 @@ def peer_table(res: Results, label: str, peer: str, methods: list[str], sizes: l
             )
 
 
+def settings_split(res: Results) -> str:
+    """The ARC-Easy split of the results file (files written before --split existed: validation)."""
+    return res.settings.get("split", "validation")
+
+
 def table(res: Results, scores: list[str], methods: list[str], sizes: list[float], sens: bool) -> None:
     rows = [(s, m) for s in scores for m in methods]
     if sens:
         rows += [("rms", m) for m in SENS_METHODS if any(k.startswith(f"rms/{m}/") for k in res.cells)]
     n = {t: len(next(iter(res.cells.values()))[t]["correct"]) for t in TASKS} if res.cells else {}
     print(
-        f"\nARC-Easy validation ({n.get('arc_easy')} questions), PIQA validation ({n.get('piqa')} questions): "
+        f"\nARC-Easy {settings_split(res)} ({n.get('arc_easy')} questions), PIQA validation ({n.get('piqa')} "
+        "questions): "
         "acc ± stderr; Δ = minus rms/none at the same size, points ± paired stderr\n"
     )
     print("| score | method | size | params | ARC-Easy | Δ ARC | PIQA | Δ PIQA | step CPU s |")
@@ -457,7 +475,15 @@ def main() -> None:
         help="Evaluate the full network (1.0) under the first score only: an ordering is a permutation, so "
         "the full network is the same under every score (tested), and each evaluation costs minutes.",
     )
-    ap.add_argument("--limit", type=int, default=570, help="ARC-Easy questions (570 = the whole split).")
+    ap.add_argument(
+        "--split",
+        default="validation",
+        choices=("validation", "test"),
+        help="ARC-Easy split: validation (where recipes were chosen) or test (held out: 2,376 questions).",
+    )
+    ap.add_argument(
+        "--limit", type=int, default=570, help="ARC-Easy questions (570 = the whole validation split)."
+    )
     ap.add_argument("--piqa-limit", type=int, default=400, help="PIQA questions (seeded subset).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--calibration", default=None, help="Calibration text (default: as ordering's).")
@@ -506,6 +532,7 @@ def main() -> None:
         "dtype": args.dtype,
         "space": str(args.space),
         "limit": args.limit,
+        **({"split": args.split} if args.split != "validation" else {}),
         "piqa_limit": args.piqa_limit,
         "seed": args.seed,
         "calibration": args.calibration,

@@ -71,7 +71,7 @@ def commands(model: str, tmp: Path, device: str, dtype: str) -> dict[str, list[s
     )
     cal = calibration_file(tmp)
     place = ["--device", device, "--dtype", dtype]
-    load = f"from llamanas import load_supernet; load_supernet({model!r}, calibration={cal!r}, dtype={dtype!r}, device={device!r}, say=print)"
+    load = f"from llamanas.supernet.elastic import load_supernet; load_supernet({model!r}, calibration={cal!r}, dtype={dtype!r}, device={device!r}, say=print)"
     data = str(find_data(ALPACA_DEMO))
     return {
         "space": [*LLAMANAS, "space", "--model", model],

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llamanas.search.run import SearchArgs, resolve_space, search
+from llamanas.search.args import SearchArgs
+from llamanas.search.run import resolve_space, search
 from llamanas.search.workers import SupernetSpec
 
 ALGORITHMS = ("random", "nsga2", "linas")

@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_model, tiny_tokenizer
 
 from llamanas.errors import LlamanasError
+from llamanas.evaluation.questions import Questions
 from llamanas.evidence.baselines import (
     baseline_configs,
     block_influence,
@@ -22,7 +23,7 @@ from llamanas.evidence.baselines import (
 )
 from llamanas.model.arch import Arch
 from llamanas.supernet.elastic import SuperNet
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.subnet import SubnetConfig
 
 # SmolLM2-135M's shape: 30 layers, tied 49152 x 576 embeddings (a fifth of the parameters).
 SMOL = Arch(
@@ -173,7 +174,8 @@ def test_run_baselines_writes_json_and_csv(tmp_path):
 
     calls = []
 
-    def evaluate_fn(model, tokenizer, tasks, **kw):
+    def evaluate_fn(model, tokenizer, tasks, questions):
+        kw = questions.to_dict()
         depth = len(model.get_decoder().layers)
         width = model.get_decoder().layers[0].mlp.gate_proj.active_out or 96
         calls.append((depth, width, kw))
@@ -185,8 +187,7 @@ def test_run_baselines_writes_json_and_csv(tmp_path):
         [0.9, 0.75],
         tmp_path / "out",
         supernet_dir="tuned",
-        split="validation",
-        limit=20,
+        questions=Questions(split="validation", limit=20),
         calibration=str(calib),
         num_samples=4,
         seq_len=16,
@@ -240,7 +241,8 @@ def test_recovered_baselines_get_the_supernets_fine_tuning_budget(tiny_dir, tmp_
     """recover=True prunes the original model, fine-tunes each baseline with the super-network's recorded
     budget, and evaluates the fine-tuned pruned model."""
     from llamanas.supernet.elastic import load_supernet
-    from llamanas.tuning.tune import TuneArgs, finetune
+    from llamanas.tuning.args import TuneArgs
+    from llamanas.tuning.tune import finetune
 
     data = tmp_path / "alpaca.json"
     data.write_text(
@@ -263,7 +265,7 @@ def test_recovered_baselines_get_the_supernets_fine_tuning_budget(tiny_dir, tmp_
     finetune(tune, progress=False)
     seen = []
 
-    def evaluate_fn(model, tokenizer, tasks, **kw):
+    def evaluate_fn(model, tokenizer, tasks, questions):
         layers = model.get_decoder().layers
         seen.append(
             (
@@ -341,7 +343,7 @@ def test_run_baselines_with_sensitivity(tmp_path):
     def loader(name):
         return SuperNet(tiny_model("llama", layers=4)), tiny_tokenizer()
 
-    def evaluate_fn(model, tokenizer, tasks, **kw):
+    def evaluate_fn(model, tokenizer, tasks, questions):
         return {t: FakeResult({"acc": 0.3}, {"acc": 0.01}) for t in tasks}
 
     run = run_baselines(

@@ -12,7 +12,8 @@ from llamanas.deploy.extract import extract
 from llamanas.errors import LlamanasError
 from llamanas.search.objectives import Counts
 from llamanas.supernet.elastic import SuperNet
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 from tests.conftest import tiny_arch, tiny_model
 
 

@@ -1,15 +1,24 @@
 """The command line on a tiny model folder, and its error messages."""
 
+import importlib
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from llamanas import cli
+from llamanas.cli import commands_model
 from llamanas.cli.app import app
 from llamanas.errors import LlamanasError
-from llamanas.model.load import load_model
+from llamanas.model.arch import Arch
+from llamanas.model.load import load_config, load_model
+from llamanas.search.files import RUN_FILE
+from llamanas.supernet.subnet import SubnetConfig
+
+app_module = importlib.import_module("llamanas.cli.app")  # ``llamanas.cli.app`` is also the Typer app
 
 runner = CliRunner()
 
@@ -130,7 +139,7 @@ def test_extract_quantize_writes_a_smaller_checkpoint_that_eval_reads(tiny_dir, 
     from llamanas.deploy.quantize import load_quantized
     from llamanas.model.arch import Arch
     from llamanas.supernet.precision import QuantLinear, policy_bytes
-    from llamanas.supernet.space import SubnetConfig
+    from llamanas.supernet.subnet import SubnetConfig
 
     sub = '{"layers": [0, 2, 3], "mlp": [96, 24, 48], "kv_groups": [2, 1, 2]}'
     r = run("extract", "--model", tiny_dir, "--subnet", sub, "--out", tmp_path / "fp", "--no-order")
@@ -195,7 +204,7 @@ def test_export_writes_gguf(bpe_dir, gguf_file):
     from llamanas.deploy.gguf import read_gguf_info
     from llamanas.model.arch import Arch
     from llamanas.model.load import load_config
-    from llamanas.supernet.space import SubnetConfig
+    from llamanas.supernet.subnet import SubnetConfig
 
     info = read_gguf_info(gguf_file)
     cfg = SubnetConfig.from_json(SUB)
@@ -308,3 +317,76 @@ def test_eval_records_dtype_and_bf16_stays_close(bpe_dir, tmp_path):
     assert b == pytest.approx(a, rel=0.02)  # bf16 weights, float32 compute on the CPU: within 2% in nats
     r = run("eval", "--model", bpe_dir, *common, "--dtype", "fp8")
     assert isinstance(r.exception, LlamanasError) and "Unknown dtype 'fp8'" in str(r.exception)
+
+
+# --- --subnet: one reader for every command, before any loading ------------------------------------------
+MEMBER = {"layers": [0, 2, 3], "mlp": [96, 24, 48], "kv_groups": [2, 1, 2]}
+
+
+@pytest.fixture
+def run_member(tmp_path, monkeypatch):
+    """``RUN_DIR/:7``, a member of a search run (the run's reader stubbed: only the config matters here)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / RUN_FILE).write_text("{}")
+    members = {7: SimpleNamespace(config=SubnetConfig.from_dict(MEMBER))}
+    monkeypatch.setattr(app_module, "load_run", lambda d: SimpleNamespace(member=members.__getitem__))
+    return f"{run_dir}/:7"
+
+
+def test_eval_and_measure_take_a_run_member(tiny_dir, run_member, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_evaluate(model, tokenizer, tasks, questions):
+        seen.update(depth=len(model.get_decoder().layers), tasks=tasks, limit=questions.limit)
+        return {}
+
+    monkeypatch.setattr(commands_model, "evaluate", fake_evaluate)
+    r = run("eval", "--model", tiny_dir, "--subnet", run_member, "--tasks", "arc_easy", "--limit", 3,
+            "--no-order", "--json", tmp_path / "r.json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert seen == {"depth": 3, "tasks": ["arc_easy"], "limit": 3}
+    assert json.loads((tmp_path / "r.json").read_text())["subnet"] == MEMBER
+    r = run("measure", "--model", tiny_dir, "--subnet", run_member, "--json", "--no-timing")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["subnet"] == MEMBER
+
+
+def test_eval_json_of_an_extracted_checkpoint_reports_the_sub_network(tiny_dir, tmp_path, monkeypatch):
+    """A non-uniform extracted folder evaluated as --model: its own size and config, not its base model's."""
+    monkeypatch.setattr(commands_model, "evaluate", lambda model, tokenizer, tasks, questions: {})
+    sub = {"layers": [0, 1, 3], "mlp": [48, 96, 24], "kv_groups": [2, 1, 2]}
+    r = run(
+        "extract", "--model", tiny_dir, "--subnet", json.dumps(sub), "--no-order", "--out", tmp_path / "x"
+    )
+    assert r.exit_code == 0, r.output
+    r = run("eval", "--model", tmp_path / "x", "--tasks", "arc_easy", "--json", tmp_path / "x.json")
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "x.json").read_text())
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "x")
+    assert got["params"] == sum(p.numel() for p in loaded.parameters())
+    assert got["params"] == SubnetConfig.from_dict(sub).num_params(Arch.from_hf(load_config(str(tiny_dir))))
+    assert got["subnet"]["mlp"] == sub["mlp"] and got["subnet"]["kv_groups"] == sub["kv_groups"]
+
+
+@pytest.mark.parametrize("command", ["eval", "measure", "extract", "export"])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("{bad json", "not valid JSON"),
+        ("no-such.json", "no such file"),
+        ("no-run/:15", "'no-run/' holds no search run"),
+        ('{"layers": [0], "mlp": [4096], "kv_groups": [1]}', "exceeds the model's intermediate size 96"),
+    ],
+)
+def test_bad_subnet_fails_before_loading(command, spec, message, tiny_dir, tmp_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before --subnet was checked")
+
+    monkeypatch.setattr(app_module, "load_supernet", no_loading)
+    extra = {"eval": ("--tasks", "arc_easy"), "extract": ("--out", tmp_path / "x"),
+             "export": ("--out", tmp_path / "x.gguf")}.get(command, ())  # fmt: skip
+    r = run(command, "--model", tiny_dir, "--subnet", spec, *extra)
+    assert isinstance(r.exception, LlamanasError), r.output
+    text = str(r.exception)
+    assert text.startswith(f"--subnet {spec!r}: ") and message in text and "\n" not in text

@@ -23,7 +23,8 @@ from llamanas.supernet.compensation import (
 from llamanas.supernet.elastic import SuperNet
 from llamanas.supernet.sensitivity import Sensitivity, allocate, measure_sensitivity, sensitivity_configs
 from llamanas.supernet.slicing import build_extracted
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 from tests.conftest import tiny_model, tiny_tokenizer
 
 
@@ -264,8 +265,8 @@ def test_extract_with_repair(tmp_path, ids):
     sn = SuperNet(model)
     tok = tiny_tokenizer()
     cfg = SubnetConfig((0, 1, 2, 3), (24, 48, 96, 48), (1, 2, 2, 1))
-    with pytest.raises(LlamanasError, match="repair needs calibration text"):
-        extract(sn, cfg, tmp_path / "r0", tok, repair=True)
+    with pytest.raises(LlamanasError, match="pass the tokenizer"):
+        extract(sn, cfg, tmp_path / "r0", None, repair=True)
     calib = _calibration_file(tmp_path)
     plain = AutoModelForCausalLM.from_pretrained(extract(sn, cfg, tmp_path / "p", tok)).eval()
     path = extract(sn, cfg, tmp_path / "r", tok, repair=True, calibration=calib)
@@ -353,3 +354,26 @@ def test_sensitivity_uses_the_space_choices():
     space = SearchSpace.from_arch(arch, mlp_fractions=(0.5, 1.0), kv_groups=(2,))
     sens = measure_sensitivity(SuperNet(model, space), _batches(1))
     assert all(set(r) == {48, 96} for r in sens.mlp) and all(set(r) == {2} for r in sens.kv)
+
+
+def test_cli_extract_repair_without_calibration_uses_the_default_text(tmp_path):
+    """The README's recipe: `extract --repair --compensate` with no --calibration, as its help promises."""
+    from typer.testing import CliRunner
+
+    from llamanas.cli.app import app
+    from llamanas.supernet.importance import default_calibration
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    cfg = json.dumps({"layers": [0, 1, 2, 3], "mlp": [48, 96, 48, 96], "kv_groups": [2, 2, 1, 2]})
+    common = ["extract", "--model", str(model_dir), "--subnet", cfg, "--compensate"]
+    r = CliRunner().invoke(app, [*common, "--repair", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "r" / "llamanas_subnet.json").read_text())
+    assert info["repair"]["calibration"] == str(default_calibration())
+    r = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    sliced = AutoModelForCausalLM.from_pretrained(tmp_path / "p").model.layers[0].mlp.down_proj.weight
+    repaired = AutoModelForCausalLM.from_pretrained(tmp_path / "r").model.layers[0].mlp.down_proj.weight
+    assert sliced.shape == repaired.shape == (64, 48) and not torch.equal(sliced, repaired)

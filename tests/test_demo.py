@@ -1,33 +1,35 @@
-"""The demo pipeline end to end on a tiny model: every stage writes its output and the report exists."""
+"""`llamanas demo` is `llamanas compress` on the default model with a small budget."""
 
-import json
+from pathlib import Path
 
-import pytest
-from conftest import arc_available
-from rich.console import Console
+from typer.testing import CliRunner
 
-from llamanas.cli.demo import DemoArgs, run_demo
-from llamanas.model.data import ALPACA_DEMO, find_data
+from llamanas.cli import commands_pipeline
+from llamanas.cli.app import app
+from llamanas.cli.demo import DemoArgs, demo_args
 
 
-@pytest.mark.skipif(not (arc_available() and find_data(ALPACA_DEMO)), reason="offline data not available")
-def test_demo_runs_every_stage_on_a_tiny_model(tiny_dir, tmp_path):
-    out = tmp_path / "demo"
-    args = DemoArgs(
-        model=str(tiny_dir), limit=4, evaluations=4, population=2, finetune_steps=2, size=0.9, out=str(out)
+def test_demo_is_compress_with_a_small_budget():
+    c = demo_args(DemoArgs())
+    assert c.model == "default" and c.tasks == ("arc_easy",) and c.target == 0.8
+    assert (c.evaluations, c.select_limit, c.report_limit, c.out) == (12, 50, 200, "runs/demo")
+    assert c.timing_rounds >= 2  # speeds on the card are timed alternately, more than once
+
+
+def test_demo_command_runs_compress(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake(args, progress):
+        seen["args"] = args
+        progress.say("[1/9] plan")
+        card = tmp_path / "README.md"
+        card.write_text("card")
+        return card
+
+    monkeypatch.setattr(commands_pipeline, "compress_fn", fake)
+    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--evaluations", "6"])
+    assert r.exit_code == 0, r.output
+    assert seen["args"].out == str(tmp_path / "d") and seen["args"].evaluations == 6
+    assert "Model card" in r.output and str(Path(tmp_path / "README.md").resolve()) in r.output.replace(
+        "\n", ""
     )
-    path = run_demo(args, Console(quiet=True), lambda view, title: title)
-    assert path == out / "search" / "report.html" and path.stat().st_size > 10_000
-    training = json.loads((out / "supernet" / "llamanas_supernet.json").read_text())["training"]
-    assert (
-        training["steps"] == 2 and training["args"]["strategy"] == "alternate" and training["args"]["distill"]
-    )
-    run = json.loads((out / "search" / "run.json").read_text())
-    assert run["args"]["model"] == str(out / "supernet") and run["args"]["evaluations"] == 4
-    extracted = json.loads((out / "extracted" / "llamanas_subnet.json").read_text())
-    quant = json.loads((out / "extracted-int8" / "llamanas_quant.json").read_text())
-    assert quant["method"] == "int8" and quant["subnet"] == extracted["subnet"]
-    assert quant["bytes"] < 2 * extracted["params"]
-    baselines = json.loads((out / "baselines" / "baselines.json").read_text())
-    assert {r["source"] for r in baselines["rows"]} == {"base", "supernet"}
-    assert (out / "search" / "front_int8.json").is_file()

@@ -14,6 +14,7 @@ from llamanas.evaluation import evaluate as E
 from llamanas.evaluation import prompts as P
 from llamanas.evaluation import tasks as T
 from llamanas.evaluation.prompts import build_prompts
+from llamanas.evaluation.questions import Questions
 from llamanas.evaluation.tasks import load_docs
 
 CORPUS_TASKS = [("arc_easy", "validation"), ("winogrande", "validation"), ("truthfulqa_mc2", "validation")]
@@ -118,7 +119,9 @@ def test_packed_equals_per_choice_forward(family, bos, tok_bos, tok_plain, monke
     tok = tok_bos if bos else tok_plain
     model = _model(family, len(tok))
     tasks = ["arc_easy", "winogrande", "truthfulqa_mc2", "mmlu_anatomy"]
-    prepared = E.prepare(tok, tasks, split="validation", limit=5, num_fewshot=2, batch_tokens=1200)
+    prepared = E.prepare(
+        tok, tasks, questions=Questions(split="validation", limit=5, num_fewshot=2), batch_tokens=1200
+    )
     assert len(prepared.batches) > 2  # several batches ...
     assert any(b.input_ids.shape[0] > 1 for b in prepared.batches)  # ... of padded rows ...
     assert any(int(b.docs.max()) > 0 for b in prepared.batches)  # ... some holding several documents
@@ -136,7 +139,9 @@ def test_packed_equals_per_choice_forward(family, bos, tok_bos, tok_plain, monke
 
 def test_left_truncation_like_lm_eval(tok_plain):
     model = _model("llama", len(tok_plain))
-    prepared = E.prepare(tok_plain, "arc_easy", split="validation", limit=4, max_length=24)
+    prepared = E.prepare(
+        tok_plain, "arc_easy", questions=Questions(split="validation", limit=4), max_length=24
+    )
     assert (
         np.abs(
             E.loglikelihoods(model, prepared) - _naive_all(model, tok_plain, prepared, max_length=24)
@@ -148,7 +153,7 @@ def test_left_truncation_like_lm_eval(tok_plain):
 def test_score_follows_in_place_model_changes(tok_plain):
     """A super-network swaps layers between calls: score() must use the model as it is now."""
     model = _model("llama", len(tok_plain), layers=3)
-    prepared = E.prepare(tok_plain, "arc_easy", split="validation", limit=6)
+    prepared = E.prepare(tok_plain, "arc_easy", questions=Questions(split="validation", limit=6))
     full = E.loglikelihoods(model, prepared)
     assert np.array_equal(full, E.loglikelihoods(model, prepared))  # deterministic
     layers = model.model.layers
@@ -163,7 +168,11 @@ def test_score_follows_in_place_model_changes(tok_plain):
 def test_evaluate_end_to_end(tok_plain):
     model = _model("llama", len(tok_plain))
     res = E.evaluate(
-        model, tok_plain, ["arc_easy", "truthfulqa_mc2"], split="validation", limit=7, progress=False
+        model,
+        tok_plain,
+        ["arc_easy", "truthfulqa_mc2"],
+        questions=Questions(split="validation", limit=7),
+        progress=False,
     )
     arc = res["arc_easy"]
     assert (arc.task, arc.split, arc.n, arc.num_fewshot) == ("arc_easy", "validation", 7, 0)
@@ -176,12 +185,17 @@ def test_evaluate_end_to_end(tok_plain):
     assert mc2.metrics["mc2"] == mc2.metrics["acc"] and 0 < mc2.metrics["mc2"] < 1
     assert arc.to_dict()["metrics"] == arc.metrics
     # default split is lm-eval's test_split (ARC test comes from the oe-eval dump)
-    assert E.evaluate(model, tok_plain, "arc_easy", limit=2, progress=False)["arc_easy"].split == "test"
+    assert (
+        E.evaluate(model, tok_plain, "arc_easy", questions=Questions(limit=2), progress=False)[
+            "arc_easy"
+        ].split
+        == "test"
+    )
 
 
 def test_mmlu_group_weighted_by_size(tok_plain):
     model = _model("llama", len(tok_plain))
-    res = E.evaluate(model, tok_plain, "mmlu_stem", limit=2, progress=False)
+    res = E.evaluate(model, tok_plain, "mmlu_stem", questions=Questions(limit=2), progress=False)
     subjects = [k for k in res if k != "mmlu_stem"]
     assert subjects == list(T.GROUPS["mmlu_stem"]) and all(res[s].n == 2 for s in subjects)
     g = res["mmlu_stem"]
@@ -246,14 +260,14 @@ def test_group_stderr_pooled_like_lm_eval():
 
 
 def test_limit_subset_is_seeded(tok_plain):
-    a = E.prepare(tok_plain, "piqa", limit=20, seed=0)
-    b = E.prepare(tok_plain, "piqa", limit=20, seed=0)
-    c = E.prepare(tok_plain, "piqa", limit=20, seed=1)
+    a = E.prepare(tok_plain, "piqa", questions=Questions(limit=20, seed=0))
+    b = E.prepare(tok_plain, "piqa", questions=Questions(limit=20, seed=0))
+    c = E.prepare(tok_plain, "piqa", questions=Questions(limit=20, seed=1))
     assert np.array_equal(a.tasks[0].indices, b.tasks[0].indices)
     assert not np.array_equal(a.tasks[0].indices, c.tasks[0].indices)
     assert len(a.tasks[0].indices) == 20 and len(set(a.tasks[0].indices)) == 20
     assert set(E.subset(1838, 10, 0)) <= set(E.subset(1838, 20, 0))  # nested in limit
-    assert len(E.prepare(tok_plain, "piqa", limit=10**6).tasks[0].indices) == len(
+    assert len(E.prepare(tok_plain, "piqa", questions=Questions(limit=10**6)).tasks[0].indices) == len(
         load_docs("piqa", "validation")
     )
 
@@ -264,8 +278,8 @@ def test_errors_name_the_bad_value(tok_plain):
     with pytest.raises(
         LlamanasError, match=r"split for task 'winogrande': 'test'.*Available: train, validation"
     ):
-        E.prepare(tok_plain, "winogrande", split="test")
+        E.prepare(tok_plain, "winogrande", questions=Questions(split="test"))
     with pytest.raises(LlamanasError, match="limit"):
-        E.prepare(tok_plain, "piqa", limit=0)
+        E.prepare(tok_plain, "piqa", questions=Questions(limit=0))
     with pytest.raises(LlamanasError, match="batch_tokens"):
         E.prepare(tok_plain, "piqa", batch_tokens=0)

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 import llamanas  # noqa: F401 - registers the llamanas_* model types
 from llamanas.deploy.extract import extract
 from llamanas.supernet.elastic import SuperNet
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.subnet import SubnetConfig
 from tests.conftest import tiny_model
 
 

@@ -18,15 +18,21 @@ position's mean |diff| / std and top-1: 2e-2 (measured 7.1e-3) and 0.4 (measured
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_arch
 
-from llamanas.deploy.gguf import GGUFExport, export_gguf, export_subnet_gguf
+from llamanas.deploy.extract import SUBNET_FILE, read_extracted_meta
+from llamanas.deploy.gguf import GGUFExport, export_gguf, export_subnet_gguf, tokenizer_source_for
 from llamanas.deploy.llamacpp import available
 from llamanas.errors import LlamanasError
+from llamanas.supernet.elastic import supernet_source, write_supernet_meta
 from llamanas.supernet.slicing import build_extracted
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 gguf = pytest.importorskip("gguf")
 needs_llamacpp = pytest.mark.skipif(not available(), reason="llama-cpp-python not installed")
@@ -233,6 +239,28 @@ def test_refuses_quantized_modules(tok_dir, tmp_path):
     apply_precision(sub, (8, 8, 8), 32)
     with pytest.raises(LlamanasError, match="not a float linear.*build_extracted"):
         export_gguf(sub, tok_dir, tmp_path / "a.gguf")
+
+
+def test_tokenizer_source_follows_the_folder_metadata(tmp_path):
+    """A super-network fine-tuned from the default model, and a sub-network extracted from it, use the
+    default model's GGUF tokenizer; each folder's metadata is read through its reader."""
+    folders = {}
+    for name in ("supernet", "extracted", "plain", "from_plain"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "config.json").write_text("{}")
+    space = SearchSpace.from_arch(tiny_arch(2))
+    write_supernet_meta(folders["supernet"], space, {"args": {"model": "default"}})
+    for name, source in (("extracted", "supernet"), ("from_plain", "plain")):
+        (folders[name] / SUBNET_FILE).write_text(json.dumps({"source_model": str(folders[source])}))
+    assert supernet_source(folders["supernet"]) == "default" and supernet_source(folders["plain"]) is None
+    assert read_extracted_meta(folders["plain"]) == {}
+    assert tokenizer_source_for("default") == "default"
+    assert tokenizer_source_for(str(folders["supernet"])) == "default"
+    assert tokenizer_source_for(str(folders["extracted"])) == "default"  # through the super-network
+    for name in ("plain", "from_plain"):
+        assert tokenizer_source_for(str(folders[name])) == str(folders[name])
+    assert tokenizer_source_for("org/name") is None  # a hub id: the caller saves the loaded tokenizer
 
 
 # --- llama.cpp parity -----------------------------------------------------------------------------

@@ -8,9 +8,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llamanas.deploy.extract import extract
+from llamanas.evaluation.questions import Questions
 from llamanas.model.load import load_model
 from llamanas.supernet.elastic import SuperNet
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.subnet import SubnetConfig
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +64,12 @@ def test_eval_full_vs_sliced_on_default(default):
 
     model, tok = default
     supernet = SuperNet(model)
-    prepared = prepare(tok, ["arc_easy"], "validation", 40, seed=0, max_length=model_max_length(model))
+    prepared = prepare(
+        tok,
+        ["arc_easy"],
+        questions=Questions(split="validation", limit=40, seed=0),
+        max_length=model_max_length(model),
+    )
     full = score(model, prepared)["arc_easy"]
     assert full.n == 40 and full.split == "validation"
     assert full.metrics["acc"] >= 0.35  # about 0.5 on the full split; chance is 0.25

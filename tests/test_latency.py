@@ -16,6 +16,8 @@ from test_search import SyntheticSpec, args_for
 
 from llamanas.errors import LlamanasError
 from llamanas.search import objectives as objmod
+from llamanas.search.args import SearchArgs
+from llamanas.search.files import RunFiles
 from llamanas.search.latency import (
     LatencyTable,
     Timed,
@@ -25,8 +27,9 @@ from llamanas.search.latency import (
     space_cells,
 )
 from llamanas.search.objectives import Counts
-from llamanas.search.run import RunFiles, SearchArgs, load_run, search
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.search.run import load_run, search
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 ARCH = tiny_arch(8)
 SPACE = SearchSpace.from_arch(

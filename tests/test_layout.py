@@ -1,31 +1,40 @@
-"""The package layout's promises: old module paths still import, the root exports the public API."""
+"""The package layout's promises: a stage imports only what it needs; the README's Python example runs."""
 
 from __future__ import annotations
 
-import importlib
-
-import pytest
-
-import llamanas
+import subprocess
+import sys
 
 
-@pytest.mark.parametrize("old,new", sorted(llamanas._MOVED.items()))
-def test_flat_module_paths_still_import(old, new):
-    assert importlib.import_module(f"llamanas.{old}") is importlib.import_module(f"llamanas.{new}")
+def _loaded_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    return set(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
 
 
-def test_readme_imports():
-    from llamanas.evaluate import evaluate
-    from llamanas.extract import extract
-
-    from llamanas.evaluation.evaluate import evaluate as evaluate_new
-    from llamanas.supernet import load_supernet
-
-    assert evaluate is evaluate_new and extract.__module__ == "llamanas.deploy.extract"
-    assert load_supernet is llamanas.load_supernet
-    assert set(llamanas.__all__) <= set(dir(llamanas))
+def test_lower_stages_do_not_load_the_search_stage():
+    loaded = _loaded_after("import llamanas.model.families")
+    assert "pymoo" not in loaded and "llamanas.search" not in loaded and "llamanas.evaluation" not in loaded
+    loaded = _loaded_after("import llamanas.supernet.elastic")
+    assert "pymoo" not in loaded and "llamanas.search.run" not in loaded
 
 
-def test_unknown_old_path_is_still_an_import_error():
+def test_readme_python_example_imports():
+    from llamanas.deploy.extract import extract
+    from llamanas.evaluation.evaluate import evaluate
+    from llamanas.evaluation.questions import Questions
+    from llamanas.supernet.elastic import load_supernet
+
+    assert callable(extract) and callable(evaluate) and callable(load_supernet) and Questions().offset == 0
+
+
+def test_old_flat_paths_are_gone():
+    import importlib
+
+    import pytest
+
     with pytest.raises(ModuleNotFoundError):
-        importlib.import_module("llamanas.no_such_module")
+        importlib.import_module("llamanas.evaluate")

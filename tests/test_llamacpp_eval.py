@@ -18,9 +18,10 @@ from llamanas.deploy.gguf import export_gguf, export_subnet_gguf, read_gguf_info
 from llamanas.deploy.llamacpp import available
 from llamanas.errors import LlamanasError
 from llamanas.evaluation import evaluate as E
+from llamanas.evaluation.questions import Questions
 from llamanas.model.arch import Arch
 from llamanas.supernet.slicing import build_extracted
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.subnet import SubnetConfig
 
 pytestmark = [
     pytest.mark.skipif(not available(), reason="llama-cpp-python not installed"),
@@ -59,8 +60,10 @@ def test_requests_equal_hf_tokenizer(exported):
 
     _, path = exported
     cpp = LlamaCpp(path, vocab_only=True)
-    ours = E.prepare(GGUFTokenizer(cpp), TASKS, split="validation", limit=6, max_length=256)
-    ref = E.prepare(bpe_tokenizer(), TASKS, split="validation", limit=6, max_length=256)
+    ours = E.prepare(
+        GGUFTokenizer(cpp), TASKS, questions=Questions(split="validation", limit=6), max_length=256
+    )
+    ref = E.prepare(bpe_tokenizer(), TASKS, questions=Questions(split="validation", limit=6), max_length=256)
     a, b = doc_requests(ours), doc_requests(ref)
     assert len(a) == len(b) == 12
     for x, y in zip(a, b, strict=True):
@@ -75,7 +78,9 @@ def test_loglikelihoods_equal_hf(exported):
     from llamanas.deploy.llamacpp import LlamaCpp, loglikelihoods
 
     sub, path = exported
-    prepared = E.prepare(bpe_tokenizer(), TASKS, split="validation", limit=6, max_length=256)
+    prepared = E.prepare(
+        bpe_tokenizer(), TASKS, questions=Questions(split="validation", limit=6), max_length=256
+    )
     ref = E.loglikelihoods(sub, prepared)
     cpp = LlamaCpp(path, n_ctx=256, all_logits=True, f32_cache=True)
     shared = loglikelihoods(cpp, prepared)
@@ -91,9 +96,9 @@ def test_evaluate_gguf_equals_evaluate(exported):
     from llamanas.deploy.llamacpp import evaluate_gguf
 
     sub, path = exported
-    kw = dict(split="validation", limit=8, progress=False)
-    ours = evaluate_gguf(path, TASKS, **kw)
-    ref = E.evaluate(sub, bpe_tokenizer(), TASKS, **kw)
+    q = Questions(split="validation", limit=8)
+    ours = evaluate_gguf(path, TASKS, q, progress=False)
+    ref = E.evaluate(sub, bpe_tokenizer(), TASKS, q, progress=False)
     assert set(ours) == set(ref)
     for task, r in ref.items():
         o = ours[task]
@@ -114,7 +119,9 @@ def test_needs_all_logits_and_enough_context(exported):
     from llamanas.deploy.llamacpp import LlamaCpp, loglikelihoods
 
     _, path = exported
-    prepared = E.prepare(bpe_tokenizer(), "arc_easy", split="validation", limit=2, max_length=256)
+    prepared = E.prepare(
+        bpe_tokenizer(), "arc_easy", questions=Questions(split="validation", limit=2), max_length=256
+    )
     cpp = LlamaCpp(path, n_ctx=64)
     with pytest.raises(LlamanasError, match="all_logits=True"):
         loglikelihoods(cpp, prepared)
@@ -147,9 +154,9 @@ def test_default_arc_easy_gguf_f32_equals_hf(tmp_path):
 
     model, tok = load_model("default", dtype="float32", device="cpu")
     out = export_gguf(model, "default", tmp_path / "d.gguf", type="f32")
-    kw = dict(split="validation", limit=20, progress=False)
-    ref = E.evaluate(model, tok, "arc_easy", **kw)["arc_easy"]
-    ours = evaluate_gguf(out.path, "arc_easy", **kw)["arc_easy"]
+    q = Questions(split="validation", limit=20)
+    ref = E.evaluate(model, tok, "arc_easy", q, progress=False)["arc_easy"]
+    ours = evaluate_gguf(out.path, "arc_easy", q, progress=False)["arc_easy"]
     print(
         f"default arc_easy limit 20: HF acc {ref.metrics['acc']:.3f}, llama.cpp F32 {ours.metrics['acc']:.3f}"
     )
@@ -158,43 +165,28 @@ def test_default_arc_easy_gguf_f32_equals_hf(tmp_path):
     assert ours.metrics["gold_nll"] == pytest.approx(ref.metrics["gold_nll"], abs=1e-2)
 
 
-# --- the demo's llama.cpp step --------------------------------------------------------------------
-def test_demo_gguf_rows_and_table(tok_dir, tmp_path, monkeypatch, tiny_dir):
-    from rich.console import Console
-
-    from llamanas.cli import demo
-    from llamanas.cli.tables import llamacpp_table
-    from llamanas.deploy import llamacpp
+# --- compress's GGUF files and llama.cpp timing ------------------------------------------------------
+def test_compress_writes_gguf_atomically_and_times_abab(tmp_path, monkeypatch):
+    from llamanas.pipeline import compress as C
 
     folder = tmp_path / "tiny-bpe"
     model = model_of()
     model.save_pretrained(folder)
     bpe_tokenizer().save_pretrained(folder)
-    console = Console(record=True, width=200)
-    base = demo._write_gguf(
-        str(folder), model, None, SubnetConfig.full(Arch.from_hf(model.config)), tmp_path / "b.gguf", console
+    full = SubnetConfig.full(Arch.from_hf(model.config))
+    base = C._export_gguf(str(folder), model, None, full, tmp_path / "b.gguf", "f16").path
+    sub = C._export_gguf(str(folder), model, None, NONUNIFORM, tmp_path / "s.gguf", "q8_0").path
+    assert read_gguf_info(sub).type == "q8_0" and read_gguf_info(sub).arch == "deci"
+    assert sorted(p.name for p in tmp_path.glob("*.gguf*")) == ["b.gguf", "s.gguf"]  # no temporary left
+    lines: list[str] = []
+    t = C._time_abab(base, sub, 2, lines.append)
+    assert t["rounds"] == 2 and len(lines) == 2 and len(t["load_average"]) == 3
+    for key in ("decode_tokens_per_s", "prefill_tokens_per_s"):
+        lo, hi = t[key]["ratio_range"]
+        assert t[key]["base"] > 0 and t[key]["compressed"] > 0 and lo <= t[key]["ratio"] <= hi
+        assert t[key]["spread"] == pytest.approx((hi - lo) / t[key]["ratio"])
+    assert t["trusted"] == (
+        max(t[k]["spread"] for k in ("decode_tokens_per_s", "prefill_tokens_per_s")) <= 0.15
     )
-    sub = demo._write_gguf(str(folder), model, None, NONUNIFORM, tmp_path / "s.gguf", console)
-    assert base and sub and read_gguf_info(sub).type == "f16" and read_gguf_info(sub).arch == "deci"
-    rows = [
-        dict(name="base", params=1000, path=base, accuracy=0.5),
-        dict(name="sub", params=600, path=sub, accuracy=0.4),
-    ]
-    demo._llamacpp_rows(rows, console)
-    assert all(r["file_bytes"] > 0 and r["decode_tok_s"] > 0 for r in rows)
-    console.print(llamacpp_table("t", rows, "arc_easy"))
-    text = console.export_text()
-    assert "arc_easy accuracy" in text and "x1.00" in text and "speedup" in text
-    # Without the binding: sizes only, and a note saying so.
-    monkeypatch.setattr(llamacpp, "available", lambda: False)
-    demo._llamacpp_rows(rows, console)
-    assert all(r["decode_tok_s"] is None for r in rows)
-    console.print(llamacpp_table("t", rows, "arc_easy"))
-    text = console.export_text()
-    assert "binding not installed" in text and "not timed" in text
-    # A tokenizer GGUF cannot hold (word-level): a note, no file.
-    from llamanas.model.load import load_model
-
-    word, tok = load_model(str(tiny_dir))
-    assert demo._write_gguf(str(tiny_dir), word, tok, NONUNIFORM, tmp_path / "w.gguf", console) is None
-    assert "GGUF export skipped" in console.export_text() and not (tmp_path / "w.gguf").exists()
+    monkeypatch.setattr(C, "llamacpp_available", lambda: False)
+    assert C._time_abab(base, sub, 2, lines.append) == {"skipped": "the llama.cpp binding is not installed"}

@@ -7,9 +7,11 @@ import pytest
 from conftest import tiny_arch
 
 from llamanas.errors import LlamanasError
+from llamanas.evaluation.tasks import METRICS
 from llamanas.model.arch import Arch
 from llamanas.search import objectives as obj
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 ARCH = tiny_arch(6)
 UNTIED = Arch(**{**ARCH.__dict__, "tie_word_embeddings": False, "attention_bias": True})
@@ -32,6 +34,19 @@ def test_registry_directions_and_keys():
     assert obj.get("throughput").direction == "max" and obj.get("latency").direction == "min"
     names = [o.name for o in obj.resolve(["params", "accuracy"], ["arc_easy"])]
     assert names == ["params", "accuracy"]  # the user's order is kept
+
+
+def test_task_objectives_take_their_metric_facts():
+    """Direction, unit and range of a task objective are its metric's (``evaluation.tasks.METRICS``)."""
+    for name, kind in obj.KINDS.items():
+        if kind.source != obj.TASK:
+            continue
+        m = METRICS[kind.metric]
+        for o in (obj.get(name, ["arc_easy"]), obj.get(f"{kind.metric}:arc_easy", ["arc_easy"])):
+            assert o.direction == (obj.MAX if m.higher_is_better else obj.MIN) and o.unit == m.unit
+            assert obj.value_range(o, None) == m.range
+    assert obj.value_range(obj.get("accuracy", ["t"]), None) == (0.0, 1.0)
+    assert obj.value_range(obj.get("gold_nll", ["t"]), None) == (0.0, math.inf)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ from conftest import tiny_arch
 
 from llamanas.errors import LlamanasError
 from llamanas.search.predictors import Encoder, Predictor, kendall_tau, mape
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 ARCH = tiny_arch(4)
 SPACE = SearchSpace.from_arch(ARCH, min_depth=2)  # mlp 64/128/192/256, kv 1/2

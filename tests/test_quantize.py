@@ -20,6 +20,7 @@ from llamanas.deploy.quantize import (
 )
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
+from llamanas.search.files import RunFiles
 from llamanas.supernet.elastic import SuperNet
 from llamanas.supernet.precision import (
     QuantLinear,
@@ -30,7 +31,7 @@ from llamanas.supernet.precision import (
     quantize_model,
 )
 from llamanas.supernet.slicing import build_extracted
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.subnet import SubnetConfig
 
 
 def _linears(model):
@@ -276,7 +277,7 @@ class FakeResult:
         }
 
 
-def fake_evaluate(model, tokenizer, tasks, **kw):
+def fake_evaluate(model, tokenizer, tasks, questions=None):
     ids = torch.arange(16).reshape(1, 16)
     with torch.no_grad():
         m = torch.sigmoid(model(ids).logits.float().mean()).item()
@@ -331,8 +332,8 @@ def test_quantize_front_writes_points_beside_the_originals(tmp_path):
     run, cfgs = _synthetic_run(tmp_path, sn)
     seen = {}
 
-    def evaluate_fn(m, tok, tasks, **kw):
-        seen.update(kw)
+    def evaluate_fn(m, tok, tasks, questions):
+        seen.update(questions.to_dict())
         return fake_evaluate(m, tok, tasks)
 
     path = quantize_front(run, "int8", supernet=sn, tokenizer=tiny_tokenizer(), evaluate_fn=evaluate_fn)
@@ -359,14 +360,19 @@ def test_quantize_front_uses_the_runs_evaluation_settings(tmp_path):
     (run / "run.json").write_text(json.dumps(info))
     seen = {}
 
-    def evaluate_fn(m, tok, tasks, **kw):
-        seen.update(kw)
+    def evaluate_fn(m, tok, tasks, questions):
+        seen.update(questions.to_dict())
         return fake_evaluate(m, tok, tasks)
 
     path = quantize_front(
-        run, "int4", supernet=sn, tokenizer=tiny_tokenizer(), evaluate_fn=evaluate_fn, limit=5
+        run,
+        "int4",
+        supernet=sn,
+        tokenizer=tiny_tokenizer(),
+        evaluate_fn=evaluate_fn,
+        questions=RunFiles(run).eval_settings().questions().override(limit=5, split=None),
     )
-    assert seen == {"split": "validation", "limit": 5, "num_fewshot": 0, "seed": 7}
+    assert seen == {"split": "validation", "limit": 5, "num_fewshot": 0, "seed": 7, "offset": 0}
     d = json.loads(path.read_text())
     assert (d["split"], d["limit"], d["num_fewshot"], d["seed"]) == ("validation", 5, 0, 7)
 

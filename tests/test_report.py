@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 from conftest import tiny_arch
 
+from llamanas.errors import LlamanasError
 from llamanas.evidence.baselines import BaselineResult, BaselineRun, write_baselines
 from llamanas.evidence.report import FIG_DIR, Point, Score, highlights, layer_stats, load_data, report
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.search.files import RunFiles
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 ARCH = tiny_arch(6, intermediate_size=128, vocab_size=128)
 SPACE = SearchSpace.from_arch(ARCH)
@@ -210,6 +213,55 @@ def test_score_from_store_values_has_binomial_stderr_and_chance():
     assert Point("a", "x", None, 1, 0.26, 0.044, 0.25).at_chance
     assert not Point("a", "x", None, 1, 0.40, 0.044, 0.25).at_chance
     assert not Point("a", "x", None, 1, 0.26, None, 0.25).at_chance  # unknown stderr: never marked
+
+
+def test_score_facts_come_from_the_task_metric():
+    """gold_nll is unbounded and has no chance level; a group's chance is its tasks' (evaluation.tasks)."""
+    nll = Score("gold_nll", "gold_nll", ("arc_easy",), higher_is_better=False)
+    assert not nll.bounded and not nll.has_chance
+    assert nll.from_measured({"gold_nll:arc_easy": 1.5, "n:arc_easy": 100, "chance:arc_easy": 0.25}) == (
+        1.5,
+        None,
+        None,
+    )
+    acc = Score("accuracy", "acc", ("mmlu", "truthfulqa_mc1"))
+    assert acc.bounded and acc.has_chance
+    res = {"metrics": {"acc": 0.5}, "stderr": {"acc": 0.05}}
+    assert acc.from_results({"mmlu": res, "truthfulqa_mc1": res})[2] is None  # TruthfulQA: unknown
+    assert Score("accuracy", "acc", ("mmlu",)).from_results({"mmlu": res})[2] == 0.25
+
+
+def test_run_files_readers(tmp_path):
+    """The report reads every run file through ``RunFiles``; missing or unreadable ones are reported."""
+    run, _, _ = build_run(tmp_path, with_store=False, baselines=False)
+    files = RunFiles(run)
+    hv = files.hypervolume()
+    assert len(hv) == 44 and hv[0]["evaluations"] == 1.0 and hv[-1]["front_size"] == 7.0
+    pred = files.predictors()
+    assert [r["loop"] for r in pred] == [1.0, 2.0, 3.0] and pred[0]["model"] == "ridge"
+    assert files.front_file()["objectives"] == OBJECTIVES and files.front_after("int8")["method"] == "int8"
+    with pytest.raises(LlamanasError, match="no front_int4.json"):
+        files.front_after("int4")
+    with pytest.raises(LlamanasError, match="no hypervolume.csv"):
+        RunFiles(tmp_path / "none").hypervolume()
+    # front_llamacpp.json, as time_front writes it: the timed front and the table's prediction
+    m = files.front()[0]
+    timed = {
+        "config": m["config"],
+        "original": {"measured": m["measured"]},
+        "latency": 5.0,
+        "throughput": 50.0,
+    }
+    files.write_front_after(
+        "llamacpp", {"type": "f16", "points": [{**timed, "predicted": {"throughput": 40.0}}]}
+    )
+    data = load_data(run)
+    assert data.runtime == {"type": "f16"} and data.runtime_front[0].decode_ms == 20.0
+    assert data.runtime_predicted[0].decode_ms == 25.0 and len(data.quantized["int8"]) == len(data.front)
+    (run / "front_int8.json").write_text("{")
+    with pytest.raises(LlamanasError, match="front_int8.json is not valid JSON"):
+        files.front_after("int8")
+    assert "front_int8.json / front_int4.json" in load_data(run).missing["quantized"]
 
 
 def test_load_data_reads_every_input(tmp_path):

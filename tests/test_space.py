@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
 
+from llamanas.cli.tables import space_rows
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 from tests.conftest import tiny_model
 
 ARCH = Arch(
@@ -190,7 +192,7 @@ def test_precision_genes_roundtrip_count_and_validate():
     with pytest.raises(LlamanasError, match="layers.1.bits needs a top-level 'bits'"):
         SearchSpace.from_dict({"layers": {1: {"bits": [8]}}}, arch)
     assert SearchSpace.from_saved(sp.to_dict()) == sp
-    assert ("weight bits", "4, 8, 16") in sp.describe()
+    assert space_rows(sp)["weight bits"] == "4, 8, 16"
 
 
 @pytest.mark.parametrize("spec", [{}, {"mode": "first_n", "depth_choices": [4, 6]}, {"bits": [4, 16]}])
@@ -222,3 +224,30 @@ def test_gene_layout_is_defined_once(spec):
     noisy_genes["kv"][~sp.kept(X)] = 0
     assert np.array_equal(sp.canonical(noisy), X) and not np.array_equal(sp.canonical(noisy), noisy)
     assert [sp.decode(x) for x in noisy] == cfgs
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"skip_attention": False, "skip_mlp": False},  # widths and layer drops only
+        {"skip_attention": False, "skip_mlp": False, "min_depth": 5, "always_keep": [1, 4]},
+        {},  # block skips
+        {"min_depth": 6, "mlp_choices": [0, 1.0], "kv_groups": [0, 2]},  # every layer kept, often blockless
+        {"layers": {"3": {"kv_groups": [0]}, "4": {"mlp_choices": [0]}}, "always_keep": [0], "min_depth": 1},
+        {"mode": "first_n", "depth_choices": [3, 4, 6]},
+        {"mode": "first_n", "depth_choices": [2, 5], "min_depth": 2, "skip_attention": False},
+        {"bits": [4, 8, 16], "always_keep": [0]},
+    ],
+)
+def test_repair_rows_match_single_vectors(spec):
+    """Repair is vectorised over rows (the search repairs whole populations): every row comes out as it
+    would alone, inside the space, and repairing again changes nothing."""
+    sp = SearchSpace.from_dict(spec, ARCH)
+    xl, xu = sp.bounds()
+    X = np.random.default_rng(0).integers(xl - 1, xu + 2, size=(400, len(xl)))  # out of bounds too
+    R = sp.repair(X)
+    assert R.shape == X.shape and np.array_equal(R, sp.repair(R))
+    for x, r in zip(X, R, strict=True):
+        assert np.array_equal(sp.repair(x), r)
+        cfg = sp.validate(sp.decode(r))
+        assert np.array_equal(sp.encode(cfg), sp.canonical(r))

@@ -7,7 +7,7 @@ import pytest
 
 from llamanas.errors import LlamanasError
 from llamanas.search.store import Record, Store, write_csv, write_json
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.subnet import SubnetConfig
 
 CFG = SubnetConfig((0, 2), (64, 128), (1, 2))
 OTHER = SubnetConfig((1,), (64,), (1,))

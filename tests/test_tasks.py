@@ -63,6 +63,19 @@ def test_unknown_names_are_reported():
         P.build_prompts("mmlu_anatomy", "test", 6, [0])  # the dev split has 5 examples
 
 
+def test_metric_facts_belong_to_the_tasks():
+    for spec in T.TASKS.values():  # every metric a task reports has its facts
+        assert {*spec.metrics, "gold_nll"} <= set(T.METRICS), spec.name
+    acc, nll = T.get_metric("acc"), T.get_metric("gold_nll")
+    assert acc.higher_is_better and acc.bounded and acc.chance and acc.range == (0.0, 1.0)
+    assert not (nll.higher_is_better or nll.bounded or nll.chance) and nll.range == (0.0, float("inf"))
+    with pytest.raises(LlamanasError, match="Unknown metric 'accuracy'"):
+        T.get_metric("accuracy")
+    chance = {t: T.nominal_chance(t) for t in ("arc_easy", "piqa", "winogrande", "mmlu_anatomy", "mmlu")}
+    assert chance == {"arc_easy": 0.25, "piqa": 0.5, "winogrande": 0.5, "mmlu_anatomy": 0.25, "mmlu": 0.25}
+    assert T.nominal_chance("truthfulqa_mc1") is None and T.nominal_chance("boolq") is None
+
+
 def test_arc_prompt():
     p = _one("arc_easy", "validation")
     assert p.contexts == ["Question: Which technology was developed most recently?\nAnswer:"] * 4

@@ -18,12 +18,14 @@ from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.data import load_alpaca
 from llamanas.supernet.elastic import SUPERNET_FILE, SuperNet, load_supernet
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
+from llamanas.tuning.args import TuneArgs
 from llamanas.tuning.batches import IGNORE, Batches, collate, encode
 from llamanas.tuning.lora import attach_lora, merge_lora
 from llamanas.tuning.losses import SoftTargets, distill_loss, eval_loss, response_logits, token_logits
 from llamanas.tuning.sampling import SCHEDULES, STRATEGIES, Sampler, Schedule, SizeBuckets, restrict
-from llamanas.tuning.tune import TuneArgs, finetune
+from llamanas.tuning.tune import finetune
 
 COLORS = ["red", "green", "blue", "yellow"]
 
@@ -598,7 +600,7 @@ def test_saved_super_network_loads_without_reordering(tiny, tmp_path, monkeypatc
     def no_reordering(*a, **k):
         raise AssertionError("a trained super-network must not be re-ordered")
 
-    monkeypatch.setattr("llamanas.supernet.importance.order_model", no_reordering)
+    monkeypatch.setattr("llamanas.supernet.elastic.order_model", no_reordering)
     loaded, tok = load_supernet(str(result.out))
     assert loaded.space == result.supernet.space
     ids = torch.tensor([tok("Name color number 3.")["input_ids"]])
@@ -624,7 +626,7 @@ def test_fine_tuning_a_super_network_keeps_its_space(tiny, tmp_path, monkeypatch
     space_file = tmp_path / "space.yaml"
     space_file.write_text("mlp_choices: [0.5, 1.0]\nkv_groups: [2]\n")
     first = finetune(args_for(tiny, tmp_path / "a", steps=2, space=str(space_file)), progress=False)
-    monkeypatch.setattr("llamanas.supernet.importance.order_model", lambda *a, **k: pytest.fail("re-ordered"))
+    monkeypatch.setattr("llamanas.tuning.trainer.order_model", lambda *a, **k: pytest.fail("re-ordered"))
     second = finetune(
         args_for(tiny, tmp_path / "b", steps=2, model=str(first.out), space=None), progress=False
     )
@@ -634,15 +636,6 @@ def test_fine_tuning_a_super_network_keeps_its_space(tiny, tmp_path, monkeypatch
 
 def test_strategies_constant():
     assert STRATEGIES == ("full", "alternate", "sandwich")
-
-
-def test_names_of_the_unsplit_tune_module_still_import():
-    from llamanas import tune
-    from llamanas.tuning import tune as new_home
-
-    assert tune is new_home and tune.STRATEGIES is STRATEGIES
-    assert tune.SoftTargets is SoftTargets and tune.distill_loss is distill_loss and tune.IGNORE == IGNORE
-    assert all(hasattr(tune, name) for name in tune.__all__)
 
 
 def test_progressive_adds_block_skipping_last():

@@ -12,12 +12,14 @@ from test_search import SPACE, SyntheticEvaluator, SyntheticSpec, args_for
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
-from llamanas.search.run import RunFiles, load_run, search
+from llamanas.search.files import RunFiles
+from llamanas.search.run import load_run, search
 from llamanas.search.warm_start import WARM_START_FILE, interleave, warm_start_configs
 from llamanas.search.workers import EvalSettings, SupernetSpec
 from llamanas.supernet.blocks import attention_configs, attention_order, block_influence_per_block
 from llamanas.supernet.elastic import SuperNet
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 
 def _batches(n=3, seq=12, seed=0):

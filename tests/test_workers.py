@@ -1,5 +1,6 @@
 """Evaluation settings, the real super-network evaluator on a tiny model, pools, the Ray path and the CLI."""
 
+import hashlib
 import json
 import math
 import sys
@@ -10,10 +11,13 @@ from typer.testing import CliRunner
 
 from llamanas.cli.app import app
 from llamanas.errors import LlamanasError
-from llamanas.search.run import SearchArgs, load_run, search
+from llamanas.evaluation.questions import Questions
+from llamanas.search.args import SearchArgs
+from llamanas.search.run import load_run, search
 from llamanas.search.workers import EvalSettings, LocalPool, Outcome, SupernetSpec, make_pool
 from llamanas.supernet.elastic import SuperNet
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 runner = CliRunner()
 
@@ -31,9 +35,23 @@ def test_eval_settings_round_trip_and_hash():
         EvalSettings.from_dict({"shots": 5})
 
 
-def test_eval_settings_evaluate_kwargs():
-    s = EvalSettings(tasks=("piqa",), split="test", limit=9, num_fewshot=2, seed=4, timing=True)
-    assert s.evaluate_kwargs() == {"split": "test", "limit": 9, "num_fewshot": 2, "seed": 4}
+def test_eval_settings_are_questions_plus_what_is_measured():
+    s = EvalSettings(tasks=("piqa",), split="test", limit=9, num_fewshot=2, seed=4, offset=3, timing=True)
+    assert s.questions() == Questions(split="test", limit=9, num_fewshot=2, seed=4, offset=3)
+    assert EvalSettings(limit=9).hash() != EvalSettings(limit=9, offset=9).hash()
+    # offset 0 leaves the key of stores written before offsets existed unchanged
+    d = {
+        k: v
+        for k, v in EvalSettings(limit=9).to_dict().items()
+        if k not in ("offset", "runtime", "latency_table")
+    }
+    d.pop("compensate")
+    for k in ("prefill_tokens", "gen_tokens", "repeats"):
+        d.pop(k)
+    old = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    assert EvalSettings(limit=9).hash() == old
+    with pytest.raises(LlamanasError, match="--offset must be >= 0"):
+        EvalSettings(offset=-1)
 
 
 # ------------------------------------------------------------------------------------------------------

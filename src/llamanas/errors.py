@@ -17,14 +17,3 @@ def unknown(kind: str, value: object, allowed: Iterable[object]) -> LlamanasErro
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     shown = ", ".join(allowed[:40]) + (", ..." if len(allowed) > 40 else "")
     return LlamanasError(f"Unknown {kind} {value!r}.{hint} Available: {shown}.")
-
-
-def from_dict_strict(cls, d: dict, what: str):
-    """Build dataclass ``cls`` from ``d``; unknown keys are an error (never silently dropped)."""
-    from dataclasses import fields
-
-    allowed = {f.name for f in fields(cls)}
-    extra = set(d) - allowed
-    if extra:
-        raise LlamanasError(f"Unknown {what} {sorted(extra)}; allowed: {sorted(allowed)}.")
-    return cls(**d)

@@ -1,20 +1,29 @@
-"""The ``llamanas`` command line: the typer app, the options and helpers its commands share, ``main``.
+"""The ``llamanas`` command line: the typer app, the helpers its commands share, ``main``.
 
 The commands are in ``commands_*.py`` by stage, each a thin call into the Python API of that stage;
-importing ``llamanas.cli`` registers them all.
+importing ``llamanas.cli`` registers them all. Their options are declared in ``options.py``.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
+import warnings
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
+from transformers.utils import logging as hf_logging
 
+from llamanas.deploy.gguf import TYPES as GGUF_TYPES
+from llamanas.deploy.gguf import export_subnet_gguf, tokenizer_source_for
+from llamanas.deploy.quantize import is_quantized_dir
 from llamanas.errors import LlamanasError
-from llamanas.model.device import DEVICE_HELP, DTYPE_HELP
+from llamanas.model.arch import Arch
+from llamanas.model.load import load_config
+from llamanas.search.run import load_run, parse_member_ref
+from llamanas.supernet.elastic import load_supernet
+from llamanas.supernet.subnet import SubnetConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -42,82 +51,35 @@ llamanas report run/
 console = Console(stderr=True)
 out = Console()
 
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        help="'default' (SmolLM2-135M-Instruct, offline), a local HF model folder, a super-network folder, or a hub id.",
-    ),
-]
-SubnetOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--subnet",
-        help='Sub-network config: a JSON file, or inline JSON {"layers": [...], "mlp": [...], "kv_groups": [...]}. '
-        "Default: the full network.",
-    ),
-]
-SpaceOpt = Annotated[
-    str | None,
-    typer.Option("--space", help="YAML/JSON file that narrows the search space (see docs/search_space.md)."),
-]
-LimitOpt = Annotated[int | None, typer.Option(help="Evaluate a seeded random subset of N items per task.")]
-FewshotOpt = Annotated[int | None, typer.Option(help="Few-shot examples (default: the task's, usually 0).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the --limit subset.")]
-OffsetOpt = Annotated[
-    int,
-    typer.Option(
-        help="Skip the first N items of the seeded order: with --offset 100 the questions are disjoint from "
-        "those a search used with --limit 100 and the same seed (select on one part, report on the other)."
-    ),
-]
-DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
-ImportanceOpt = Annotated[
-    str,
-    typer.Option(
-        help="Importance score that orders channels before slicing: rms (activation RMS) | wanda (activation x "
-        "output-weight norm) | taylor (first-order |w x grad| of the calibration loss)."
-    ),
-]
-CompensateOpt = Annotated[
-    bool,
-    typer.Option(
-        help="Bias compensation (FLAP): a slice adds the mean contribution of the channels it removes as an "
-        "output bias; measured once on calibration text, carried into extracted checkpoints and GGUF."
-    ),
-]
-DtypeOpt = Annotated[str, typer.Option(help=DTYPE_HELP + ". Recorded in every output.")]
-GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")  # deploy.gguf.TYPES; repeated so --help needs no import
-GGUFTypeOpt = Annotated[
-    str,
-    typer.Option(
-        "--type",
-        help="GGUF weight type: f16 | f32 | q8_0 | q4_0 (a config with per-layer bits uses them for its layers).",
-    ),
-]
-NoOrderOpt = Annotated[
-    bool,
-    typer.Option("--no-order", help="Skip importance ordering (slices keep the first channels as they are)."),
-]
-
 
 @app.callback()
 def _quiet_libraries() -> None:
     """Per-tensor loading bars of transformers are noise on the command line; ours show progress."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
 
-def _subnet(spec: str | None, supernet):
-    from llamanas.supernet.space import SubnetConfig
-
+def _subnet(spec: str | None, model: str) -> SubnetConfig:
+    """``--subnet`` of every command, read and checked against the model's config before anything loads:
+    ``RUN_DIR:ID`` (a member of a search run), inline JSON or a JSON file; None is the full network."""
+    arch = Arch.from_hf(load_config(model))
     if spec is None:
-        return SubnetConfig.full(supernet.arch)
-    cfg = SubnetConfig.from_json(spec) if spec.lstrip().startswith("{") else SubnetConfig.load(spec)
-    return cfg.check(supernet.arch)
+        return SubnetConfig.full(arch)
+    try:
+        ref = parse_member_ref(spec)
+        if ref is not None:
+            cfg = load_run(ref[0]).member(ref[1]).config
+        elif spec.lstrip().startswith("{"):
+            cfg = SubnetConfig.from_json(spec)
+        elif Path(spec).is_file():
+            cfg = SubnetConfig.from_json(Path(spec).read_text())
+        else:
+            head, _, tail = spec.rpartition(":")
+            where = f"{head!r} holds no search run" if tail.strip().isdigit() else "no such file"
+            raise LlamanasError(f"not RUN_DIR:ID of a search run, inline JSON or a JSON file ({where}).")
+        return cfg.check(arch)
+    except LlamanasError as e:
+        raise LlamanasError(f"--subnet {spec!r}: {e}") from None
 
 
 def _load(
@@ -129,8 +91,6 @@ def _load(
     importance: str = "rms",
     compensate: bool = False,
 ):
-    from llamanas.supernet.elastic import load_supernet
-
     with console.status(f"Loading {model}" + (" and ordering channels by importance" if order else "")):
         return load_supernet(
             model,
@@ -144,8 +104,12 @@ def _load(
         )
 
 
-def _is_gguf(model: str) -> bool:
-    return model.lower().endswith(".gguf")
+def _model_kind(model: str) -> str:
+    """How ``--model`` runs: ``gguf`` (a file, in llama.cpp), ``quantized`` (a folder written by ``quantize``
+    or ``extract --quantize``, as it is) or ``supernet`` (anything else: loaded, sliced by ``--subnet``)."""
+    if model.lower().endswith(".gguf"):
+        return "gguf"
+    return "quantized" if is_quantized_dir(model) else "supernet"
 
 
 def _check_gguf_type(type_: str, flag: str = "--type") -> None:
@@ -168,11 +132,6 @@ def _export_gguf(
 ):
     """Export ``cfg`` of a loaded super-network as GGUF; the tokenizer comes from ``tokenizer_source`` or
     from the model (``deploy.gguf.tokenizer_source_for``; a hub model's loaded tokenizer is saved first)."""
-    import tempfile
-    import warnings
-
-    from llamanas.deploy.gguf import export_subnet_gguf, tokenizer_source_for
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -196,16 +155,6 @@ def _task_list(tasks: str | None) -> list[str]:
 
 def _split_list(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
-
-
-def _member_subnet(spec: str) -> str:
-    """``RUN_DIR:ID`` (a member of a search run) -> its config as inline JSON; anything else unchanged."""
-    from llamanas.search.run import load_run, parse_member_ref
-
-    ref = parse_member_ref(spec)
-    if ref is None:
-        return spec
-    return load_run(ref[0]).member(ref[1]).config.to_json()
 
 
 def main() -> None:

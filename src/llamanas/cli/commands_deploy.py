@@ -9,40 +9,47 @@ from typing import Annotated
 import typer
 
 from llamanas.cli.app import (
-    CompensateOpt,
-    DeviceOpt,
-    DtypeOpt,
-    FewshotOpt,
-    GGUFTypeOpt,
-    ImportanceOpt,
-    LimitOpt,
-    ModelOpt,
-    NoOrderOpt,
     _check_gguf_out,
     _check_gguf_type,
     _export_gguf,
     _load,
-    _member_subnet,
     _subnet,
     _task_list,
     app,
     console,
     out,
 )
+from llamanas.cli.options import (
+    SUBNET_HELP,
+    CompensateOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FewshotOpt,
+    GGUFTypeOpt,
+    GroupSizeOpt,
+    ImportanceOpt,
+    LimitOpt,
+    ModelOpt,
+    NoOrderOpt,
+    SeedOpt,
+    SubnetOpt,
+)
 from llamanas.cli.tables import (
     quantization_table,
 )
+from llamanas.deploy.extract import extract as extract_fn
+from llamanas.deploy.gguf import TYPES as GGUF_TYPES
+from llamanas.deploy.quantize import quantize_checkpoint, quantize_front
 from llamanas.errors import LlamanasError
+from llamanas.evaluation.questions import Questions
+from llamanas.model.device import dtype_name
+from llamanas.search.files import RunFiles
+from llamanas.supernet.precision import check_method
 
 
 @app.command()
 def extract(
-    subnet: Annotated[
-        str,
-        typer.Option(
-            "--subnet", help="Sub-network config: JSON file, inline JSON, or RUN_DIR:ID of a search run."
-        ),
-    ],
+    subnet: Annotated[str, typer.Option("--subnet", help=SUBNET_HELP)],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the standalone checkpoint to.")],
     model: ModelOpt = "default",
     no_order: NoOrderOpt = False,
@@ -50,15 +57,15 @@ def extract(
         str | None,
         typer.Option(
             help="Write it quantized: int8 | int4 (weight-only, every decoder linear; embeddings and head "
-            "16-bit). `llamanas eval --model OUT` evaluates it; in Python: llamanas.quantize.load_quantized."
+            "16-bit). `llamanas eval --model OUT` evaluates it; in Python: llamanas.deploy.quantize.load_quantized."
         ),
     ] = None,
-    group_size: Annotated[int, typer.Option(help="INT4 group size (columns sharing one scale).")] = 64,
+    group_size: GroupSizeOpt = 64,
     gguf: Annotated[
         str | None,
         typer.Option(
             "--gguf",
-            help="Also write the sub-network as OUT/model-TYPE.gguf for llama.cpp: f16 | f32 | q8_0 | q4_0 "
+            help=f"Also write the sub-network as OUT/model-TYPE.gguf for llama.cpp: {' | '.join(GGUF_TYPES)} "
             "(same as `llamanas export --type TYPE`; replaces an existing file of that name).",
         ),
     ] = None,
@@ -84,25 +91,20 @@ def extract(
 ):
     """Write a sub-network as a standalone checkpoint that `AutoModelForCausalLM.from_pretrained` loads
     (or, with --quantize, an INT8/INT4 checkpoint; with --gguf, also a GGUF file beside it)."""
-    from llamanas.deploy.extract import extract as extract_fn
-
     if quantize is not None:
-        from llamanas.supernet.precision import check_method
-
         check_method(quantize)
     if gguf is not None:
         _check_gguf_type(gguf, "--gguf")
-    subnet = _member_subnet(subnet)
+    cfg = _subnet(subnet, model)
     supernet, tokenizer = _load(
         model, order=not no_order, dtype=dtype, device=device, importance=importance, compensate=compensate
     )
-    cfg = _subnet(subnet, supernet)
     meta = {
         "source_model": model,
         "ordered": not no_order,
         "importance": importance,
         "compensate": compensate,
-        "dtype": str(next(supernet.model.parameters()).dtype).removeprefix("torch."),
+        "dtype": dtype_name(next(supernet.model.parameters()).dtype),
     }
     path = extract_fn(
         supernet,
@@ -129,13 +131,7 @@ def extract(
 @app.command()
 def export(
     out_path: Annotated[Path, typer.Option("--out", help="The .gguf file to write.")],
-    subnet: Annotated[
-        str | None,
-        typer.Option(
-            "--subnet",
-            help="Sub-network config: JSON file, inline JSON, or RUN_DIR:ID of a search run. Default: the full network.",
-        ),
-    ] = None,
+    subnet: SubnetOpt = None,
     model: ModelOpt = "default",
     type_: GGUFTypeOpt = "f16",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
@@ -155,10 +151,8 @@ def export(
     same sizes, `deci` with per-layer sizes otherwise); `llamanas eval --model FILE.gguf` scores it."""
     _check_gguf_type(type_)
     _check_gguf_out(out_path, overwrite)
-    if subnet is not None:
-        subnet = _member_subnet(subnet)
+    cfg = _subnet(subnet, model)
     supernet, tok = _load(model, order=not no_order, dtype=dtype, device=device)
-    cfg = _subnet(subnet, supernet)
     res = _export_gguf(model, supernet, tok, cfg, out_path, type_, overwrite, tokenizer_source=tokenizer)
     console.print(f"wrote {res.summary()}; {cfg.num_params(supernet.arch):,} params")
 
@@ -194,8 +188,8 @@ def quantize(
     split: Annotated[str | None, typer.Option(help="Data split (default: the task's, or the run's).")] = None,
     limit: LimitOpt = None,
     num_fewshot: FewshotOpt = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the --limit subset.")] = None,
-    group_size: Annotated[int, typer.Option(help="INT4 group size (columns sharing one scale).")] = 64,
+    seed: SeedOpt = None,
+    group_size: GroupSizeOpt = 64,
     timing: Annotated[
         bool, typer.Option(help="Measure latency before and after (--no-timing: skip).")
     ] = True,
@@ -205,9 +199,6 @@ def quantize(
 ):
     """Quantize a checkpoint's decoder linears to INT8/INT4 (embeddings and head stay 16-bit) and report size,
     accuracy and latency before and after; or, with --front, re-evaluate a search's front after quantization."""
-    from llamanas.deploy.quantize import quantize_checkpoint, quantize_front
-    from llamanas.supernet.precision import check_method
-
     check_method(method)
     if limit is not None and limit < 1:
         raise LlamanasError(f"--limit must be >= 1; got {limit}.")
@@ -217,15 +208,14 @@ def quantize(
             raise LlamanasError(
                 "--out is not used with --front (the result goes to RUN_DIR/front_<method>.json)."
             )
+        files = RunFiles(front)
+        saved = files.eval_settings().questions() if files.has_info() else Questions()
         path = quantize_front(
             front,
             method,
             model=model,
             tasks=task_list or None,
-            split=split,
-            limit=limit,
-            num_fewshot=num_fewshot,
-            seed=seed,
+            questions=saved.override(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed),
             group_size=group_size,
             timing=timing,
             progress=True,
@@ -244,10 +234,7 @@ def quantize(
             device=device,
             tasks=task_list,
             group_size=group_size,
-            split=split,
-            limit=limit,
-            num_fewshot=num_fewshot,
-            seed=seed or 0,
+            questions=Questions(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed or 0),
             timing=timing,
         )
     if json_out:

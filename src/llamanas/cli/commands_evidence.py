@@ -8,6 +8,12 @@ from typing import Annotated
 import typer
 
 from llamanas.cli.app import (
+    _task_list,
+    app,
+    console,
+    out,
+)
+from llamanas.cli.options import (
     CompensateOpt,
     DeviceOpt,
     DtypeOpt,
@@ -17,20 +23,20 @@ from llamanas.cli.app import (
     ModelOpt,
     OffsetOpt,
     SeedOpt,
-    _task_list,
-    app,
-    console,
-    out,
+    TasksOpt,
 )
 from llamanas.cli.tables import (
     baselines_table,
 )
 from llamanas.errors import LlamanasError
+from llamanas.evaluation.questions import Questions
+from llamanas.evidence.baselines import CALIBRATION_WINDOWS, run_baselines
+from llamanas.evidence.report import report as report_fn
 
 
 @app.command()
 def baselines(
-    tasks: Annotated[str, typer.Option(help="Comma-separated tasks, e.g. arc_easy,piqa.")],
+    tasks: TasksOpt,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for baselines.json and baselines.csv.")],
     model: ModelOpt = "default",
     sizes: Annotated[
@@ -57,6 +63,12 @@ def baselines(
         str | None,
         typer.Option(help="Calibration text for importance and block influence (default: built in)."),
     ] = None,
+    calibration_samples: Annotated[
+        int,
+        typer.Option(
+            help="Calibration windows of 128 tokens for block influence and sensitivity (a ranking)."
+        ),
+    ] = CALIBRATION_WINDOWS,
     recover: Annotated[
         bool,
         typer.Option(
@@ -70,8 +82,6 @@ def baselines(
     dtype: DtypeOpt = "auto",
 ):
     """Evaluate pruning baselines at matched size: depth truncation, ShortGPT layer removal, uniform MLP width."""
-    from llamanas.evidence.baselines import run_baselines
-
     task_list = _task_list(tasks)
     try:
         size_list = [float(s) for s in sizes.split(",") if s.strip()]
@@ -82,29 +92,26 @@ def baselines(
     bad = [s for s in size_list if not 0 < s <= 1]
     if not size_list or bad:
         raise LlamanasError(f"--sizes must be fractions in (0, 1]; got {sizes!r}.")
-    if limit is not None and limit < 1:
-        raise LlamanasError(f"--limit must be >= 1; got {limit}.")
+    if calibration_samples < 1:
+        raise LlamanasError(f"--calibration-samples must be >= 1; got {calibration_samples}.")
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    with console.status("Evaluating baselines" + (" and fine-tuning them" if recover else "")):
-        run = run_baselines(
-            model,
-            task_list,
-            size_list,
-            out_dir,
-            supernet_dir=supernet,
-            methods=method_list,
-            split=split,
-            limit=limit,
-            num_fewshot=num_fewshot,
-            seed=seed,
-            offset=offset,
-            calibration=calibration,
-            recover=recover,
-            dtype=dtype,
-            device=device,
-            importance=importance,
-            compensate=compensate,
-        )
+    console.print("Evaluating baselines" + (" and fine-tuning them" if recover else "") + " ...")
+    run = run_baselines(
+        model,
+        task_list,
+        size_list,
+        out_dir,
+        supernet_dir=supernet,
+        methods=method_list,
+        questions=Questions(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed, offset=offset),
+        calibration=calibration,
+        num_samples=calibration_samples,
+        recover=recover,
+        dtype=dtype,
+        device=device,
+        importance=importance,
+        compensate=compensate,
+    )
     out.print(baselines_table(f"Baselines of {model}", run.rows, task_list))
     console.print(f"wrote {out_dir / 'baselines.json'} and baselines.csv")
 
@@ -119,7 +126,5 @@ def report(
     png: Annotated[bool, typer.Option(help="Also write PNG figures (--no-png: HTML only).")] = True,
 ):
     """Write one self-contained HTML report (offline, interactive) and PNG figures of a search run."""
-    from llamanas.evidence.report import report as report_fn
-
     path = report_fn(run_dir, baselines_dir, out_dir, png=png)
     console.print(f"wrote {path}")

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
-from rich.table import Table
 
 from llamanas.cli.app import (
+    _check_gguf_type,
+    _export_gguf,
+    _load,
+    _model_kind,
+    _subnet,
+    _task_list,
+    app,
+    console,
+    out,
+)
+from llamanas.cli.options import (
     CompensateOpt,
     DeviceOpt,
     DtypeOpt,
@@ -23,20 +35,28 @@ from llamanas.cli.app import (
     SeedOpt,
     SpaceOpt,
     SubnetOpt,
-    _check_gguf_type,
-    _export_gguf,
-    _is_gguf,
-    _load,
-    _subnet,
-    app,
-    console,
-    out,
+    TasksOpt,
 )
 from llamanas.cli.tables import (
     key_value_table,
     results_table,
+    space_rows,
 )
+from llamanas.deploy.extract import read_extracted_meta
+from llamanas.deploy.gguf import read_gguf_info
+from llamanas.deploy.llamacpp import binding, evaluate_gguf, time_gguf
+from llamanas.deploy.quantize import load_quantized, read_quant_meta
 from llamanas.errors import LlamanasError
+from llamanas.evaluation.evaluate import evaluate
+from llamanas.evaluation.measure import count
+from llamanas.evaluation.measure import measure as measure_fn
+from llamanas.evaluation.questions import Questions
+from llamanas.evaluation.tasks import available_tasks
+from llamanas.model.arch import Arch
+from llamanas.model.device import dtype_name
+from llamanas.model.load import load_config, resolve
+from llamanas.supernet.slicing import subnet_model
+from llamanas.supernet.space import SearchSpace
 
 
 @app.command()
@@ -50,12 +70,6 @@ def space(
     as_json: Annotated[bool, typer.Option("--json", help="Print the space as JSON.")] = False,
 ):
     """Print the search space of a model (dimensions, choices, number of sub-networks), or sample from it."""
-    import numpy as np
-
-    from llamanas.model.arch import Arch
-    from llamanas.model.load import load_config
-    from llamanas.supernet.space import SearchSpace
-
     arch = Arch.from_hf(load_config(model))
     sp = SearchSpace.from_file(space, arch) if space else SearchSpace.from_arch(arch)
     if sample < 0:
@@ -68,17 +82,12 @@ def space(
     if as_json:
         print(json.dumps(sp.to_dict()))
         return
-    table = Table(title=f"Search space of {model}", show_header=False)
-    for k, v in sp.describe():
-        table.add_row(k, v)
-    out.print(table)
+    out.print(key_value_table(f"Search space of {model}", space_rows(sp)))
 
 
 @app.command("eval")
 def eval_(
-    tasks: Annotated[
-        str, typer.Option(help="Comma-separated tasks, e.g. arc_easy,piqa. See `llamanas tasks`.")
-    ],
+    tasks: TasksOpt,
     model: ModelOpt = "default",
     subnet: SubnetOpt = None,
     split: Annotated[
@@ -103,54 +112,49 @@ def eval_(
     `--model FILE.gguf` scores a GGUF file (from `llamanas export`) through llama.cpp's logits instead:
     the same requests (built with the file's own tokenizer), metrics, table and --json.
     """
-    from llamanas.evaluation.evaluate import evaluate
-
-    task_list = [t.strip() for t in tasks.split(",") if t.strip()]
-    if not task_list:
-        raise LlamanasError(f"--tasks needs at least one task name; got {tasks!r}.")
-    if limit is not None and limit < 1:
-        raise LlamanasError(f"--limit must be >= 1; got {limit}.")
-    if _is_gguf(model):
-        return _eval_gguf(
-            model, subnet, task_list, split, limit, num_fewshot, seed, json_path, device, dtype, offset
-        )
-    from llamanas.deploy.quantize import is_quantized_dir, load_quantized
-
-    kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed, offset=offset)
-    title = model
-    if is_quantized_dir(model):  # written by `quantize` or `extract --quantize`: evaluate it as it is
+    task_list = _task_list(tasks)
+    questions = Questions(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed, offset=offset)
+    kind = _model_kind(model)
+    if kind == "gguf":
+        return _eval_gguf(model, subnet, task_list, questions, json_path, device, dtype)
+    if kind == "quantized":  # written by `quantize` or `extract --quantize`: evaluate it as it is
         if subnet is not None:
             raise LlamanasError("--subnet does not apply to a quantized checkpoint; extract first.")
         qmodel, tokenizer = load_quantized(model, dtype="bfloat16" if dtype == "bfloat16" else "float32")
-        results = evaluate(qmodel, tokenizer, task_list, **kwargs)
-        used_dtype = str(next(qmodel.parameters()).dtype).removeprefix("torch.")
-        title += f" ({qmodel.config.llamanas_quant['method']})"
-    else:
-        supernet, tokenizer = _load(
-            model,
-            order=subnet is not None and not no_order,
-            dtype=dtype,
-            device=device,
-            importance=importance,
-            compensate=compensate and subnet is not None,
+        results = evaluate(qmodel, tokenizer, task_list, questions)
+        used_dtype = dtype_name(next(qmodel.parameters()).dtype)
+        out.print(
+            results_table(f"{model} ({qmodel.config.llamanas_quant['method']}) [{used_dtype}]", results)
         )
-        used_dtype = str(next(supernet.model.parameters()).dtype).removeprefix("torch.")
-        cfg = _subnet(subnet, supernet)
-        if cfg.quantized:  # per-layer bits from a joint precision search: run the extracted sub-network
-            from llamanas.supernet.slicing import standalone
-
-            results = evaluate(standalone(supernet, cfg), tokenizer, task_list, **kwargs)
-        else:
-            with supernet.subnet(cfg):
-                results = evaluate(supernet.model, tokenizer, task_list, **kwargs)
-        if subnet is not None:
-            title += f" sub-network ({cfg.num_params(supernet.arch):,} params)"
+        if json_path:
+            _write_results(json_path, model, read_quant_meta(model).get("subnet"), None, used_dtype, results)
+        return
+    cfg = _subnet(subnet, model)
+    supernet, tokenizer = _load(
+        model,
+        order=subnet is not None and not no_order,
+        dtype=dtype,
+        device=device,
+        importance=importance,
+        compensate=compensate and subnet is not None,
+    )
+    used_dtype = dtype_name(next(supernet.model.parameters()).dtype)
+    with subnet_model(supernet, cfg) as m:
+        results = evaluate(m, tokenizer, task_list, questions)
+    params, subnet_dict = cfg.num_params(supernet.arch), cfg.to_dict()
+    extracted = read_extracted_meta(resolve(model)) if subnet is None else {}
+    if extracted:  # an extracted checkpoint: its own sub-network and size, not its base model's
+        params = sum(p.numel() for p in supernet.model.parameters())
+        subnet_dict = extracted.get("subnet")
+    title = model if subnet is None else f"{model} sub-network ({params:,} params)"
     out.print(results_table(f"{title} [{used_dtype}]", results))
     if json_path:
-        _write_results(json_path, model, cfg.to_dict(), cfg.num_params(supernet.arch), used_dtype, results)
+        _write_results(json_path, model, subnet_dict, params, used_dtype, results)
 
 
-def _write_results(path: Path, model: str, subnet, params: int, dtype: str, results: dict, **extra) -> None:
+def _write_results(
+    path: Path, model: str, subnet, params: int | None, dtype: str, results: dict, **extra
+) -> None:
     """The eval --json file: what was evaluated, in which dtype, and every task's results."""
     payload = {"model": model, **extra, "subnet": subnet, "params": params, "dtype": dtype}
     payload["results"] = {k: r.to_dict() for k, r in results.items()}
@@ -159,10 +163,7 @@ def _write_results(path: Path, model: str, subnet, params: int, dtype: str, resu
     console.print(f"wrote {path}")
 
 
-def _eval_gguf(model, subnet, task_list, split, limit, num_fewshot, seed, json_path, device, dtype, offset=0):
-    from llamanas.deploy.gguf import read_gguf_info
-    from llamanas.deploy.llamacpp import evaluate_gguf
-
+def _eval_gguf(model, subnet, task_list, questions: Questions, json_path, device, dtype):
     if subnet is not None:
         raise LlamanasError(
             "--subnet does not apply to a GGUF file; export the sub-network with `llamanas export`."
@@ -172,16 +173,7 @@ def _eval_gguf(model, subnet, task_list, split, limit, num_fewshot, seed, json_p
             "--device/--dtype do not apply to a GGUF file: llama.cpp runs it on the CPU in its own types."
         )
     info = read_gguf_info(model)
-    results = evaluate_gguf(
-        info.path,
-        task_list,
-        split=split,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        seed=seed,
-        progress=True,
-        offset=offset,
-    )
+    results = evaluate_gguf(info.path, task_list, questions=questions, progress=True)
     out.print(results_table(f"{model} [llama.cpp, {info.type}, {info.n_params:,} params]", results))
     if json_path:
         _write_results(json_path, model, info.subnet, info.n_params, info.type, results, runtime="llamacpp")
@@ -228,8 +220,6 @@ def measure(
 ):
     """Report parameters, bytes, MACs per token, prefill latency and generation throughput of a (sub-)network
     (--runtime llamacpp: of its GGUF export in llama.cpp)."""
-    from llamanas.evaluation.measure import measure as measure_fn
-
     for flag, v in (
         ("--seq-len", seq_len),
         ("--prefill-tokens", prefill_tokens),
@@ -257,17 +247,17 @@ def measure(
         )
     if threads is not None:
         raise LlamanasError("--threads applies to --runtime llamacpp (hf uses torch's threads).")
-    if _is_gguf(model):
+    if _model_kind(model) == "gguf":
         raise LlamanasError("A GGUF file is measured with --runtime llamacpp.")
-    # sizes and speed do not depend on which channels are kept
-    supernet, _ = _load(model, order=False, dtype=dtype, device=device)
-    cfg = _subnet(subnet, supernet)
+    cfg = _subnet(subnet, model)
     # (prompt tokens timed for prefill, prompt tokens decoding starts after): --context sets both
     if context is None:
         runs = [(prefill_tokens, 16)]
     else:
-        limit = getattr(supernet.model.config, "max_position_embeddings", None)
+        limit = getattr(load_config(model), "max_position_embeddings", None)
         runs = [(n, n) for n in _contexts(context, prefill_tokens, gen_tokens, limit)]
+    # sizes and speed do not depend on which channels are kept
+    supernet, _ = _load(model, order=False, dtype=dtype, device=device)
     title = f"{model}" + ("" if subnet is None else " sub-network")
     for prefill, gen_context in runs:
         where = "" if context is None else f", context {gen_context}"
@@ -315,29 +305,23 @@ def _measure_llamacpp(
     device,
     dtype,
 ):
-    import tempfile
-
-    from llamanas.deploy.gguf import read_gguf_info
-    from llamanas.deploy.llamacpp import binding, time_gguf
-
     _check_gguf_type(type_)
     if threads is not None and threads < 1:
         raise LlamanasError(f"--threads must be >= 1; got {threads}.")
+    gguf = _model_kind(model) == "gguf"
+    if gguf and subnet is not None:
+        raise LlamanasError("--subnet does not apply to a GGUF file; export the sub-network first.")
+    cfg = None if gguf else _subnet(subnet, model)
     binding()  # the install hint before any loading
     with tempfile.TemporaryDirectory() as tmp:
         values: dict = {"runtime": "llamacpp"}
-        if _is_gguf(model):
-            if subnet is not None:
-                raise LlamanasError("--subnet does not apply to a GGUF file; export the sub-network first.")
+        if cfg is None:
             info = read_gguf_info(model)
             values.update(
                 subnet=info.subnet, params=info.n_params, params_non_embedding=info.n_params_non_embedding
             )
         else:
-            from llamanas.evaluation.measure import count
-
             supernet, tokenizer = _load(model, order=False, dtype=dtype, device=device)
-            cfg = _subnet(subnet, supernet)
             c = count(supernet, cfg, seq_len)
             path = Path(tmp) / f"model-{type_}.gguf"
             _export_gguf(model, supernet, tokenizer, cfg, path, type_, overwrite=False)
@@ -397,7 +381,5 @@ def _measure_llamacpp(
 @app.command()
 def tasks():
     """List the available evaluation tasks."""
-    from llamanas.evaluation.tasks import available_tasks
-
     for name in available_tasks():
         print(name)

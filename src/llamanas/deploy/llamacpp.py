@@ -13,6 +13,7 @@ The binding is an optional dependency: ``pip install 'llamanas[llamacpp]'`` (or 
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import json
 import os
@@ -22,8 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from llamanas.deploy.gguf import read_gguf_info
 from llamanas.errors import LlamanasError
+from llamanas.evaluation.evaluate import prepare, results_from_loglikelihoods
+from llamanas.evaluation.questions import Questions
 
 INSTALL_HINT = "pip install 'llamanas[llamacpp]' (the llama-cpp-python binding; or: make llamacpp)"
 
@@ -35,8 +40,6 @@ _log_state = {"callback": None, "last": 0}
 def _quiet_logs(llama_cpp) -> None:
     """Pass only llama.cpp's errors to stderr. The binding's own callback maps the log levels of an older
     ggml, so warnings (context sizes, V-cache padding) reach the command line even with verbose=False."""
-    import ctypes
-
     if _log_state["callback"] is not None:
         return
 
@@ -54,7 +57,7 @@ def _quiet_logs(llama_cpp) -> None:
 def binding():
     """The ``llama_cpp`` module, or a clear error saying how to install it."""
     try:
-        import llama_cpp
+        import llama_cpp  # lazy: optional extra (llamanas[llamacpp]), built from source
     except ImportError as e:
         raise LlamanasError(
             f"llama.cpp runtime not available ({e}); install it with: {INSTALL_HINT}"
@@ -253,8 +256,6 @@ def loglikelihoods(
     ``n_tokens`` back to the prefix length reuses it). ``share_context=False`` decodes every choice from an
     empty cache (prefix + choice), for checking. ``cpp`` must be loaded with ``all_logits=True``.
     """
-    from tqdm.auto import tqdm
-
     if not cpp.all_logits:
         raise LlamanasError("llama.cpp loglikelihoods need the model loaded with all_logits=True.")
     reqs = doc_requests(prepared)
@@ -287,12 +288,8 @@ def loglikelihoods(
 def evaluate_gguf(
     path: str | Path,
     tasks: list[str] | str,
+    questions: Questions = Questions(),
     *,
-    split: str | None = None,
-    limit: int | None = None,
-    num_fewshot: int | None = None,
-    seed: int = 0,
-    offset: int = 0,
     tokenizer=None,
     n_threads: int | None = None,
     f32_cache: bool | None = None,
@@ -307,17 +304,13 @@ def evaluate_gguf(
     model's maximum length. ``f32_cache`` (default: True for an F32 file, so that it reproduces the HF
     float32 scores; llama.cpp's F16 cache otherwise).
     """
-    from llamanas.deploy.gguf import read_gguf_info
-    from llamanas.evaluation.evaluate import prepare, results_from_loglikelihoods
-
     info = read_gguf_info(path)
     vocab = None
     if tokenizer is None:
         vocab = LlamaCpp(info.path, n_ctx=64, vocab_only=True)
         tokenizer = GGUFTokenizer(vocab)
     try:
-        window = dict(max_length=info.context_length or 2048, offset=offset)
-        prepared = prepare(tokenizer, tasks, split, limit, num_fewshot, seed, **window)
+        prepared = prepare(tokenizer, tasks, questions, max_length=info.context_length or 2048)
     finally:
         if vocab is not None:
             vocab.close()
@@ -356,6 +349,7 @@ class Timing:
 def _time_core(path: str, prompt_tokens: int, decode_tokens: int, repeats: int, threads: int) -> dict:
     """The timing loop. Self-contained (imports only llama_cpp, numpy and the standard library) because
     ``time_gguf`` runs its source in a fresh interpreter that must not load torch."""
+    # lazy: this function's source runs alone in that interpreter, so it imports what it uses
     import resource
     import statistics
     import time

@@ -12,10 +12,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+import llamanas.model.hf_types  # noqa: F401 - registers the per-layer model types
 from llamanas.errors import LlamanasError
-from llamanas.model.families import LINEARS
+from llamanas.evaluation.evaluate import evaluate
+from llamanas.evaluation.measure import time_model
+from llamanas.evaluation.questions import Questions
+from llamanas.model.device import DTYPES, dtype_name
+from llamanas.model.families import decoder_linears
+from llamanas.model.load import fingerprint, load_model
+from llamanas.search.files import RunFiles
+from llamanas.supernet.elastic import load_supernet
 from llamanas.supernet.precision import (
     DEFAULT_GROUP_SIZE,
     FORMAT_VERSION,
@@ -25,7 +36,8 @@ from llamanas.supernet.precision import (
     model_bytes,
     quantize_model,
 )
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.slicing import standalone
+from llamanas.supernet.subnet import SubnetConfig
 
 QUANT_FILE = "llamanas_quant.json"
 WEIGHTS_FILE = "quantized.safetensors"  # not model.safetensors: plain from_pretrained must fail loudly
@@ -54,8 +66,6 @@ def save_quantized(model, out_dir: str | Path, tokenizer=None, metadata: dict | 
     Files: ``config.json`` (the plain HF config), ``quantized.safetensors``, ``llamanas_quant.json`` (the
     policy, byte counts and ``metadata``), and the tokenizer when given. Reload with ``load_quantized``.
     """
-    from safetensors.torch import save_file
-
     info = getattr(model.config, "llamanas_quant", None)
     if not info:
         raise LlamanasError("The model is not quantized; call quantize_model or apply_precision first.")
@@ -84,51 +94,44 @@ def is_quantized_dir(path: str | Path) -> bool:
     return (Path(path) / QUANT_FILE).is_file()
 
 
+def read_quant_meta(path: str | Path) -> dict:
+    """``QUANT_FILE`` of a folder written by ``save_quantized``: the policy (``format``, ``method``,
+    ``layer_bits``, ``group_size``, ``backend``), ``bytes`` (the model's) and the caller's ``metadata``."""
+    if not is_quantized_dir(path):
+        raise LlamanasError(f"{str(path)!r} is not a quantized checkpoint (no {QUANT_FILE} in it).")
+    info = json.loads((Path(path) / QUANT_FILE).read_text())
+    if info.get("format") != FORMAT_VERSION:
+        raise LlamanasError(
+            f"{path}: quantized format {info.get('format')!r} unsupported; this reads {FORMAT_VERSION}."
+        )
+    return info
+
+
 def load_quantized(path: str | Path, dtype: str | torch.dtype = "float32"):
     """(model, tokenizer or None) from a folder written by ``save_quantized``.
 
     ``dtype`` is the compute dtype of the unquantized tensors and activations: float32 (default, the
     CPU reference) or bfloat16 (uses PyTorch's packed INT8/INT4 CPU kernels).
     """
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    import llamanas.model.hf_types  # noqa: F401 - registers the per-layer model types
-    from llamanas.model.device import DTYPES
-
     p = Path(path)
-    if not is_quantized_dir(p):
-        raise LlamanasError(f"{str(path)!r} is not a quantized checkpoint (no {QUANT_FILE} in it).")
+    info = read_quant_meta(p)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise LlamanasError(f"Unknown dtype {dtype!r}. Available: {', '.join(DTYPES)}.")
         dtype = DTYPES[dtype]
-    info = json.loads((p / QUANT_FILE).read_text())
-    if info.get("format") != FORMAT_VERSION:
-        raise LlamanasError(
-            f"{path}: quantized format {info.get('format')!r} unsupported; this reads {FORMAT_VERSION}."
-        )
     config = AutoConfig.from_pretrained(p)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     bits = _check_bits(info["layer_bits"], len(model.get_decoder().layers))
     group_size = int(info.get("group_size", DEFAULT_GROUP_SIZE))
-    for layer, b in zip(model.get_decoder().layers, bits, strict=True):
-        if b == 16:
-            continue
-        for parent in (layer.self_attn, layer.mlp):
-            for name in LINEARS:
-                lin = getattr(parent, name, None)
-                if lin is not None:
-                    shell = QuantLinear(
-                        lin.in_features,
-                        lin.out_features,
-                        b,
-                        group_size,
-                        bias=lin.bias is not None,
-                        device="meta",
-                    )
-                    setattr(parent, name, shell)
+    for site in decoder_linears(model):
+        b, lin = bits[site.layer], site.module
+        if b != 16:
+            site.replace(
+                QuantLinear(
+                    lin.in_features, lin.out_features, b, group_size, bias=lin.bias is not None, device="meta"
+                )
+            )
     state = load_file(str(p / WEIGHTS_FILE))
     # Quantized codes and their scales keep their stored dtypes; every other float tensor becomes ``dtype``.
     quant_keys = {
@@ -158,8 +161,6 @@ def load_quantized(path: str | Path, dtype: str | torch.dtype = "float32"):
     model.eval()
     tokenizer = None
     if (p / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(p)
     return model, tokenizer
 
@@ -250,14 +251,12 @@ def _num_params(model) -> int:
     return total
 
 
-def _point(model, tokenizer, label, bits, settings, timing, evaluate_fn, timing_kwargs) -> QuantPoint:
+def _point(model, tokenizer, label, bits, tasks, questions, timing, evaluate_fn, timing_kwargs) -> QuantPoint:
     point = QuantPoint(label=label, bits=bits, params=_num_params(model), bytes=model_bytes(model))
-    if settings.tasks:
-        results = evaluate_fn(model, tokenizer, list(settings.tasks), **settings.evaluate_kwargs())
+    if tasks:
+        results = evaluate_fn(model, tokenizer, list(tasks), questions)
         point.results = {k: r.to_dict() for k, r in results.items()}
     if timing:
-        from llamanas.evaluation.measure import time_model
-
         model.generation_config.pad_token_id = 0
         point.latency_ms, _, point.throughput_tok_s = time_model(model, **timing_kwargs)
     return point
@@ -270,10 +269,7 @@ def compare_quantization(
     tasks: Sequence[str] = (),
     *,
     group_size: int = DEFAULT_GROUP_SIZE,
-    split: str | None = None,
-    limit: int | None = None,
-    num_fewshot: int | None = None,
-    seed: int = 0,
+    questions: Questions = Questions(),
     timing: bool = True,
     timing_kwargs: dict | None = None,
     out_dir: str | Path | None = None,
@@ -284,22 +280,19 @@ def compare_quantization(
     Returns the comparison and the quantized model; with ``out_dir`` the quantized model is also saved
     (with ``comparison.json``) and ``after.file_bytes`` is its weights file's size.
     """
-    from llamanas.search.workers import EvalSettings
-
     check_method(method)
     if evaluate_fn is None and tasks:
-        from llamanas.evaluation.evaluate import evaluate as evaluate_fn
-    settings = EvalSettings(tasks=tuple(tasks), split=split, limit=limit, num_fewshot=num_fewshot, seed=seed)
+        evaluate_fn = evaluate
     timing_kwargs = timing_kwargs or {}
-    before = _point(model, tokenizer, "before", "16", settings, timing, evaluate_fn, timing_kwargs)
+    before = _point(model, tokenizer, "before", "16", tasks, questions, timing, evaluate_fn, timing_kwargs)
     quantize_model(model, method, group_size, backend="cpu")
-    after = _point(model, tokenizer, "after", method, settings, timing, evaluate_fn, timing_kwargs)
+    after = _point(model, tokenizer, "after", method, tasks, questions, timing, evaluate_fn, timing_kwargs)
     comparison = QuantComparison(
         method,
         group_size,
         before,
         after,
-        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        dtype=dtype_name(next(model.parameters()).dtype),
         threads=torch.get_num_threads() if timing else None,
     )
     if out_dir is not None:
@@ -319,8 +312,6 @@ def quantize_checkpoint(
 ) -> QuantComparison:
     """Quantize an extracted checkpoint folder (CLI ``llamanas quantize``): load on ``device`` in ``dtype``
     (``load_model``'s rules), compare, save."""
-    from llamanas.model.load import load_model
-
     check_method(method)
     model, tokenizer = load_model(str(model_dir), dtype=dtype, device=device)
     comparison, model = compare_quantization(model, tokenizer, method, out_dir=out_dir, **kwargs)
@@ -340,10 +331,7 @@ def quantize_front(
     *,
     model: str | None = None,
     tasks: Sequence[str] | None = None,
-    split: str | None = None,
-    limit: int | None = None,
-    num_fewshot: int | None = None,
-    seed: int | None = None,
+    questions: Questions | None = None,
     group_size: int = DEFAULT_GROUP_SIZE,
     timing: bool = False,
     supernet=None,
@@ -355,36 +343,23 @@ def quantize_front(
     """Re-evaluate every sub-network of a search's front after quantization; writes
     ``front_<method>.json`` in the run folder beside ``front.json`` (the paper's "front moves left").
 
-    The model, tasks and evaluation settings default to those recorded in the run's ``run.json`` (its
-    evaluation settings: ``seed`` is the seed of the run's --limit subset, its data seed); pass a loaded
+    The model, tasks and questions default to those recorded in the run's ``run.json`` (its evaluation
+    settings: ``seed`` is the seed of the run's --limit subset, its data seed); pass a loaded
     ``supernet``/``tokenizer`` to skip loading. The run folder is read and written through
-    ``search.run.RunFiles``.
+    ``search.files.RunFiles``.
     """
-    from llamanas.search.run import RunFiles
-    from llamanas.search.workers import EvalSettings
-    from llamanas.supernet.slicing import standalone
-
     check_method(method)
     run = Path(run_dir)
     files = RunFiles(run)
     points = files.front()
     args = files.args() if files.has_info() else None
-    saved = files.eval_settings() if args else EvalSettings(split=None)
+    saved = files.eval_settings().questions() if args else Questions()
     tasks = list(tasks or (args.tasks if args else ()))
     if not tasks:
         raise LlamanasError(f"{run}: no tasks recorded in run.json; pass tasks=[...] (--tasks).")
-    settings = EvalSettings(
-        tasks=tuple(tasks),
-        split=split if split is not None else saved.split,
-        limit=limit if limit is not None else saved.limit,
-        num_fewshot=num_fewshot if num_fewshot is not None else saved.num_fewshot,
-        seed=seed if seed is not None else saved.seed,
-    )
+    questions = questions or saved
     fingerprint_ok = None
     if supernet is None:
-        from llamanas.model.load import fingerprint
-        from llamanas.supernet.elastic import load_supernet
-
         name = model or (args.model if args else None)
         if not name:
             raise LlamanasError(f"{run}: no model recorded in run.json; pass model=... (--model).")
@@ -396,19 +371,17 @@ def quantize_front(
             # The search's weights (after ordering) must be the ones we quantize, or the points differ.
             fingerprint_ok = fingerprint(supernet.model) == run_fingerprint
     if evaluate_fn is None:
-        from llamanas.evaluation.evaluate import evaluate as evaluate_fn
+        evaluate_fn = evaluate
     out_points = []
     iterator = points
     if progress:
-        from tqdm.auto import tqdm
-
         iterator = tqdm(points, desc=f"front -> {method}")
     for p in iterator:
         cfg = SubnetConfig.from_dict(p["config"])
         small = standalone(supernet, cfg)
         bytes_16 = model_bytes(small)
         quantize_model(small, method, group_size, backend="cpu")
-        results = evaluate_fn(small, tokenizer, tasks, **settings.evaluate_kwargs())
+        results = evaluate_fn(small, tokenizer, tasks, questions)
         entry = {
             "config": cfg.to_dict(),
             "params": cfg.num_params(supernet.arch),
@@ -418,8 +391,6 @@ def quantize_front(
             "original": {k: v for k, v in p.items() if k != "config"},
         }
         if timing:
-            from llamanas.evaluation.measure import time_model
-
             small.generation_config.pad_token_id = 0
             entry["latency_ms"], _, entry["throughput_tok_s"] = time_model(small)
         out_points.append(entry)
@@ -428,7 +399,7 @@ def quantize_front(
         "method": method,
         "group_size": group_size,
         "tasks": tasks,
-        **settings.evaluate_kwargs(),
+        **questions.to_dict(),
         "fingerprint_matches_run": fingerprint_ok,
         "points": out_points,
     }

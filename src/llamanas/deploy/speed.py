@@ -7,7 +7,7 @@ search, and time the final front for real after it.
   report its error on the held-out rest; ``build_latency_table_for`` does it for a ``SearchArgs`` (the
   builder ``search.run.search`` takes as ``latency_table_builder``).
 - ``time_front``: export every member of a finished run's front and time it; writes
-  ``front_llamacpp.json`` through ``search.run.RunFiles`` (like ``deploy.quantize.quantize_front``), with
+  ``front_llamacpp.json`` through ``search.files.RunFiles`` (like ``deploy.quantize.quantize_front``), with
   the table's prediction beside each timing when the run used one.
 
 Only the shapes matter for speed, so the super-network is loaded without importance ordering here.
@@ -16,13 +16,29 @@ Only the shapes matter for speed, so the super-network is loaded without importa
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from llamanas.deploy.gguf import export_subnet_gguf, tokenizer_source_for
+from llamanas.deploy.llamacpp import time_gguf
 from llamanas.errors import LlamanasError
-from llamanas.search.latency import LatencyTable, Timed, calibration_configs, fit_latency_table
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.search.files import RunFiles
+from llamanas.search.latency import (
+    VALUES,
+    LatencyTable,
+    Timed,
+    calibration_configs,
+    finite_or_none,
+    fit_latency_table,
+)
+from llamanas.search.predictors import kendall_tau, mape
+from llamanas.supernet.elastic import load_supernet
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 RUNTIME = "llamacpp"
 DEFAULT_CONFIGS = 32  # fitted
@@ -67,12 +83,8 @@ def time_configs(
 ) -> list[tuple[Timed, object]]:
     """Export each config to a temporary GGUF (``type``, or each layer's ``cfg.bits``) and time it in
     llama.cpp; returns (Timed, Timing) pairs in order. ``time_fn`` defaults to ``llamacpp.time_gguf``."""
-    import warnings
-
-    from llamanas.deploy.gguf import export_subnet_gguf
-
     if time_fn is None:
-        from llamanas.deploy.llamacpp import time_gguf as time_fn
+        time_fn = time_gguf
     out = []
     with tempfile.TemporaryDirectory(prefix="llamanas-speed-") as tmp:
         path = Path(tmp) / "subnet.gguf"
@@ -95,9 +107,6 @@ def time_configs(
 
 
 def _machine() -> dict:
-    import os
-    import platform
-
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -129,8 +138,6 @@ def build_latency_table(
     first ``n_configs`` (the ends of the space and uniform configs at every width come first, so every
     cell is timed) and report its error on the last ``holdout`` (random configs); saved to ``out_path``
     when given."""
-    import os
-
     if n_configs < 2:
         raise LlamanasError(
             f"A latency table needs at least 2 calibration configs; got n_configs={n_configs}."
@@ -163,9 +170,6 @@ def build_latency_table(
 def build_latency_table_for(args, space: SearchSpace, out_path: str | Path, **kw) -> LatencyTable:
     """``build_latency_table`` for a search's ``SearchArgs`` (its model, on the CPU): the
     ``latency_table_builder`` of ``search.run.search``. ``kw`` go to ``build_latency_table``."""
-    from llamanas.deploy.gguf import tokenizer_source_for
-    from llamanas.supernet.elastic import load_supernet
-
     supernet, tokenizer = load_supernet(args.model, order=False, device="cpu")
     supernet.space = space
     return build_latency_table(
@@ -191,12 +195,6 @@ def time_front(
     ``front_llamacpp.json`` in the run folder. Type, prompt and decode lengths and threads default to
     those of the run's latency table (``--runtime llamacpp``), else F16, 128, 32 and all cores; with a
     table, each point also has the table's prediction and the payload its MAPE and Kendall tau."""
-    import os
-
-    from llamanas.search.latency import VALUES, finite_or_none
-    from llamanas.search.predictors import kendall_tau, mape
-    from llamanas.search.run import RunFiles
-
     files = RunFiles(run_dir)
     members = files.front()
     table = files.latency_table() if files.has_latency_table() else None
@@ -206,9 +204,6 @@ def time_front(
     decode_tokens = decode_tokens or t.get("decode_tokens", 32)
     threads = threads or t.get("threads") or os.cpu_count() or 1
     if supernet is None:
-        from llamanas.deploy.gguf import tokenizer_source_for
-        from llamanas.supernet.elastic import load_supernet
-
         model = files.args().model
         supernet, tokenizer = load_supernet(model, order=False, device="cpu")
         tokenizer_source = tokenizer_source or tokenizer_source_for(model)

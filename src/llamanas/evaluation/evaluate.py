@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from llamanas.errors import LlamanasError
 from llamanas.evaluation.prompts import build_prompts, effective_num_fewshot
+from llamanas.evaluation.questions import Questions
 from llamanas.evaluation.tasks import GROUPS, get_task, load_docs, resolve_tasks, subset
 
 _PAD_SEGMENT = -2  # segment id of padding; -1 is the shared prefix, 0.. the choices
@@ -286,21 +287,18 @@ def _batches(packed: list[_PackedDoc], request_offsets: np.ndarray, batch_tokens
 def prepare(
     tokenizer,
     tasks: list[str] | str,
-    split: str | None = None,
-    limit: int | None = None,
-    num_fewshot: int | None = None,
-    seed: int = 0,
+    questions: Questions = Questions(),
     *,
     batch_tokens: int = 4096,
     max_length: int | None = None,
-    offset: int = 0,
 ) -> Prepared:
     """Build, tokenize, pack and batch every request once (no model needed).
 
-    ``split=None`` uses each task's lm-eval default split; ``limit`` keeps a random subset of that many
-    documents per task, fixed by ``seed``; ``max_length`` left-truncates inputs like lm-eval does with
-    the model's maximum length (``evaluate`` passes it; None = no truncation).
+    ``questions.split=None`` uses each task's lm-eval default split; ``limit`` keeps a random subset of that
+    many documents per task, fixed by ``seed``, after skipping ``offset``; ``max_length`` left-truncates
+    inputs like lm-eval does with the model's maximum length (``evaluate`` passes it; None = no truncation).
     """
+    split, limit, num_fewshot = questions.split, questions.limit, questions.num_fewshot
     if batch_tokens < 1:
         raise LlamanasError(f"batch_tokens must be >= 1, got {batch_tokens!r}.")
     leaves, groups = resolve_tasks(tasks)
@@ -314,7 +312,7 @@ def prepare(
     for name in leaves:
         spec = get_task(name)
         task_split = split or spec.default_split
-        indices = subset(len(load_docs(name, task_split)), limit, seed, offset)
+        indices = subset(len(load_docs(name, task_split)), limit, questions.seed, questions.offset)
         prompts = build_prompts(name, task_split, num_fewshot, indices)
         pairs = [(c, x) for p in prompts for c, x in zip(p.contexts, p.continuations, strict=True)]
         encode.encode_many([_split_pair(c, x)[0] for c, x in pairs] + [c + x for c, x in pairs])
@@ -502,35 +500,21 @@ def evaluate(
     model,
     tokenizer,
     tasks: list[str] | str,
+    questions: Questions = Questions(),
     *,
-    split: str | None = None,
-    limit: int | None = None,
-    num_fewshot: int | None = None,
-    seed: int = 0,
     batch_tokens: int | None = None,
     progress: bool = True,
-    offset: int = 0,
 ) -> dict[str, TaskResult]:
     """Score ``model`` (any HF causal LM, e.g. LlamaForCausalLM) on lm-eval multiple-choice tasks.
 
     Returns one :class:`TaskResult` per task, plus one per requested group (e.g. ``mmlu``); MMLU
     subjects are reported as ``mmlu_<subject>``. Same as ``score(model, prepare(...))``.
-    ``batch_tokens`` defaults to ``auto_batch_tokens(model)``; ``offset`` skips the first documents of the
-    seeded order (``tasks.subset``), e.g. those a search selected on.
+    ``batch_tokens`` defaults to ``auto_batch_tokens(model)``; ``questions`` says which documents of each
+    task are scored (``questions.offset`` skips those a search selected on).
     """
     max_length = model_max_length(model, tokenizer)
     batch_tokens = batch_tokens or auto_batch_tokens(model, max_length)
-    prepared = prepare(
-        tokenizer,
-        tasks,
-        split,
-        limit,
-        num_fewshot,
-        seed,
-        batch_tokens=batch_tokens,
-        max_length=max_length,
-        offset=offset,
-    )
+    prepared = prepare(tokenizer, tasks, questions, batch_tokens=batch_tokens, max_length=max_length)
     return score(model, prepared, progress=progress)
 
 
@@ -544,8 +528,6 @@ def auto_batch_tokens(model, max_length: int = 2048, fraction: float = 0.25) -> 
     param = next(model.parameters())
     if param.device.type != "cuda":
         return CPU_BATCH_TOKENS
-    import torch
-
     c = model.config
     heads = c.num_attention_heads
     per_token = (8 * c.hidden_size + 4 * c.intermediate_size + heads * max_length) * param.element_size()

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from llamanas.supernet.space import SubnetConfig
+from llamanas.model.device import dtype_name
+from llamanas.supernet.slicing import standalone
+from llamanas.supernet.subnet import SubnetConfig
 
 
 @dataclass
@@ -46,7 +48,7 @@ def count(supernet, cfg: SubnetConfig, seq_len: int = 128) -> Measurement:
         params=params,
         params_non_embedding=cfg.num_params(arch, embeddings=False),
         bytes=params * dtype.itemsize,
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=dtype_name(dtype),
         macs_per_token=cfg.macs_per_token(arch, seq_len),
         seq_len=seq_len,
         kv_bytes_per_token=cfg.kv_bytes(arch),
@@ -114,8 +116,6 @@ def measure(
     (generation after a ``gen_context``-token prompt)."""
     m = count(supernet, cfg, seq_len)
     if timing:
-        from llamanas.supernet.slicing import standalone
-
         model = standalone(supernet, cfg)  # at its layers' bits when cfg has them
         model.generation_config.pad_token_id = 0
         lat, iqr, tps = time_model(

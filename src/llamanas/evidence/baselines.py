@@ -27,13 +27,23 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from llamanas.deploy.extract import extract
 from llamanas.errors import LlamanasError
+from llamanas.evaluation.evaluate import evaluate
+from llamanas.evaluation.questions import Questions
 from llamanas.model.arch import Arch
+from llamanas.model.device import dtype_name
+from llamanas.model.load import resolve
 from llamanas.supernet.blocks import block_influence, block_influence_per_block, drop_attention_blocks
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.elastic import SUPERNET_FILE, load_supernet, read_supernet_meta
+from llamanas.supernet.importance import calibration_batches, calibration_texts, check_importance
+from llamanas.supernet.sensitivity import allocate, measure_sensitivity
+from llamanas.supernet.subnet import SubnetConfig
+from llamanas.tuning.args import TuneArgs
+from llamanas.tuning.tune import finetune
 
 METHODS = ("depth", "shortgpt", "width")  # the default set
 ALL_METHODS = (*METHODS, "attention", "sensitivity")
@@ -121,6 +131,13 @@ def uniform_width(arch: Arch, target: float, multiple: int = DEFAULT_WIDTH_MULTI
     raise _too_small("width", target, _keep(arch, layers, min(widths)), arch)
 
 
+# Calibration windows (of 128 tokens) for block influence and sensitivity: they rank layers and widths, which
+# 16 windows do as well as 64 on the default model (docs/benchmarks.md, front vs baselines, disjoint re-run:
+# the sensitivity baseline measured on 16 was the strongest at 80% and 70%) at a quarter of the cost
+# (64 windows took over 30 CPU minutes for sensitivity).
+CALIBRATION_WINDOWS = 16
+
+
 @dataclass
 class BaselineSpec:
     """One baseline to evaluate: how it was made, at which target, and the resulting config."""
@@ -147,8 +164,6 @@ def baseline_configs(
     ``sensitivity`` (a ``supernet.sensitivity.Sensitivity``) is what the ``sensitivity`` method allocates
     from; ``attention_influence`` (``block_influence_per_block(...)["attention"]``) the ``attention`` one.
     """
-    from llamanas.supernet.sensitivity import allocate
-
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         raise LlamanasError(f"Unknown baseline methods {unknown}. Allowed: {', '.join(ALL_METHODS)}.")
@@ -249,7 +264,7 @@ def evaluate_specs(
     tokenizer,
     specs: Sequence[BaselineSpec],
     tasks: Sequence[str],
-    eval_kwargs: dict,
+    questions: Questions,
     evaluate_fn: Callable,
 ) -> list[BaselineResult]:
     """Evaluate each spec's sub-network in place on the super-network (no weights copied)."""
@@ -261,7 +276,7 @@ def evaluate_specs(
             )
             continue
         with supernet.subnet(spec.config):
-            results = evaluate_fn(supernet.model, tokenizer, list(tasks), **eval_kwargs)
+            results = evaluate_fn(supernet.model, tokenizer, list(tasks), questions)
         rows.append(BaselineResult.evaluated(spec, supernet.arch, results))
     return rows
 
@@ -272,12 +287,12 @@ def evaluate_checkpoint(
     arch: Arch,
     loader: Callable,
     tasks: Sequence[str],
-    eval_kwargs: dict,
+    questions: Questions,
     evaluate_fn: Callable,
 ) -> BaselineResult:
     """The row of a recovered baseline: its fine-tuned checkpoint loaded and evaluated as any model."""
     tuned, tokenizer = loader(str(folder))
-    results = evaluate_fn(tuned.model, tokenizer, list(tasks), **eval_kwargs)
+    results = evaluate_fn(tuned.model, tokenizer, list(tasks), questions)
     return BaselineResult.evaluated(spec, arch, results, source="recovered")
 
 
@@ -289,13 +304,9 @@ def run_baselines(
     *,
     supernet_dir: str | None = None,
     methods: Sequence[str] = METHODS,
-    split: str | None = None,
-    limit: int | None = None,
-    num_fewshot: int | None = None,
-    seed: int = 0,
-    offset: int = 0,
+    questions: Questions = Questions(),
     calibration: str | None = None,
-    num_samples: int = 32,
+    num_samples: int = CALIBRATION_WINDOWS,
     seq_len: int = 128,
     width_multiple: int = DEFAULT_WIDTH_MULTIPLE,
     recover: bool = False,
@@ -313,9 +324,6 @@ def run_baselines(
     by importance, as the width baseline needs, with the ``importance`` score; ``compensate`` switches bias
     compensation on for every baseline); tests pass fakes for ``loader`` and ``evaluate_fn``.
     """
-    from llamanas.supernet.importance import calibration_batches, calibration_texts, check_importance
-    from llamanas.supernet.sensitivity import measure_sensitivity
-
     if not tasks:
         raise LlamanasError("Baselines need at least one task.")
     if not sizes:
@@ -329,7 +337,6 @@ def run_baselines(
             )
         tune_args = training_budget(supernet_dir)
     if loader is None:
-        from llamanas.supernet.elastic import load_supernet
 
         def loader(name):
             return load_supernet(
@@ -342,8 +349,7 @@ def run_baselines(
             )
 
     if evaluate_fn is None:
-        from llamanas.evaluation.evaluate import evaluate as evaluate_fn
-    eval_kwargs = dict(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed, offset=offset)
+        evaluate_fn = evaluate
     sources = [("base", model)] + ([("supernet", supernet_dir)] if supernet_dir else [])
     rows: list[BaselineResult] = []
     bis: dict[str, list[float]] = {}
@@ -354,7 +360,7 @@ def run_baselines(
         if full_params and SubnetConfig.full(supernet.arch).num_params(supernet.arch) != full_params:
             raise LlamanasError(f"The super-network {name!r} does not have the shape of the model {model!r}.")
         full_params = SubnetConfig.full(supernet.arch).num_params(supernet.arch)
-        used_dtype = str(next(supernet.model.parameters()).dtype).removeprefix("torch.")
+        used_dtype = dtype_name(next(supernet.model.parameters()).dtype)
         bi = sens = attn_bi = None
         if {"shortgpt", "sensitivity", "attention"} & set(methods):
             batches = calibration_batches(tokenizer, calibration_texts(calibration), num_samples, seq_len)
@@ -369,24 +375,20 @@ def run_baselines(
             sens = measure_sensitivity(supernet, batches)
             sens_rows[source] = sens.to_dict()
         specs = baseline_configs(supernet.arch, sizes, bi, methods, source, width_multiple, sens, attn_bi)
-        rows += evaluate_specs(supernet, tokenizer, specs, tasks, eval_kwargs, evaluate_fn)
+        rows += evaluate_specs(supernet, tokenizer, specs, tasks, questions, evaluate_fn)
         if source == "base" and tune_args is not None:
             recovered = Path(out_dir) / "recovered"
             for spec in (s for s in specs if s.config is not None):
                 tuned = recover_baseline(supernet, tokenizer, spec, tune_args, recovered)
                 rows.append(
-                    evaluate_checkpoint(tuned, spec, supernet.arch, loader, tasks, eval_kwargs, evaluate_fn)
+                    evaluate_checkpoint(tuned, spec, supernet.arch, loader, tasks, questions, evaluate_fn)
                 )
         del supernet
     run = BaselineRun(
         model=model,
         supernet=supernet_dir,
         tasks=list(tasks),
-        split=split,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        seed=seed,
-        offset=offset,
+        **questions.to_dict(),
         sizes=[float(s) for s in sizes],
         full_params=full_params,
         block_influence=bis,
@@ -403,10 +405,6 @@ def run_baselines(
 
 def training_budget(supernet_dir: str):
     """The ``TuneArgs`` a super-network folder was fine-tuned with (its ``llamanas_supernet.json``)."""
-    from llamanas.model.load import resolve
-    from llamanas.supernet.elastic import SUPERNET_FILE, read_supernet_meta
-    from llamanas.tuning.tune import TuneArgs
-
     training = read_supernet_meta(resolve(supernet_dir)).get("training")
     if not training or "args" not in training:
         raise LlamanasError(
@@ -421,11 +419,6 @@ def recover_baseline(supernet, tokenizer, spec: BaselineSpec, tune_args, work: P
 
     Returns the fine-tuned folder; a finished one is reused, an interrupted one resumed (``finetune``).
     """
-    import dataclasses
-
-    from llamanas.deploy.extract import extract
-    from llamanas.tuning.tune import finetune
-
     name = "base" if spec.method == "base" else f"{spec.method}-{spec.target:g}"
     pruned, tuned = work / name / "pruned", work / name / "tuned"
     if not (pruned / "config.json").is_file():
@@ -436,7 +429,7 @@ def recover_baseline(supernet, tokenizer, spec: BaselineSpec, tune_args, work: P
             tokenizer,
             metadata={"baseline": spec.method, "target": spec.target},
         )
-    args = dataclasses.replace(
+    args = replace(
         tune_args,
         model=str(pruned),
         out=str(tuned),

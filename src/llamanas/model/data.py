@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
+
 from llamanas.errors import LlamanasError
 
 ALPACA_DEMO = "alpaca/alpaca_en_demo.json"
@@ -78,8 +80,6 @@ def alpaca_records(source: str | Path) -> list[dict]:
         raise LlamanasError(f"Data file {str(source)!r} does not exist.")
     else:
         try:
-            import datasets
-
             rows = list(datasets.load_dataset(str(source), split="train"))
         except Exception as e:  # noqa: BLE001
             raise LlamanasError(

@@ -8,11 +8,32 @@ a family, add one ``Family`` row and a parity test on a tiny random model (tests
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import transformers
+from torch import nn
 from transformers import PretrainedConfig
 
 from llamanas.errors import LlamanasError
+
+
+@dataclass(frozen=True)
+class LinearSite:
+    """One linear of a decoder layer and where it sits: enough to read it, name it to peft, or replace
+    it (the parent and name peft's ``_replace_module`` takes)."""
+
+    layer: int  # position of its decoder layer in ``model.get_decoder().layers``
+    block: str  # attribute of the decoder layer holding it (the family's ``attention`` or ``mlp``)
+    name: str  # attribute of the block
+    module: nn.Module
+    parent: nn.Module  # the block
+    path: str  # module path (from the model for ``decoder_linears``, from the layer for ``Family.sites``)
+
+    def replace(self, new: nn.Module) -> nn.Module:
+        """Put ``new`` in this linear's place (the site keeps the old module); returns ``new``."""
+        setattr(self.parent, self.name, new)
+        return new
 
 
 @dataclass(frozen=True)
@@ -37,20 +58,22 @@ class Family:
         """The seven linear names of a decoder layer, attention first."""
         return self.attention_rows + self.attention_cols + self.mlp_rows + self.mlp_cols
 
-    def block_of(self, layer, name: str):
-        """The block (attention or MLP) of decoder ``layer`` that holds the linear ``name``."""
-        in_attention = name in self.attention_rows + self.attention_cols
-        return getattr(layer, self.attention if in_attention else self.mlp)
+    def sites(self, layer, index: int = 0, prefix: str = "") -> Iterator[LinearSite]:
+        """The linears of decoder ``layer`` and where they sit, attention first (of an extracted model,
+        those of the blocks it keeps). Every walk over a layer's linears goes through here, so a family
+        with other names is walked by its row, never by LLaMA's. ``index`` and ``prefix`` (the layer's
+        module path with a trailing dot) only label the sites."""
+        for name in self.linears:
+            block = self.attention if name in self.attention_rows + self.attention_cols else self.mlp
+            parent = getattr(layer, block)
+            module = getattr(parent, name, None)
+            if module is not None:
+                yield LinearSite(index, block, name, module, parent, f"{prefix}{block}.{name}")
 
     def linears_of(self, layer) -> dict:
         """The linears of decoder ``layer`` by name, attention first (of an extracted model, those of the
         blocks it keeps)."""
-        out = {}
-        for name in self.linears:
-            lin = getattr(self.block_of(layer, name), name, None)
-            if lin is not None:
-                out[name] = lin
-        return out
+        return {site.name: site.module for site in self.sites(layer)}
 
     def rows_and_cols(self, q, kv, mlp) -> tuple[dict, dict]:
         """What each linear is cut by, by name: (on its output rows, on its input columns).
@@ -64,8 +87,6 @@ class Family:
         return rows, cols
 
     def classes(self):
-        import transformers
-
         return getattr(transformers, self.config_class), getattr(transformers, self.model_class)
 
 
@@ -80,9 +101,6 @@ FAMILIES: dict[str, Family] = {
 
 # Extracted sub-networks with per-layer sizes are saved under these model types (see extract.py).
 ELASTIC_PREFIX = "llamanas_"
-
-
-LINEARS = FAMILIES["llama"].linears  # shared by every supported family (checked in the tests)
 
 
 def base_model_type(config: PretrainedConfig) -> str | None:
@@ -102,3 +120,16 @@ def family_of(config: PretrainedConfig, source: str = "model") -> Family:
             f"Supported model types: {', '.join(sorted(FAMILIES))}."
         )
     return FAMILIES[model_type]
+
+
+def decoder_linears(model) -> Iterator[LinearSite]:
+    """Every linear of ``model``'s decoder layers, layer by layer, found by the family row of its config.
+
+    Generated lazily, so a caller may ``replace`` each site as it comes (peft's ``inject_adapter``
+    walks the same way).
+    """
+    family = family_of(model.config)
+    layers = model.get_decoder().layers
+    prefix = next(name for name, module in model.named_modules() if module is layers)
+    for i, layer in enumerate(layers):
+        yield from family.sites(layer, i, f"{prefix}.{i}.")

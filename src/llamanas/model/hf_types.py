@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
@@ -98,16 +99,14 @@ def resize_layers(model, mlp_sizes: list[int], kv_heads: list[int], output_bias:
             setattr(layer, family.mlp, NoMLP())
             setattr(layer, family.mlp_norm, nn.Identity())
         rows, cols = family.rows_and_cols(g * rep * hd, g * hd, m)
-        for name, old in family.linears_of(layer).items():
+        for site in family.sites(layer):
             # Each linear keeps the bias HF gave it from the config (and the family's q/k/v bias rule).
-            in_f, out_f = (h, rows[name]) if name in rows else (cols[name], h)
-            bias = old.bias is not None or (output_bias and name in cols)
-            setattr(family.block_of(layer, name), name, nn.Linear(in_f, out_f, bias=bias))
+            in_f, out_f = (h, rows[site.name]) if site.name in rows else (cols[site.name], h)
+            bias = site.module.bias is not None or (output_bias and site.name in cols)
+            site.replace(nn.Linear(in_f, out_f, bias=bias))
 
 
 def register() -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     for family in FAMILIES.values():
         config_cls, model_cls = elastic_classes(family)
         try:

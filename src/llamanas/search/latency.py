@@ -34,15 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import nnls
 
 from llamanas.errors import LlamanasError
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.search.predictors import Encoder, Predictor, kendall_tau, mape
+from llamanas.search.store import write_json
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 FORMAT = "llamanas-latency-table"
 VERSION = 1
 TARGETS = ("prefill_ms", "decode_ms")
 VALUES = ("latency", "throughput")  # the objective values a table gives
-RUNTIMES = ("hf", "llamacpp")  # hf: timed in the loop (transformers); llamacpp: a fitted table
 
 
 @dataclass(frozen=True)
@@ -228,8 +231,6 @@ class LatencyTable:
         )
 
     def save(self, path: str | Path) -> Path:
-        from llamanas.search.store import write_json
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, self.to_dict())
@@ -294,8 +295,6 @@ def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Subne
 
 def _nnls_relative(A: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Non-negative least squares on relative errors: min sum(((A x - y) / y)^2), x >= 0."""
-    from scipy.optimize import nnls
-
     w = 1.0 / y
     x, _ = nnls(A * w[:, None], np.ones_like(y), maxiter=50 * A.shape[1])
     return x
@@ -388,7 +387,6 @@ def holdout_error(
 ) -> dict:
     """Per value (``latency``, ``throughput``): n, MAPE and Kendall tau of the table on ``test``; with
     ``compare_predictors``, the same for ``search.predictors.Predictor('auto')`` fitted on ``train``."""
-    from llamanas.search.predictors import Encoder, Predictor, kendall_tau, mape
 
     if not test:
         return {}

@@ -16,7 +16,8 @@ computed like counts from a latency table of llama.cpp on this CPU (``search.lat
 Hypervolume uses fixed per-objective bounds (best, worst) derived from the space and the evaluation, not
 from the data seen, so numbers are comparable across runs and algorithms: accuracy in [1, 0], params
 between the smallest and the largest sub-network, gold NLL between 0 and the NLL of a uniform guess over
-the vocabulary, latency between 0 and the largest sub-network's.
+the vocabulary, latency between 0 and the largest sub-network's. A task objective's direction, unit and
+range are its metric's (``evaluation.tasks.METRICS``), not kept here.
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from moocore import hypervolume as _hv
 
 from llamanas.errors import LlamanasError, unknown
-from llamanas.supernet.space import SearchSpace, SubnetConfig, layer_macs
+from llamanas.evaluation.tasks import get_metric
+from llamanas.supernet.precision import fixed_bytes, layer_bytes, policy_bytes
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig, layer_macs
 
 MIN, MAX = "min", "max"
 TASK, COUNT, TIMING = "task", "count", "timing"  # where a value comes from
@@ -46,13 +51,17 @@ class Kind:
     metric: str | None = None  # TASK only: the per-task metric averaged over --tasks
 
 
+def _task_kind(metric: str, help: str) -> Kind:
+    """A TASK objective: the mean of a task metric, with that metric's direction and unit."""
+    m = get_metric(metric)
+    return Kind(MAX if m.higher_is_better else MIN, TASK, m.unit, help, metric)
+
+
 # Adding an objective is adding a row here (and producing its value key in workers.py).
 KINDS: dict[str, Kind] = {
-    "accuracy": Kind(MAX, TASK, "", "mean accuracy (acc) over --tasks", "acc"),
-    "acc_norm": Kind(MAX, TASK, "", "mean length-normalised accuracy over --tasks", "acc_norm"),
-    "gold_nll": Kind(
-        MIN, TASK, "nats", "mean negative log-likelihood of the gold answers (smooth proxy)", "gold_nll"
-    ),
+    "accuracy": _task_kind("acc", "mean accuracy (acc) over --tasks"),
+    "acc_norm": _task_kind("acc_norm", "mean length-normalised accuracy over --tasks"),
+    "gold_nll": _task_kind("gold_nll", "mean negative log-likelihood of the gold answers (smooth proxy)"),
     "params": Kind(MIN, COUNT, "", "parameters of the extracted sub-network"),
     "bytes": Kind(
         MIN,
@@ -84,8 +93,6 @@ KINDS: dict[str, Kind] = {
 }
 # Per-task variants "<metric>:<task>" use the direction of the aggregate with that metric.
 PER_TASK = {k.metric: name for name, k in KINDS.items() if k.source == TASK}
-# Task metrics in [0, 1].
-BOUNDED_METRICS = ("acc", "acc_norm")
 
 
 @dataclass(frozen=True)
@@ -231,8 +238,8 @@ def value_range(obj: Objective, counts: Counts | None) -> tuple[float, float]:
         if counts is None:
             raise LlamanasError(f"Objective {obj.name!r} needs the search space to know its range.")
         return counts.range(obj.name)
-    if obj.source == TASK and obj.metric in BOUNDED_METRICS:
-        return 0.0, 1.0
+    if obj.source == TASK:
+        return get_metric(obj.metric).range
     return 0.0, math.inf
 
 
@@ -311,8 +318,6 @@ class Counts:
         # bytes[layer, mlp index, kv index, bits index]; one bits slot when the space has no precision genes.
         self.bits_max = np.array([len(b) - 1 for b in space.bits_choices], dtype=int)
         if space.bits_choices:
-            from llamanas.supernet.precision import fixed_bytes, layer_bytes
-
             cb = int(self.bits_max.max()) + 1
             self.tables["bytes"] = np.zeros((a.num_layers, cm, ck, cb))
             for i in range(a.num_layers):
@@ -371,12 +376,7 @@ class Counts:
         """The exact counts of one config (the values stored with every evaluation)."""
         a = self.space.arch
         params = cfg.num_params(a)
-        if self.space.bits_choices:
-            from llamanas.supernet.precision import policy_bytes
-
-            size = float(policy_bytes(a, cfg))
-        else:
-            size = float(params * self.dtype_bytes)
+        size = float(policy_bytes(a, cfg)) if self.space.bits_choices else float(params * self.dtype_bytes)
         out = {
             "params": float(params),
             "bytes": size,
@@ -450,8 +450,8 @@ def bounds(
     """
     if obj.analytic:
         lo, hi = value_range(obj, counts)
-    elif obj.source == TASK and obj.metric in BOUNDED_METRICS:
-        lo, hi = 0.0, 1.0
+    elif obj.source == TASK and get_metric(obj.metric).bounded:
+        lo, hi = get_metric(obj.metric).range
     else:
         reference = reference or {}
         missing = [k for k in obj.keys if k not in reference]
@@ -499,6 +499,4 @@ def hypervolume(Fn: np.ndarray) -> float:
     Fn = Fn[np.all(Fn < 1.0, axis=1)]
     if len(Fn) == 0:
         return 0.0
-    from moocore import hypervolume as _hv
-
     return float(_hv(Fn, ref=np.ones(Fn.shape[1])))

@@ -20,6 +20,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import kendalltau
+from sklearn.ensemble import GradientBoostingRegressor
+from sklearn.linear_model import RidgeCV
+from sklearn.model_selection import KFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVR
 
 from llamanas.errors import LlamanasError, unknown
 from llamanas.search.objectives import Counts
@@ -124,25 +131,15 @@ def _frac(v: np.ndarray, rng: tuple[float, float]) -> np.ndarray:
 
 
 def _ridge(seed: int):
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
 
 
 def _svr(seed: int):
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVR
-
     # Targets are standardised before fitting, so C and epsilon are in units of the target's std.
     return make_pipeline(StandardScaler(), SVR(kernel="rbf", C=10.0, epsilon=0.02, gamma="scale"))
 
 
 def _gbr(seed: int):
-    from sklearn.ensemble import GradientBoostingRegressor
-
     return GradientBoostingRegressor(
         n_estimators=100, max_depth=3, learning_rate=0.1, subsample=0.8, random_state=seed
     )
@@ -219,8 +216,6 @@ class Predictor:
         return self
 
     def _oof(self, name: str, F: np.ndarray, z: np.ndarray) -> np.ndarray:
-        from sklearn.model_selection import KFold
-
         out = np.zeros_like(z)
         folds = KFold(n_splits=min(self.folds, len(z)), shuffle=True, random_state=self.seed)
         for train, test in folds.split(F):
@@ -257,8 +252,6 @@ def kendall_tau(a, b) -> float:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
-    from scipy.stats import kendalltau
-
     return float(kendalltau(a, b).statistic)
 
 

@@ -9,9 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.core.duplicate import DuplicateElimination
 from pymoo.core.problem import Problem
 from pymoo.core.repair import Repair
+from pymoo.operators.crossover.sbx import SBX
+from pymoo.operators.mutation.pm import PM
+from pymoo.operators.repair.rounding import RoundingRepair
 
 from llamanas.errors import LlamanasError
 from llamanas.search.objectives import Constraint, Counts, Objective
@@ -60,35 +64,15 @@ class Goals:
 
 
 class SpaceRepair(Repair):
-    """Round, clip to bounds and apply ``SearchSpace.repair`` to every row (vectorised: pymoo calls this
-    on every mating attempt, thousands of times per inner search)."""
+    """Round and apply ``SearchSpace.repair`` to all rows at once (it is vectorised: pymoo calls this on
+    every mating attempt, thousands of times per inner search)."""
 
     def __init__(self, space: SearchSpace):
         super().__init__()
         self.space = space
-        self.xl, self.xu = space.bounds()
 
     def _do(self, problem, X, **kwargs):
-        return repair_rows(self.space, np.round(np.asarray(X, dtype=float)).astype(int), self.xl, self.xu)
-
-
-def repair_rows(space: SearchSpace, X: np.ndarray, xl=None, xu=None) -> np.ndarray:
-    """``SearchSpace.repair`` on each row of X at once (same result, row by row)."""
-    if xl is None:
-        xl, xu = space.bounds()
-    X = np.clip(np.atleast_2d(X), xl, xu).astype(int)
-    if any(m[0] == 0 for m in space.mlp_choices) or any(k[0] == 0 for k in space.kv_choices):
-        # Skippable blocks: the block rules of ``SearchSpace.repair`` (a layer with no block is skipped,
-        # the first kept layer keeps attention) row by row.
-        return np.array([space.repair(x) for x in X], dtype=int).reshape(X.shape)
-    if space.mode == "per_layer":
-        keep = space.split_genes(X)["keep"]  # a view: switching layers on writes X
-        keep[:, list(space.always_keep)] = 1
-        missing = space.min_depth - keep.sum(axis=1, keepdims=True)
-        # Switch on the lowest-index skipped layers: the first `missing` zeros of each row.
-        skipped = keep == 0
-        keep[skipped & (np.cumsum(skipped, axis=1) <= missing)] = 1
-    return X
+        return self.space.repair(np.round(np.asarray(X, dtype=float)).astype(int))
 
 
 def canonical_keys(counts: Counts, X: np.ndarray) -> list[bytes]:
@@ -155,11 +139,6 @@ class SubnetProblem(Problem):
 
 def make_nsga2(space: SearchSpace, counts: Counts, pop_size: int, sampling: np.ndarray, archive: set[bytes]):
     """NSGA-II with integer SBX/PM (DyNAS-T's operator settings) and config-level duplicate elimination."""
-    from pymoo.algorithms.moo.nsga2 import NSGA2
-    from pymoo.operators.crossover.sbx import SBX
-    from pymoo.operators.mutation.pm import PM
-    from pymoo.operators.repair.rounding import RoundingRepair
-
     return NSGA2(
         pop_size=pop_size,
         sampling=sampling,

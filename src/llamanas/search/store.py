@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llamanas.errors import LlamanasError
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.subnet import SubnetConfig
 
 SCHEMA_VERSION = 1
 APPLICATION = "llamanas-results"

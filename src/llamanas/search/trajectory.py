@@ -18,7 +18,8 @@ from llamanas.search.objectives import Counts
 from llamanas.search.problem import Goals, canonical_keys
 from llamanas.search.store import Record, Store
 from llamanas.search.workers import EvalSettings, Outcome
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 
 @dataclass

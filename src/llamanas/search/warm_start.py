@@ -15,12 +15,20 @@ holds the model) and saved in the run folder, so a resumed run replays the same 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from llamanas.errors import LlamanasError, unknown
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.blocks import attention_configs, skippable_attention
+from llamanas.supernet.importance import calibration_batches, calibration_texts
+from llamanas.supernet.sensitivity import sensitivity_configs
+from llamanas.supernet.subnet import SubnetConfig
 
-WARM_STARTS = ("sensitivity", "attention")
+# ``--warm-start NAME``: (super-network, calibration batches) -> configs. The names are this table's keys.
+MAKERS: dict[str, Callable[..., list[SubnetConfig]]] = {
+    "sensitivity": sensitivity_configs,
+    "attention": attention_configs,
+}
+WARM_STARTS = tuple(MAKERS)
 WARM_START_FILE = "warm_start.json"
 
 
@@ -38,10 +46,6 @@ def warm_start_configs(
     """``{method: [config dict, ...]}`` for each named method, on ``num_samples`` windows of 128 tokens of the
     calibration text ordering uses (seeds need a ranking, not a precise loss: sensitivity costs one
     calibration pass per (layer, width choice), about 90 passes on the default model's width-only space)."""
-    from llamanas.supernet.blocks import attention_configs, skippable_attention
-    from llamanas.supernet.importance import calibration_batches, calibration_texts
-    from llamanas.supernet.sensitivity import sensitivity_configs
-
     check_warm_start(names)
     if "attention" in names and not skippable_attention(supernet.space):  # before any calibration pass
         raise LlamanasError(
@@ -52,8 +56,7 @@ def warm_start_configs(
     batches = [
         b.to(device) for b in calibration_batches(tokenizer, calibration_texts(calibration), num_samples)
     ]
-    makers = {"sensitivity": sensitivity_configs, "attention": attention_configs}
-    return {n: [c.to_dict() for c in makers[n](supernet, batches)] for n in names}
+    return {n: [c.to_dict() for c in MAKERS[n](supernet, batches)] for n in names}
 
 
 def interleave(seeds: dict[str, list[dict]]) -> list[SubnetConfig]:

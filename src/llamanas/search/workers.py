@@ -23,19 +23,29 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from llamanas.errors import LlamanasError, from_dict_strict
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+import numpy as np
+
+from llamanas.config import from_dict_strict
+from llamanas.errors import LlamanasError
+from llamanas.evaluation.evaluate import model_max_length, prepare, score
+from llamanas.evaluation.measure import measure
+from llamanas.evaluation.questions import Questions
+from llamanas.evaluation.tasks import GROUPS
+from llamanas.model.load import fingerprint
+from llamanas.search.warm_start import warm_start_configs
+from llamanas.supernet.elastic import load_supernet
+from llamanas.supernet.slicing import subnet_model
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 
 @dataclass(frozen=True)
-class EvalSettings:
-    """Everything that changes a measured value (except the weights, which the fingerprint covers)."""
+class EvalSettings(Questions):
+    """Everything that changes a measured value (except the weights, which the fingerprint covers): the
+    questions (``Questions``' fields, flat in run.json) and the rest of what is measured."""
 
-    tasks: tuple[str, ...] = ()
     split: str | None = "validation"
-    limit: int | None = None
-    num_fewshot: int | None = None
-    seed: int = 0
+    tasks: tuple[str, ...] = ()
     timing: bool = False  # measure latency/throughput of the extracted sub-network
     seq_len: int = 128  # for MACs per token
     dtype: str = "float32"
@@ -47,6 +57,7 @@ class EvalSettings:
     compensate: bool = False  # bias compensation on the slices (changes values, not the weights)
 
     def __post_init__(self):
+        super().__post_init__()
         object.__setattr__(self, "tasks", tuple(self.tasks))
 
     def to_dict(self) -> dict:
@@ -57,11 +68,6 @@ class EvalSettings:
     @classmethod
     def from_dict(cls, d: dict) -> EvalSettings:
         return from_dict_strict(cls, d, "evaluation settings")
-
-    def evaluate_kwargs(self) -> dict:
-        """Which items are scored and how: ``split``, ``limit``, ``num_fewshot`` and ``seed`` (the subset's), as
-        ``evaluation.evaluate``/``prepare`` take them."""
-        return {"split": self.split, "limit": self.limit, "num_fewshot": self.num_fewshot, "seed": self.seed}
 
     def hash(self) -> str:
         """Stable key of these settings (sorted JSON; task order does not change any value)."""
@@ -75,6 +81,8 @@ class EvalSettings:
                 d.pop(k)
         if not self.compensate:  # keys of stores made before compensation
             d.pop("compensate")
+        if not self.offset:  # keys of stores made before offsets
+            d.pop("offset")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -131,9 +139,6 @@ class SupernetEvaluator:
     """Scores sub-networks of one loaded super-network on prepared tasks; optionally times them."""
 
     def __init__(self, spec: SupernetSpec, device: str | None = None):
-        from llamanas.model.load import fingerprint
-        from llamanas.supernet.elastic import load_supernet
-
         self.spec, s = spec, spec.settings
         supernet, tokenizer = load_supernet(
             spec.model,
@@ -151,12 +156,10 @@ class SupernetEvaluator:
         self._fingerprint = fingerprint(supernet.model)
         self.prepared = None
         if s.tasks:
-            from llamanas.evaluation.evaluate import model_max_length, prepare
-
             self.prepared = prepare(
                 tokenizer,
                 list(s.tasks),
-                **s.evaluate_kwargs(),
+                s.questions(),
                 max_length=model_max_length(supernet.model, tokenizer),
             )
 
@@ -183,31 +186,20 @@ class SupernetEvaluator:
 
     def warm_start(self, names: tuple[str, ...]) -> dict:
         """Warm-start configs (``search.warm_start``) from this super-network, on ordering's calibration text."""
-        from llamanas.search.warm_start import warm_start_configs
-
         return warm_start_configs(self.supernet, self.tokenizer, names, self.spec.calibration)
 
     def _time(self, cfg: SubnetConfig) -> dict[str, float]:
-        from llamanas.evaluation.measure import measure
-
         s = self.spec.settings
         m = measure(self.supernet, cfg, s.seq_len, True, s.prefill_tokens, s.gen_tokens, repeats=s.repeats)
         return {"latency": float(m.latency_ms), "throughput": float(m.throughput_tok_s)}
 
     def evaluate(self, cfg: SubnetConfig) -> Outcome:
-        from llamanas.evaluation.evaluate import score
-
         started = time.time()
         values: dict[str, float] = {}
         split, n_items = None, None
         if self.prepared is not None:
-            if cfg.quantized:  # precision genes: score the extracted sub-network at its layers' bits
-                from llamanas.supernet.slicing import standalone
-
-                results = score(standalone(self.supernet, cfg), self.prepared)
-            else:
-                with self.supernet.subnet(cfg) as model:
-                    results = score(model, self.prepared)
+            with subnet_model(self.supernet, cfg) as model:
+                results = score(model, self.prepared)
             tasks = self.spec.settings.tasks
             for t in tasks:
                 r = results[t]
@@ -229,8 +221,6 @@ def uniform_gold_nll(prepared, tasks, vocab_size: int) -> dict[str, float]:
     This is the 'worst' end of the gold_nll hypervolume range: a fixed number for these evaluation
     settings, so hypervolumes of different runs and algorithms compare.
     """
-    import numpy as np
-
     n_req = int(prepared.request_offsets[-1])
     tokens = np.zeros(n_req)
     for b in prepared.batches:
@@ -245,8 +235,6 @@ def uniform_gold_nll(prepared, tasks, vocab_size: int) -> dict[str, float]:
         if t in per_task:
             out[t] = per_task[t]
         else:  # a group: size-weighted mean of its tasks, as lm-eval aggregates
-            from llamanas.evaluation.tasks import GROUPS
-
             parts = [p for p in GROUPS[t] if p in per_task]
             out[t] = sum(per_task[p] * sizes[p] for p in parts) / sum(sizes[p] for p in parts)
     return out
@@ -324,7 +312,7 @@ class RayPool:
 
     def __init__(self, spec: EvaluatorSpec, workers: int = 2, address: str | None = None):
         try:
-            import ray
+            import ray  # lazy: optional extra (llamanas[ray]), only for --workers > 1 / --ray-address
         except ImportError:
             raise LlamanasError(
                 "--workers > 1 and --ray-address need Ray: pip install 'ray[default]>=2.9'."

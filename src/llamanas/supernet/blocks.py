@@ -15,7 +15,8 @@ import torch
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
-from llamanas.supernet.space import SubnetConfig
+from llamanas.model.families import family_of
+from llamanas.supernet.subnet import SubnetConfig
 
 
 def drop_attention_blocks(arch: Arch, attention_influence: Sequence[float], k: int) -> SubnetConfig:
@@ -38,8 +39,6 @@ def block_influence_per_block(model, batches: Sequence[torch.Tensor]) -> dict[st
     """Block Influence of each decoder layer (``layer``: 1 - mean cos(input, output), ShortGPT) and of its
     attention and MLP block on their own (``attention``, ``mlp``: ``1 - mean cos(h, h + block)``, where h
     is the residual stream entering the block), over calibration tokens."""
-    from llamanas.model.families import family_of
-
     family = family_of(model.config)
     layers = model.get_decoder().layers
     n = len(layers)

@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.families import family_of
 from llamanas.supernet.importance import output_inputs
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 COMPENSATION_FILE = "llamanas_compensation.safetensors"
 DEFAULT_RIDGE = 1e-3  # ridge, relative to the mean diagonal of the kept channels' Gram matrix
@@ -81,8 +84,6 @@ class Compensation:
     def save(self, folder: str | Path) -> Path:
         """Write the mean inputs to ``folder/llamanas_compensation.safetensors`` (the biases follow from
         them and the folder's weights)."""
-        from safetensors.torch import save_file
-
         tensors = {f"mlp_mean.{i}": t.double().contiguous() for i, t in enumerate(self.mlp_mean)}
         tensors |= {f"attn_mean.{i}": t.double().contiguous() for i, t in enumerate(self.attn_mean)}
         path = Path(folder) / COMPENSATION_FILE
@@ -92,8 +93,6 @@ class Compensation:
     @classmethod
     def load(cls, folder: str | Path) -> Compensation | None:
         """The compensation saved in ``folder``; None when it has none."""
-        from safetensors import safe_open
-
         path = Path(folder) / COMPENSATION_FILE
         if not path.is_file():
             return None

@@ -27,8 +27,16 @@ from llamanas.model.arch import Arch
 from llamanas.model.device import linear
 from llamanas.model.families import family_of
 from llamanas.model.hf_types import NoAttention, NoMLP, check_attention_skippable
-from llamanas.supernet.compensation import Compensation
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.model.load import load_model, resolve
+from llamanas.supernet.compensation import Compensation, compute_compensation
+from llamanas.supernet.importance import (
+    calibration_batches,
+    calibration_texts,
+    check_importance,
+    order_model,
+)
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 
 class ElasticLinear(nn.Linear):
@@ -117,8 +125,6 @@ class SuperNet:
 
     def compensate(self, batches) -> Compensation:
         """Measure bias compensation on calibration batches (at full width) and switch it on."""
-        from llamanas.supernet.compensation import compute_compensation
-
         previous = self.active
         self.reset()
         try:
@@ -222,6 +228,15 @@ def read_supernet_meta(folder: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def supernet_source(folder: str | Path) -> str | None:
+    """The model a super-network folder was fine-tuned from (its ``training`` record's ``args.model``);
+    None for a folder without one."""
+    training = read_supernet_meta(folder).get("training")
+    args = training.get("args") if isinstance(training, dict) else None
+    model = args.get("model") if isinstance(args, dict) else None
+    return model if isinstance(model, str) else None
+
+
 def write_supernet_meta(
     folder: str | Path,
     space: SearchSpace,
@@ -256,14 +271,6 @@ def load_supernet(
     bias compensation on: the folder's saved one (``Compensation.save``), else measured on the
     calibration text after ordering.
     """
-    from llamanas.model.load import load_model, resolve
-    from llamanas.supernet.importance import (
-        calibration_batches,
-        calibration_texts,
-        check_importance,
-        order_model,
-    )
-
     check_importance(importance)  # fail before loading
     model, tokenizer = load_model(name, dtype=dtype, device=device, work=work, say=say)
     meta = read_supernet_meta(resolve(name))

@@ -28,6 +28,7 @@ import torch
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
+from llamanas.model.data import ALPACA_DEMO, find_data, load_alpaca
 from llamanas.model.families import family_of
 
 
@@ -236,20 +237,22 @@ def compute_ordering(model, batches: list[torch.Tensor], importance: str = DEFAU
 BUILTIN = Path(__file__).with_name("calibration.txt")
 
 
+def default_calibration() -> Path:
+    """The calibration file used when none is given: the Alpaca demo data when the shared data folder is
+    found (the data InstaTune trains on), else the short built-in text."""
+    return Path(find_data(ALPACA_DEMO) or BUILTIN)
+
+
 def calibration_texts(path: str | Path | None = None) -> list[str]:
     """Texts for ordering: an Alpaca-format JSON/JSONL file or a .txt file.
 
     Default: the Alpaca demo data when the shared data folder is found (the data InstaTune trains on),
     else a short built-in text.
     """
-    from llamanas.model.data import ALPACA_DEMO, find_data
-
-    p = Path(path) if path else (find_data(ALPACA_DEMO) or BUILTIN)
+    p = Path(path) if path else default_calibration()
     if not p.is_file():
         raise LlamanasError(f"Calibration file {str(path)!r} does not exist.")
     if p.suffix in (".json", ".jsonl"):
-        from llamanas.model.data import load_alpaca
-
         return [r.prompt + r.response for r in load_alpaca(p)]
     return [t.strip() for t in p.read_text().split("\n\n") if t.strip()]
 

@@ -23,6 +23,7 @@ joint search of architecture and precision.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 
@@ -32,8 +33,8 @@ from torch import nn
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
-from llamanas.model.families import LINEARS
-from llamanas.supernet.space import BITS, SubnetConfig
+from llamanas.model.families import decoder_linears
+from llamanas.supernet.subnet import BITS, SubnetConfig
 
 METHODS = {"int8": 8, "int4": 4}
 DEFAULT_GROUP_SIZE = 64
@@ -256,18 +257,14 @@ def apply_precision(model, layer_bits: Sequence[int], group_size: int = DEFAULT_
     Embeddings, norms and the LM head are not touched (the paper keeps them in 16 bits). The policy is
     recorded on ``model.config.llamanas_quant`` so ``save_quantized`` and ``model_bytes`` know it.
     """
-    layers = model.get_decoder().layers
-    bits = _check_bits(layer_bits, len(layers))
-    for layer, b in zip(layers, bits, strict=True):
+    bits = _check_bits(layer_bits, len(model.get_decoder().layers))
+    for site in decoder_linears(model):
+        b = bits[site.layer]
         if b == 16:
             continue
-        for parent in (layer.self_attn, layer.mlp):
-            for name in LINEARS:
-                lin = getattr(parent, name, None)
-                if isinstance(lin, QuantLinear):
-                    raise LlamanasError("The model is already quantized; quantize the unquantized model.")
-                if lin is not None:
-                    setattr(parent, name, QuantLinear.from_linear(lin, b, group_size))
+        if isinstance(site.module, QuantLinear):
+            raise LlamanasError("The model is already quantized; quantize the unquantized model.")
+        site.replace(QuantLinear.from_linear(site.module, b, group_size))
     model.config.llamanas_quant = {
         "format": FORMAT_VERSION,
         "method": _method_name(bits),
@@ -300,8 +297,6 @@ def quantize_model(model, method: str = "int8", group_size: int = DEFAULT_GROUP_
 
 
 def _has_bnb() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("bitsandbytes") is not None
 
 
@@ -311,29 +306,23 @@ def quantize_bnb_int8(model, threshold: float = 6.0):
     if not torch.cuda.is_available():
         raise LlamanasError("bitsandbytes LLM.int8 needs a CUDA GPU; use backend 'cpu' on this machine.")
     try:
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # lazy: optional extra (CUDA only), not a dependency
     except ImportError:
         raise LlamanasError("The bnb backend needs bitsandbytes: pip install bitsandbytes.") from None
     model.half().cuda()
-    for layer in model.get_decoder().layers:
-        for parent in (layer.self_attn, layer.mlp):
-            for name in LINEARS:
-                lin = getattr(parent, name, None)
-                if lin is None:
-                    continue
-                new = bnb.nn.Linear8bitLt(
-                    lin.in_features,
-                    lin.out_features,
-                    bias=lin.bias is not None,
-                    has_fp16_weights=False,
-                    threshold=threshold,
-                )
-                new.weight = bnb.nn.Int8Params(
-                    lin.weight.data.cpu(), requires_grad=False, has_fp16_weights=False
-                )
-                if lin.bias is not None:
-                    new.bias = nn.Parameter(lin.bias.data.cpu(), requires_grad=False)
-                setattr(parent, name, new.cuda())  # .cuda() quantizes the weight
+    for site in decoder_linears(model):
+        lin = site.module
+        new = bnb.nn.Linear8bitLt(
+            lin.in_features,
+            lin.out_features,
+            bias=lin.bias is not None,
+            has_fp16_weights=False,
+            threshold=threshold,
+        )
+        new.weight = bnb.nn.Int8Params(lin.weight.data.cpu(), requires_grad=False, has_fp16_weights=False)
+        if lin.bias is not None:
+            new.bias = nn.Parameter(lin.bias.data.cpu(), requires_grad=False)
+        site.replace(new.cuda())  # .cuda() quantizes the weight
     bits = [8] * len(model.get_decoder().layers)
     model.config.llamanas_quant = {
         "format": FORMAT_VERSION,

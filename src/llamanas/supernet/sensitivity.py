@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.subnet import SubnetConfig
 
 
 @dataclass
@@ -56,32 +57,47 @@ def calibration_loss(model, batches: Sequence[torch.Tensor]) -> float:
     return total / tokens
 
 
-def measure_sensitivity(supernet, batches: Sequence[torch.Tensor]) -> Sensitivity:
+def measure_sensitivity(supernet, batches: Sequence[torch.Tensor], progress: bool = True) -> Sensitivity:
     """The loss increase of every (layer, width choice) of ``supernet.space``, one layer sliced at a time
     (``sum over layers of (choices - 1)`` evaluations of the calibration loss). A width allocation: the
-    0 choices (skipped blocks) are left out."""
+    0 choices (skipped blocks) are left out. ``progress`` shows a bar with an ETA (minutes on a CPU)."""
     arch, space = supernet.arch, supernet.space
     full = SubnetConfig.full(arch)
+    mlp_widths = [
+        [m for m in space.mlp_choices[i] if m and m != arch.intermediate_size] for i in range(arch.num_layers)
+    ]
+    kv_widths = [
+        [g for g in space.kv_choices[i] if g and g != arch.num_kv_heads] for i in range(arch.num_layers)
+    ]
+    bar = tqdm(
+        total=1 + sum(map(len, mlp_widths)) + sum(map(len, kv_widths)),
+        desc="sensitivity (calibration passes)",
+        disable=not progress,
+    )
     previous = supernet.active
     try:
         supernet.activate(full)
         base = calibration_loss(supernet.model, batches)
+        bar.update()
         mlp: list[dict[int, float]] = []
         kv: list[dict[int, float]] = []
         for i in range(arch.num_layers):
-            row: dict[int, float] = {}
-            for m in (m for m in space.mlp_choices[i] if m):  # widths only: 0 (a skipped block) is not one
+            row: dict[int, float] = (
+                {arch.intermediate_size: 0.0} if arch.intermediate_size in space.mlp_choices[i] else {}
+            )
+            for m in mlp_widths[i]:
                 supernet.activate(_with(full, i, mlp=m))
-                row[m] = (
-                    0.0 if m == arch.intermediate_size else calibration_loss(supernet.model, batches) - base
-                )
-            mlp.append(row)
-            row = {}
-            for g in (g for g in space.kv_choices[i] if g):
+                row[m] = calibration_loss(supernet.model, batches) - base
+                bar.update()
+            mlp.append(dict(sorted(row.items())))
+            row = {arch.num_kv_heads: 0.0} if arch.num_kv_heads in space.kv_choices[i] else {}
+            for g in kv_widths[i]:
                 supernet.activate(_with(full, i, kv=g))
-                row[g] = 0.0 if g == arch.num_kv_heads else calibration_loss(supernet.model, batches) - base
-            kv.append(row)
+                row[g] = calibration_loss(supernet.model, batches) - base
+                bar.update()
+            kv.append(dict(sorted(row.items())))
     finally:
+        bar.close()
         supernet.activate(previous)
     return Sensitivity(base, mlp, kv)
 

@@ -14,6 +14,7 @@ equals ``supernet.subnet(cfg)``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -21,7 +22,8 @@ from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.families import ELASTIC_PREFIX, family_of
 from llamanas.model.hf_types import LAYER_KV, LAYER_MLP, LAYER_OUTPUT_BIAS, elastic_classes
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.precision import DEFAULT_GROUP_SIZE, apply_precision
+from llamanas.supernet.subnet import SubnetConfig
 
 
 def output_biased(model, cfg: SubnetConfig, compensation=None) -> bool:
@@ -203,7 +205,17 @@ def standalone(
     finally:
         supernet.activate(previous)
     if cfg.quantized:
-        from llamanas.supernet.precision import DEFAULT_GROUP_SIZE, apply_precision
-
         apply_precision(new, cfg.bits, group_size or DEFAULT_GROUP_SIZE)
     return new
+
+
+@contextmanager
+def subnet_model(supernet, cfg: SubnetConfig) -> Iterator[torch.nn.Module]:
+    """The model that runs ``cfg``, for scoring or timing: the super-network with ``cfg`` switched on in
+    place, or, for per-layer bits below 16 (which no elastic slice runs), its extracted quantized copy.
+    The one place that decides how a sub-network runs (``eval``, the search's evaluator)."""
+    if cfg.quantized:
+        yield standalone(supernet, cfg)
+    else:
+        with supernet.subnet(cfg) as model:
+            yield model

@@ -12,26 +12,20 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from llamanas.errors import LlamanasError
+from llamanas.tuning.args import TuneArgs
 from llamanas.tuning.curves import write_loss_curves
 
-if TYPE_CHECKING:
-    from llamanas.tuning.tune import TuneArgs
-
 CHECKPOINT_DIR = "checkpoint"
-# Arguments that may change between an interrupted run and its resumption (they do not change results).
-RESUME_FREE = ("out", "save_every", "keep_checkpoint", "device")  # a moved folder still resumes
 
 
 def write_checkpoint(folder: Path, model, state: dict, files: dict[str, str], records: list[dict]) -> None:
     """Replace ``folder`` atomically (tmp folder + rename): ``model``'s trainable parameters, ``state``
     plus the RNG states, the text ``files`` by name, and the loss curves of ``records``."""
-    from safetensors.torch import save_file
-
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -52,7 +46,7 @@ def write_checkpoint(folder: Path, model, state: dict, files: dict[str, str], re
 def check_same_args(saved: TuneArgs, now: TuneArgs, what: str) -> None:
     """Refuse to resume or reuse a run made with other arguments (``what`` is where it was found)."""
     a, b = saved.to_dict(), now.to_dict()
-    diff = [k for k in a if k not in RESUME_FREE and a[k] != b[k]]
+    diff = [k for k in a if k not in TuneArgs.may_change_on_resume() and a[k] != b[k]]
     if diff:
         shown = ", ".join(f"{k}: {b[k]!r} now vs {a[k]!r} there" for k in diff)
         raise LlamanasError(
@@ -75,8 +69,6 @@ def read_checkpoint(folder: Path) -> dict:
 
 def load_params(folder: Path, model) -> None:
     """Copy the checkpointed trainable parameters into ``model``; they must match its trainable ones."""
-    from safetensors.torch import load_file
-
     tensors = load_file(str(folder / "params.safetensors"))
     named = dict(model.named_parameters())
     missing = [n for n, p in named.items() if p.requires_grad and n not in tensors]

@@ -18,7 +18,7 @@ def write_loss_curves(records: list[dict], csv_path: Path, png_path: Path | None
         w.writerows({k: r[k] for k in CSV_COLUMNS} for r in records)
     if png_path is None or not records:
         return
-    try:
+    try:  # lazy: matplotlib only draws the PNG, and Agg must be chosen before pyplot loads
         import matplotlib
 
         matplotlib.use("Agg")

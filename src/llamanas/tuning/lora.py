@@ -7,10 +7,8 @@ import functools
 import warnings
 
 from llamanas.errors import LlamanasError
-from llamanas.model.families import LINEARS
+from llamanas.model.families import decoder_linears
 from llamanas.supernet.elastic import ElasticLinear, SuperNet
-
-LORA_TARGETS = LINEARS
 
 
 @functools.cache
@@ -24,7 +22,7 @@ def elastic_lora_class():
     ElasticLinears too, so peft's own forward, merge and unload work unchanged.
     """
     try:
-        from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import Linear as LoraLinear  # lazy: peft takes seconds to import; only --lora
     except ImportError:
         raise LlamanasError("--lora needs peft: pip install peft") from None
 
@@ -74,10 +72,12 @@ def attach_lora(supernet: SuperNet, r: int = 16, alpha: int = 32, dropout: float
     calling ``supernet.model``, whose modules now hold the adapters.
     """
     try:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # lazy: peft takes seconds to import; only --lora
     except ImportError:
         raise LlamanasError("--lora needs peft: pip install peft") from None
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS))
+    # Exact module paths from the family walk, so peft adapts the linears the row names and nothing else.
+    targets = [site.path for site in decoder_linears(supernet.model)]
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
     config._register_custom_module({ElasticLinear: elastic_lora_class()})  # peft's custom-layer hook
     with warnings.catch_warnings():  # peft calls a transformers API that v5 deprecates; not ours to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

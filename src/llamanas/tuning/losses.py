@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from llamanas.supernet.elastic import SuperNet
-from llamanas.supernet.space import SubnetConfig
+from llamanas.supernet.subnet import SubnetConfig
 from llamanas.tuning.batches import IGNORE, Batches
 
 

@@ -31,7 +31,8 @@ from enum import Enum
 import numpy as np
 
 from llamanas.errors import LlamanasError, unknown
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
 
 
 class Schedule(str, Enum):

@@ -15,15 +15,23 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
 from llamanas.model.data import load_alpaca
-from llamanas.supernet.elastic import SuperNet, read_supernet_meta, write_supernet_meta
-from llamanas.supernet.space import SearchSpace, SubnetConfig
+from llamanas.model.device import dtype_name, resolve_device
+from llamanas.model.load import resolve
+from llamanas.supernet.elastic import SuperNet, load_supernet, read_supernet_meta, write_supernet_meta
+from llamanas.supernet.importance import Ordering, order_model
+from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.subnet import SubnetConfig
+from llamanas.tuning.args import TuneArgs
 from llamanas.tuning.batches import Batches, encode, split_examples
 from llamanas.tuning.checkpoint import (
     CHECKPOINT_DIR,
@@ -38,9 +46,6 @@ from llamanas.tuning.curves import write_loss_curves
 from llamanas.tuning.lora import attach_lora, merge_lora
 from llamanas.tuning.losses import SoftTargets, distill_loss, eval_loss, response_logits, token_logits
 from llamanas.tuning.sampling import Role, Sampler, Strategy
-
-if TYPE_CHECKING:
-    from llamanas.tuning.tune import TuneArgs
 
 
 @dataclass
@@ -68,15 +73,6 @@ class Trainer:
 
     # --- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
-        from transformers import get_cosine_schedule_with_warmup
-
-        from llamanas.model.device import resolve_device
-        from llamanas.model.load import resolve
-        from llamanas.supernet.elastic import load_supernet
-        from llamanas.supernet.importance import Ordering, order_model
-
         a = self.args
         # Skipped layers get no gradient on a step; DDP must be told that this is expected. Autocast is
         # ours, not accelerate's: its precision is fixed once per process, and a process may run
@@ -252,8 +248,6 @@ class Trainer:
         return self.sampler.buckets.label(self.sampler.buckets.index(cfg))
 
     def run(self) -> TuneResult:
-        from tqdm.auto import tqdm
-
         self.setup()
         a = self.args
         bar = tqdm(
@@ -352,7 +346,7 @@ class Trainer:
             "wall_time_s": round(self.wall, 2),
             "processes": self.acc.num_processes,
             "device": str(self.acc.device),
-            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "dtype": dtype_name(next(model.parameters()).dtype),
             "mixed_precision": self.mixed,
             "final_losses": self.final_losses(),
         }

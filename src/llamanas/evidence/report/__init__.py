@@ -13,11 +13,12 @@ per concern, in the order the report is made:
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from llamanas.errors import LlamanasError
 from llamanas.evidence.report.analysis import BANDS, highlights, layer_stats
-from llamanas.evidence.report.data import Point, ReportData, Score, choose_score, load_data, nominal_chance
+from llamanas.evidence.report.data import Point, ReportData, Score, choose_score, load_data
 from llamanas.evidence.report.html import FIG_DIR, REPORT_FILE, render
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "highlights",
     "layer_stats",
     "load_data",
-    "nominal_chance",
     "render",
     "report",
 ]
@@ -52,8 +52,6 @@ def report(
 
 
 def _require(*modules: str | None) -> None:
-    import importlib.util
-
     missing = [m for m in modules if m and importlib.util.find_spec(m) is None]
     if missing:
         raise LlamanasError(f"The report needs {' and '.join(missing)}: pip install {' '.join(missing)}.")

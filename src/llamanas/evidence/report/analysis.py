@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 
 from llamanas.evidence.report.data import Point, ReportData, Score
-from llamanas.search.objectives import BOUNDED_METRICS
 
 BANDS = (10, 25, 50, 100)  # accuracy percentiles of the per-layer analysis (top X% of sub-networks)
 
@@ -29,7 +28,7 @@ def highlights(data: ReportData, sizes: Sequence[float] | None = None) -> list[t
     ranked = _ranked(pts, data.score)
     out.append(("most accurate", ranked[0]))
     if data.base is not None and data.base.score is not None:
-        tol = 0.01 if data.score.metric in BOUNDED_METRICS else 0.01 * abs(data.base.score)  # one point
+        tol = 0.01 if data.score.bounded else 0.01 * abs(data.base.score)  # one point
         b = data.base.score
         ok = [p for p in pts if (p.score >= b - tol if data.score.higher_is_better else p.score <= b + tol)]
         if ok:

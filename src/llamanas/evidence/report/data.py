@@ -4,48 +4,30 @@ Kept apart from the drawing so the analysis and both figure back ends work on on
 so a half-written run (no store yet, no quantized fronts, no baselines) is handled in one place: every
 input that is missing is recorded in ``ReportData.missing`` with the reason instead of raising.
 
-The results store and ``run.json`` are read through the search stage's ``load_run``; the files the
-search and ``quantize_front`` export (``front.json``, ``hypervolume.csv``, ``predictors.csv``,
-``front_int8.json``/``front_int4.json``, and ``front_llamacpp.json``: the front timed in llama.cpp) are read
-here. An accuracy within two standard errors of chance
-is marked (``Point.at_chance``): such a sub-network cannot be told from random guessing.
+Every file is read through its owner: the results store and ``run.json`` through the search stage's
+``load_run``, the files the search, ``quantize_front`` and ``time_front`` export (``front.json``,
+``hypervolume.csv``, ``predictors.csv``, ``front_int8.json``/``front_int4.json``, and
+``front_llamacpp.json``: the front timed in llama.cpp) through ``search.files.RunFiles``. What a score means
+(which way is better, its chance level) is the task metric's (``evaluation.tasks``). An accuracy within two
+standard errors of chance is marked (``Point.at_chance``): such a sub-network cannot be told from random
+guessing.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llamanas.deploy.speed import RUNTIME
 from llamanas.errors import LlamanasError
+from llamanas.evaluation.tasks import METRICS, at_chance, nominal_chance
+from llamanas.evidence.baselines import read_baselines
 from llamanas.model.arch import Arch
-from llamanas.search.objectives import BOUNDED_METRICS
-from llamanas.supernet.space import SubnetConfig
-
-QUANT_METHODS = ("int8", "int4")
-# Chance of uniform guessing by task, for stores that do not record it (4-way unless noted); ARC and
-# TruthfulQA have a varying number of choices, so theirs are nominal.
-NOMINAL_CHANCE = {
-    "arc_easy": 0.25,
-    "arc_challenge": 0.25,
-    "hellaswag": 0.25,
-    "openbookqa": 0.25,
-    "sciq": 0.25,
-    "piqa": 0.5,
-    "winogrande": 0.5,
-    "boolq": 0.5,
-    "mmlu": 0.25,
-}
-
-
-def nominal_chance(task: str) -> float | None:
-    if task in NOMINAL_CHANCE:
-        return NOMINAL_CHANCE[task]
-    if task.startswith("mmlu"):
-        return 0.25
-    return None
+from llamanas.search.files import RunFiles
+from llamanas.search.run import load_run
+from llamanas.supernet.precision import METHODS
+from llamanas.supernet.subnet import SubnetConfig
 
 
 @dataclass(frozen=True)
@@ -61,6 +43,16 @@ class Score:
     def label(self) -> str:
         return f"{self.name} ({self.metric} over {', '.join(self.tasks)})" if self.tasks else self.name
 
+    @property
+    def bounded(self) -> bool:
+        """A proportion in [0, 1]: binomial standard errors, and one point is 0.01."""
+        return self.metric in METRICS and METRICS[self.metric].bounded
+
+    @property
+    def has_chance(self) -> bool:
+        """Uniform guessing scores the tasks' chance level on this metric."""
+        return self.metric in METRICS and METRICS[self.metric].chance
+
     def from_measured(self, m: dict) -> tuple[float | None, float | None, float | None]:
         """(value, standard error, chance) from a store's measured values (``acc:<task>``, ``n:<task>``)."""
         vals = [m.get(f"{self.metric}:{t}") for t in self.tasks]
@@ -68,13 +60,14 @@ class Score:
             return None, None, None
         value = sum(vals) / len(vals)
         se = chance = None
-        if self.metric in BOUNDED_METRICS:
+        if self.bounded:
             ses = []
             for t, p in zip(self.tasks, vals, strict=True):
                 n = m.get(f"n:{t}")
                 ses.append(math.sqrt(max(p * (1 - p), 0.0) / (n - 1)) if n and n > 1 else None)
             if all(s is not None for s in ses):
                 se = math.sqrt(sum(s * s for s in ses)) / len(ses)
+        if self.has_chance:
             chances = [m.get(f"chance:{t}", nominal_chance(t)) for t in self.tasks]
             if all(c is not None for c in chances):
                 chance = sum(chances) / len(chances)
@@ -89,7 +82,7 @@ class Score:
         ses = [r.get("stderr", {}).get(self.metric) for r in rs]
         se = math.sqrt(sum(s * s for s in ses)) / len(ses) if all(s is not None for s in ses) else None
         chance = None
-        if self.metric in BOUNDED_METRICS:
+        if self.has_chance:
             cs = [
                 r.get("chance") if r.get("chance") is not None else nominal_chance(t)
                 for r, t in zip(rs, self.tasks, strict=True)
@@ -118,9 +111,7 @@ class Point:
     @property
     def at_chance(self) -> bool:
         """Within two standard errors of chance (only when both are known)."""
-        if self.score is None or self.stderr is None or self.chance is None:
-            return False
-        return abs(self.score - self.chance) <= 2 * self.stderr
+        return at_chance(self.score, self.stderr, self.chance)
 
 
 @dataclass
@@ -145,28 +136,13 @@ class ReportData:
     runtime_predicted: list[Point] = field(default_factory=list)  # the latency table's prediction of it
 
 
-def _read_json(path: Path):
+def _read(read, *args):
+    """``read(*args)``, a ``RunFiles`` reader, or None when the file is missing or unreadable (the report
+    says so instead of failing)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return read(*args)
+    except LlamanasError:
         return None
-
-
-def _read_csv(path: Path) -> list[dict] | None:
-    if not path.is_file():
-        return None
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = []
-    for r in rows:
-        d = {}
-        for k, v in r.items():
-            try:
-                d[k] = float(v) if v not in ("", None, "None") else None
-            except ValueError:
-                d[k] = v
-        out.append(d)
-    return out
 
 
 def choose_score(info: dict, front: dict | None) -> Score:
@@ -225,16 +201,15 @@ def load_data(run_dir: str | Path, baselines: str | Path | None = None) -> Repor
     run = Path(run_dir)
     if not run.is_dir():
         raise LlamanasError(f"Run folder {str(run_dir)!r} does not exist.")
-    # The store and run.json through the search stage's reader; run.json by hand only when that fails.
+    # The store and run.json through the search stage's reader; run.json alone when the store fails.
+    files = RunFiles(run)
     view, unread = None, None
     try:
-        from llamanas.search.run import load_run
-
         view = load_run(run)
     except Exception as e:  # noqa: BLE001 - the report must still be written without the store
         unread = e
-    info = view.info if view is not None else _read_json(run / "run.json") or {}
-    front_json = _read_json(run / "front.json")
+    info = view.info if view is not None else _read(files.info) or {}
+    front_json = _read(files.front_file)
     missing: dict[str, str] = {}
     notes: list[str] = []
     if not info:
@@ -278,16 +253,16 @@ def load_data(run_dir: str | Path, baselines: str | Path | None = None) -> Repor
         evaluated = list(front)
     front.sort(key=lambda p: p.params or 0)
 
-    hv = _read_csv(run / "hypervolume.csv")
+    hv = _read(files.hypervolume)
     if not hv:
         missing["hypervolume"] = "no hypervolume.csv (or it is empty) in the run folder"
-    pred = _read_csv(run / "predictors.csv")
+    pred = _read(files.predictors)
     if not pred:
         missing["predictors"] = "no predictors.csv rows (random and NSGA-II searches train no predictors)"
 
     quantized: dict[str, list[tuple[Point, Point]]] = {}
-    for method in QUANT_METHODS:
-        q = _read_json(run / f"front_{method}.json")
+    for method in METHODS:
+        q = _read(files.front_after, method)
         if not q:
             continue
         pairs = []
@@ -309,12 +284,11 @@ def load_data(run_dir: str | Path, baselines: str | Path | None = None) -> Repor
             pairs.append((before, after))
         quantized[method] = pairs
     if not quantized:
-        missing["quantized"] = (
-            "no front_int8.json / front_int4.json in the run folder (run `llamanas quantize --front RUN_DIR`)"
-        )
+        names = " / ".join(files.front_after_path(m).name for m in METHODS)
+        missing["quantized"] = f"no {names} in the run folder (run `llamanas quantize --front RUN_DIR`)"
 
     runtime, runtime_front, runtime_predicted = None, [], []
-    timed = _read_json(run / "front_llamacpp.json")
+    timed = _read(files.front_after, RUNTIME)
     if timed and timed.get("points"):
         runtime = {k: v for k, v in timed.items() if k != "points"}
         for k, e in enumerate(timed["points"]):
@@ -330,8 +304,6 @@ def load_data(run_dir: str | Path, baselines: str | Path | None = None) -> Repor
     base_points: list[Point] = []
     b_info = None
     if baselines is not None:
-        from llamanas.evidence.baselines import read_baselines
-
         try:
             b = read_baselines(baselines)
             b_info = {k: v for k, v in b.to_dict().items() if k != "rows"}

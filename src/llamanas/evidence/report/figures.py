@@ -256,7 +256,7 @@ def _chance_line(fig, data: ReportData) -> None:
 
 
 def plotly_front(data: ReportData, x: str = "params"):
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: plotly loads only when a report is drawn
 
     fig = go.Figure()
     for s in front_series(data, x):
@@ -274,7 +274,7 @@ def plotly_front(data: ReportData, x: str = "params"):
 
 
 def _plotly_series(data: ReportData, series: list[Series], x: str):
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: plotly loads only when a report is drawn
 
     fig = go.Figure()
     for s in series:
@@ -296,7 +296,7 @@ def plotly_runtime(data: ReportData):
 
 
 def plotly_hypervolume(data: ReportData):
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: plotly loads only when a report is drawn
 
     x, y = hypervolume_xy(data)
     fig = go.Figure(go.Scatter(x=x, y=y, mode="lines", name="hypervolume"))
@@ -310,7 +310,7 @@ def plotly_hypervolume(data: ReportData):
 
 
 def plotly_predictors(data: ReportData):
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: plotly loads only when a report is drawn
     from plotly.subplots import make_subplots
 
     metrics = predictor_metrics(data)
@@ -340,7 +340,7 @@ def skips_attention(stats: dict) -> bool:
 
 
 def plotly_layers(data: ReportData, stats: dict, sizes: Sequence[int]):
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # lazy: plotly loads only when a report is drawn
     from plotly.subplots import make_subplots
 
     bands = list(stats)

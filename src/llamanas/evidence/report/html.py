@@ -193,7 +193,7 @@ def _quant_table(data: ReportData) -> str:
 
 def render(data: ReportData, fig_dir: Path | None = None) -> str:
     """The HTML text (and the PNGs in ``fig_dir`` when given)."""
-    import plotly.io as pio
+    import plotly.io as pio  # lazy: plotly loads only when a report is drawn
     from plotly.offline import get_plotlyjs
 
     n_fig = [0]

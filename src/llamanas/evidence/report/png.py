@@ -29,6 +29,7 @@ WEIGHTS = {"faint": dict(alpha=0.5, markersize=4), "normal": {}, "wide": {}, "st
 
 
 def _mpl():
+    # lazy: matplotlib only draws the PNGs, and Agg must be chosen before pyplot loads
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,0 +1,34 @@
+"""Configs as dataclasses at the boundary (run.json, a checkpoint's args): read strictly, resumed knowingly.
+
+A field marked ``resumable()`` may differ between an interrupted run and its resumption because it does not
+change any result (where the output goes, how many workers, how often to save); every other field must match.
+The mark sits on the field itself, so the list cannot drift from the dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from llamanas.errors import LlamanasError
+
+_RESUMABLE = "resumable"
+
+
+def resumable(default: Any) -> Any:
+    """A dataclass field with ``default`` that a resumed run may change."""
+    return dataclasses.field(default=default, metadata={_RESUMABLE: True})
+
+
+def resumable_fields(cls) -> tuple[str, ...]:
+    """The names of ``cls``'s fields marked ``resumable``."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get(_RESUMABLE))
+
+
+def from_dict_strict(cls, d: dict, what: str):
+    """Build dataclass ``cls`` from ``d``; unknown keys are an error (never silently dropped)."""
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    extra = set(d) - allowed
+    if extra:
+        raise LlamanasError(f"Unknown {what} {sorted(extra)}; allowed: {sorted(allowed)}.")
+    return cls(**d)

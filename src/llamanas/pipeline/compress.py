@@ -1,0 +1,441 @@
+"""``llamanas compress``: one command from a model to a smaller one, with its GGUF files and a model card.
+
+The stages, each resumable (a re-run skips what ``compress.json`` records as done; every file is written
+under a temporary name and renamed, so a killed run never leaves a half-written file that looks complete):
+
+1. plan      the recipe (``recipe.choose_recipe``), the selection and report questions, the memory check
+2. search    LINAS on the selection questions, constrained to the target (``search.run.search``)
+3. pick      the most accurate front member within the target, on the selection questions
+4. extract   the HF checkpoint (``DIR/model``)
+5. gguf      ``DIR/model-<type>.gguf`` for each of the recipe's types, and the base model's for timing
+6. evaluate  base and compressed model on the report questions, disjoint from the selection ones
+7. time      base and compressed GGUF in llama.cpp, alternately (ABAB), with the spread between rounds
+8. report    the search's HTML report (``DIR/search/report.html``)
+9. card      ``DIR/README.md``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llamanas.config import from_dict_strict, resumable, resumable_fields
+from llamanas.deploy.extract import extract
+from llamanas.deploy.gguf import TYPES, export_subnet_gguf, tokenizer_source_for
+from llamanas.deploy.llamacpp import available as llamacpp_available
+from llamanas.deploy.llamacpp import time_gguf
+from llamanas.errors import LlamanasError, unknown
+from llamanas.evaluation.evaluate import evaluate
+from llamanas.evaluation.questions import Questions
+from llamanas.evaluation.tasks import get_task, resolve_tasks
+from llamanas.evidence.report import report
+from llamanas.model.arch import Arch
+from llamanas.model.device import check_memory, dtype_name, plan_memory
+from llamanas.model.load import load_config, load_model, resolve_placement
+from llamanas.pipeline.card import write_card
+from llamanas.pipeline.recipe import Recipe, choose_recipe
+from llamanas.search.args import SearchArgs
+from llamanas.search.run import load_run, search
+from llamanas.search.store import write_json
+from llamanas.supernet.elastic import load_supernet
+from llamanas.supernet.subnet import SubnetConfig
+
+STATE_FILE = "compress.json"
+STAGES = ("plan", "search", "pick", "extract", "gguf", "evaluate", "time", "report", "card")
+
+
+@dataclass(frozen=True)
+class CompressArgs:
+    """What ``llamanas compress`` makes; saved in ``OUT/compress.json`` and checked when a run resumes."""
+
+    model: str = "default"
+    """'default' (SmolLM2-135M-Instruct, offline), a local HF model folder or a hub id."""
+    tasks: tuple[str, ...] = ("arc_easy",)
+    """Tasks the compressed model must stay accurate on (choose ones with signal on your model)."""
+    target: float = 0.8
+    """Largest fraction of the model's parameters the compressed model may keep."""
+    evaluations: int = 24
+    """Real evaluations of the search (its budget)."""
+    population: int = 8
+    """LINAS batch: the first population and the sub-networks evaluated per loop."""
+    select_limit: int = 100
+    """Questions per task the search selects on (a seeded subset of the validation split)."""
+    report_limit: int = 500
+    """Questions per task the model card reports on: disjoint from the selection ones (the test split where
+    the task has one with answers, else the rest of the validation split)."""
+    timing_rounds: int = 3
+    """llama.cpp timing rounds of base and compressed model, alternately (0: no timing)."""
+    seed: int = 0
+    """Seed of the search and of the question subsets."""
+    out: str = resumable("compressed")
+    """Output folder; re-running the same command resumes there."""
+    dtype: str = "auto"
+    """auto (float32 on the CPU below 1B parameters, bfloat16 on a GPU) | bfloat16 | float16 | float32."""
+    device: str = resumable("auto")
+    """auto (CUDA if present, else cpu) | cpu | cuda | cuda:N."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks))
+        if not self.tasks:
+            raise LlamanasError("--tasks needs at least one task, e.g. --tasks arc_easy.")
+        resolve_tasks(list(self.tasks))  # an unknown task fails here, before anything loads
+        if not 0 < self.target < 1:
+            raise LlamanasError(
+                f"--target must be a fraction of the parameters in (0, 1); got {self.target}."
+            )
+        for flag, v, lo in (
+            ("--evaluations", self.evaluations, 2),
+            ("--population", self.population, 2),
+            ("--select-limit", self.select_limit, 1),
+            ("--report-limit", self.report_limit, 1),
+            ("--timing-rounds", self.timing_rounds, 0),
+        ):
+            if v < lo:
+                raise LlamanasError(f"{flag} must be >= {lo}; got {v}.")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CompressArgs:
+        return from_dict_strict(cls, d, "compress settings")
+
+    def command(self) -> str:
+        """The ``llamanas compress`` command line that makes this (flags that differ from the defaults)."""
+        default = CompressArgs()
+        parts = ["llamanas compress"]
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name != "out" and v == getattr(default, f.name):
+                continue
+            v = ",".join(v) if isinstance(v, tuple) else v
+            parts.append(f"--{f.name.replace('_', '-')} {v}")
+        return " ".join(parts)
+
+
+def selection_questions(args: CompressArgs) -> Questions:
+    """What the search selects on: the validation split where every task has one, else the default split."""
+    split = "validation" if all(get_task(t).validation_split for t in _leaves(args)) else None
+    return Questions(split=split, limit=args.select_limit, seed=args.seed)
+
+
+def report_questions(args: CompressArgs, task: str) -> Questions:
+    """What the card reports on for ``task``: disjoint from ``selection_questions`` by construction."""
+    spec = get_task(task)
+    select = selection_questions(args)
+    selected_split = select.split or spec.default_split
+    if spec.test_split and spec.test_split != selected_split:
+        return Questions(split=spec.test_split, limit=args.report_limit, seed=args.seed)
+    return Questions(split=selected_split, limit=args.report_limit, seed=args.seed, offset=args.select_limit)
+
+
+def _leaves(args: CompressArgs) -> list[str]:
+    return resolve_tasks(list(args.tasks))[0]
+
+
+class State:
+    """``OUT/compress.json``: the settings, the recipe and each finished stage's record (atomic writes)."""
+
+    def __init__(self, out: Path, args: CompressArgs):
+        self.path = out / STATE_FILE
+        self.args = args
+        if self.path.is_file():
+            d = json.loads(self.path.read_text())
+            saved = CompressArgs.from_dict(d["args"])
+            fixed = [
+                f.name
+                for f in dataclasses.fields(CompressArgs)
+                if f.name not in resumable_fields(CompressArgs)
+            ]
+            diff = [k for k in fixed if getattr(saved, k) != getattr(args, k)]
+            if diff:
+                shown = ", ".join(
+                    f"{k}: {getattr(args, k)!r} now vs {getattr(saved, k)!r} there" for k in diff
+                )
+                raise LlamanasError(
+                    f"{out} holds a compression made with other settings ({shown}); re-run with the same "
+                    "settings to resume, or choose another --out."
+                )
+            self.stages: dict = d.get("stages", {})
+        else:
+            if out.exists() and any(out.iterdir()):
+                raise LlamanasError(
+                    f"--out {str(out)!r} exists and is not a compress folder (no {STATE_FILE}); choose another."
+                )
+            self.stages = {}
+
+    def done(self, stage: str) -> dict | None:
+        return self.stages.get(stage)
+
+    def finish(self, stage: str, record: dict, seconds: float) -> dict:
+        self.stages[stage] = {**record, "seconds": round(seconds, 1)}
+        write_json(self.path, {"args": self.args.to_dict(), "stages": self.stages})
+        return self.stages[stage]
+
+
+@dataclass
+class Progress:
+    """How compress talks: ``say`` prints a line; ``search`` is called after every search evaluation."""
+
+    say: Callable[[str], None] = print
+    search: Callable | None = None
+
+
+def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
+    """Compress ``args.model`` into ``args.out`` (resuming a run interrupted there); returns the card's path."""
+    progress = progress or Progress()
+    say = progress.say
+    out = Path(args.out)
+    state = State(out, args)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+
+    def stage(i: int, name: str, eta: str = "") -> float:
+        note = "done (recorded)" if state.done(name) else (f"~{eta}" if eta else "")
+        say(f"[{i}/{len(STAGES)}] {name} {note}".rstrip())
+        return time.time()
+
+    # 1. plan: everything that can fail without loading weights fails here.
+    t = stage(1, "plan")
+    arch = Arch.from_hf(load_config(args.model))
+    device, dtype = resolve_placement(args.model, args.dtype, args.device)
+    check_memory(plan_memory(arch.num_params(), dtype, device, "ordering"), say)
+    recipe = choose_recipe(args.target, arch)
+    select = selection_questions(args)
+    plan = state.done("plan") or state.finish(
+        "plan",
+        {
+            "recipe": recipe.to_dict(),
+            "dtype": dtype_name(dtype),
+            "base_params": arch.num_params(),
+            "select": {"tasks": list(args.tasks), **select.to_dict()},
+            "report": {t: report_questions(args, t).to_dict() for t in _leaves(args)},
+        },
+        time.time() - t,
+    )
+    _say_recipe(say, args, recipe, select, plan)
+
+    # 2. search
+    run_dir = out / "search"
+    space_file = out / "space.json"
+    if not space_file.is_file():
+        write_json(space_file, recipe.space)
+    budget = int(args.target * arch.num_params())
+    t = stage(2, "search", f"{args.evaluations} evaluations of {args.select_limit} questions per task")
+    if not state.done("search"):
+        result = search(
+            SearchArgs(
+                model=args.model,
+                tasks=args.tasks,
+                objectives=("accuracy", "params"),
+                constraints=(f"params<={budget}",),
+                algorithm="linas",
+                evaluations=args.evaluations,
+                population=args.population,
+                split=select.split,
+                limit=select.limit,
+                data_seed=select.seed,
+                seed=args.seed,
+                space=str(space_file),
+                importance=recipe.importance,
+                warm_start=recipe.warm_start,
+                out=str(run_dir),
+                dtype=plan["dtype"],
+                device=args.device,
+            ),
+            progress=progress.search,
+        )
+        state.finish(
+            "search", {"evaluations": result.evaluations, "front": len(result.front)}, time.time() - t
+        )
+    search_rec = state.done("search")
+    per_eval = search_rec["seconds"] / max(1, search_rec["evaluations"])
+
+    # 3. pick
+    t = stage(3, "pick")
+    if not state.done("pick"):
+        view = load_run(run_dir)
+        fitting = [m for m in view.front if m.config.num_params(arch) <= budget]
+        if not fitting:
+            raise LlamanasError(
+                f"No sub-network within {args.target:.0%} of the parameters was found in {len(view.evaluated)} "
+                "evaluations; raise --evaluations or --target."
+            )
+        best = max(fitting, key=lambda m: (m.values["accuracy"], -m.config.num_params(arch)))
+        state.finish(
+            "pick",
+            {
+                "id": best.id,
+                "config": best.config.to_dict(),
+                "params": best.config.num_params(arch),
+                "select_accuracy": best.values["accuracy"],
+            },
+            time.time() - t,
+        )
+    pick = state.done("pick")
+    cfg = SubnetConfig.from_dict(pick["config"])
+    say(
+        f"  front member {pick['id']}: {pick['params']:,} parameters ({pick['params'] / arch.num_params():.1%}), "
+        f"selection accuracy {pick['select_accuracy']:.3f}"
+    )
+
+    # 4-5. extract and GGUF: one load of the ordered super-network serves both.
+    model_dir = out / "model"
+    ggufs = {ty: out / f"model-{ty}.gguf" for ty in recipe.gguf_types}
+    base_gguf = out / "work" / f"base-{recipe.gguf_types[0]}.gguf"
+    supernet = tokenizer = None
+    if not (state.done("extract") and state.done("gguf")):
+        supernet, tokenizer = load_supernet(
+            args.model, importance=recipe.importance, dtype=plan["dtype"], device=args.device, say=say
+        )
+    t = stage(4, "extract")
+    if not state.done("extract"):
+        tmp = out / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        meta = {"source_model": args.model, "ordered": True, "importance": recipe.importance, "run": "search"}
+        extract(supernet, cfg, tmp, tokenizer, metadata={**meta, "id": pick["id"]}, repair=recipe.repair)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        tmp.rename(model_dir)
+        state.finish("extract", {"path": "model", "bytes": _folder_bytes(model_dir)}, time.time() - t)
+    t = stage(5, "gguf")
+    if not state.done("gguf"):
+        files = {}
+        for ty, path in [*ggufs.items(), (f"base-{recipe.gguf_types[0]}", base_gguf)]:
+            which = SubnetConfig.full(arch) if ty.startswith("base-") else cfg
+            res = _export_gguf(args.model, supernet, tokenizer, which, path, ty.removeprefix("base-"))
+            files[ty] = {"path": str(path.relative_to(out)), "bytes": path.stat().st_size}
+            say(f"  wrote {res.summary()}")
+        state.finish("gguf", {"files": files}, time.time() - t)
+    del supernet
+
+    # 6. evaluate on the report questions
+    n_report = sum(q["limit"] or 0 for q in plan["report"].values())
+    eta = f"{_duration(2 * per_eval * n_report / max(1, args.select_limit * len(plan['report'])))}"
+    t = stage(6, "evaluate", f"{eta} for base and compressed on {n_report} held-out questions")
+    if not state.done("evaluate"):
+        rows = {}
+        for name, source in (("base", args.model), ("compressed", str(model_dir))):
+            model, tok = load_model(source, dtype=plan["dtype"], device=args.device)
+            rows[name] = {
+                task: evaluate(model, tok, [task], Questions(**q), progress=True)[task].to_dict()
+                for task, q in plan["report"].items()
+            }
+            del model
+        state.finish("evaluate", {"results": rows}, time.time() - t)
+
+    # 7. time in llama.cpp, alternately
+    t = stage(7, "time", f"{args.timing_rounds} rounds of base and compressed")
+    if not state.done("time"):
+        timing = _time_abab(out / state.done("gguf")["files"]["base-" + recipe.gguf_types[0]]["path"],
+                            ggufs[recipe.gguf_types[0]], args.timing_rounds, say)  # fmt: skip
+        state.finish("time", timing, time.time() - t)
+
+    # 8. the search's report
+    t = stage(8, "report")
+    if not state.done("report"):
+        try:
+            path = report(run_dir)
+            rec = {"path": str(path.relative_to(out))}
+        except LlamanasError as e:  # plotly/matplotlib missing: the card still gets written
+            say(f"  report skipped: {e}")
+            rec = {"path": None, "skipped": str(e)}
+        state.finish("report", rec, time.time() - t)
+
+    # 9. the model card
+    t = stage(9, "card")
+    card = write_card(out, args, recipe, state.stages)
+    state.finish(
+        "card", {"path": card.name, "total_seconds": round(time.time() - t_start, 1)}, time.time() - t
+    )
+    return card
+
+
+def _say_recipe(say, args: CompressArgs, recipe: Recipe, select: Questions, plan: dict) -> None:
+    """The recipe in one short block, before any work."""
+    space = recipe.space
+    say(
+        f"Recipe for {args.model} at <= {args.target:.0%} of {plan['base_params']:,} parameters ({plan['dtype']}):"
+    )
+    say(f"  importance {recipe.importance}; warm start {', '.join(recipe.warm_start) or 'none'}; repair "
+        f"{'on' if recipe.repair else 'off'}; InstaTune {'on' if recipe.finetune else 'off'}")  # fmt: skip
+    say(f"  space: every layer kept, MLP {space['mlp_choices']}, KV groups {space['kv_groups']}")
+    say(f"  search: LINAS, {args.evaluations} evaluations, population {args.population}, on {select.limit} "
+        f"{select.split or 'default-split'} questions per task (seed {select.seed})")  # fmt: skip
+    reported = ", ".join(
+        f"{t} {q['split'] or 'default'}[{q['offset']}:+{q['limit']}]" for t, q in plan["report"].items()
+    )
+    say(f"  report: {reported} (disjoint from the selection); GGUF {', '.join(recipe.gguf_types)}")
+
+
+def _export_gguf(model: str, supernet, tokenizer, cfg: SubnetConfig, path: Path, type: str):
+    """``cfg`` as a GGUF file at ``path``, written under a temporary name first."""
+    if type not in TYPES:
+        raise unknown("GGUF type", type, TYPES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    with tempfile.TemporaryDirectory() as tok_dir:
+        source = tokenizer_source_for(model)
+        if source is None:
+            tokenizer.save_pretrained(tok_dir)
+            source = tok_dir
+        res = export_subnet_gguf(supernet, cfg, source, tmp, type=type, overwrite=True)
+    os.replace(tmp, path)
+    return dataclasses.replace(res, path=path)
+
+
+def _time_abab(base: Path, small: Path, rounds: int, say) -> dict:
+    """Batch-1 llama.cpp speeds of both files, timed alternately so a busy machine slows both alike.
+
+    Each round times base then compressed (3 repeats each, in fresh processes); the speed-up is the median
+    of the per-round ratios, and the spread of those ratios says whether the machine was too busy to trust."""
+    if rounds == 0 or not llamacpp_available():
+        why = "--timing-rounds 0" if rounds == 0 else "the llama.cpp binding is not installed"
+        say(f"  timing skipped: {why}")
+        return {"skipped": why}
+    runs: dict[str, list[dict]] = {"base": [], "compressed": []}
+    load = [os.getloadavg()[0]]
+    for r in range(rounds):
+        for name, path in (("base", base), ("compressed", small)):
+            runs[name].append(time_gguf(path, repeats=3).to_dict())
+        load.append(os.getloadavg()[0])
+        b, c = runs["base"][-1], runs["compressed"][-1]
+        say(
+            f"  round {r + 1}/{rounds}: decode {b['decode_tokens_per_s']:.1f} -> {c['decode_tokens_per_s']:.1f} tok/s"
+        )
+    out: dict = {"rounds": rounds, "load_average": [round(x, 2) for x in load], "cpus": os.cpu_count()}
+    for key in ("decode_tokens_per_s", "prefill_tokens_per_s"):
+        ratios = [c[key] / b[key] for b, c in zip(runs["base"], runs["compressed"], strict=True)]
+        med = statistics.median(ratios)
+        out[key] = {
+            "base": statistics.median(x[key] for x in runs["base"]),
+            "compressed": statistics.median(x[key] for x in runs["compressed"]),
+            "ratio": med,
+            "ratio_range": [min(ratios), max(ratios)],
+            "spread": (max(ratios) - min(ratios)) / med,
+        }
+    out["peak_rss_bytes"] = {k: max(x["peak_rss_bytes"] for x in v) for k, v in runs.items()}
+    out["trusted"] = (
+        max(out[k]["spread"] for k in ("decode_tokens_per_s", "prefill_tokens_per_s")) <= SPREAD_MAX
+    )
+    return out
+
+
+SPREAD_MAX = 0.15  # ratio spread between rounds above which a timing is reported as untrustworthy
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"

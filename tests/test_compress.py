@@ -1,0 +1,122 @@
+"""`llamanas compress`: the recipe rules, disjoint questions, and the whole pipeline on a tiny model (resume,
+refusals, the model card)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import arc_available
+from test_gguf import bpe_tokenizer, model_of
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from llamanas.cli.app import app
+from llamanas.errors import LlamanasError
+from llamanas.model.arch import Arch
+from llamanas.model.load import load_config
+from llamanas.pipeline import compress as C
+from llamanas.pipeline.compress import CompressArgs, compress, report_questions, selection_questions
+from llamanas.pipeline.recipe import NARROW, WIDE, choose_recipe, smallest_fraction
+from llamanas.supernet.space import SearchSpace
+
+
+def test_recipe_follows_the_target():
+    arch = Arch.from_hf(load_config("default"))
+    floor = smallest_fraction(arch, NARROW)
+    assert 0.6 < floor < 0.65  # MLP 50%, 2 of 3 KV groups: about 64% of SmolLM2-135M
+    narrow, wide = choose_recipe(0.8, arch), choose_recipe(0.5, arch)
+    assert narrow.space["kv_groups"] == [2, 3] and narrow.space["mlp_choices"] == [0.5, 0.75, 1.0]
+    assert wide.space["kv_groups"] == [1, 2, 3] and wide.space["mlp_choices"] == list(WIDE["mlp"])
+    assert "not measured" in wide.why["space"] and "not measured" not in narrow.why["space"]
+    for r in (narrow, wide):
+        space = SearchSpace.from_dict(r.space, arch)
+        assert space.smallest().layers == tuple(range(arch.num_layers))  # every layer kept, no block skipped
+        assert set(r.why) == {"importance", "warm_start", "space", "repair", "gguf_types", "finetune"}
+    assert SearchSpace.from_dict(wide.space, arch).smallest().num_params(arch) < 0.5 * arch.num_params()
+    with pytest.raises(LlamanasError, match="--target must be a fraction"):
+        choose_recipe(1.0, arch)
+
+
+def test_bad_settings_fail_before_loading():
+    with pytest.raises(LlamanasError, match="Unknown task 'arc_eassy'"):
+        CompressArgs(tasks=("arc_eassy",))
+    with pytest.raises(
+        LlamanasError, match="--target must be a fraction of the parameters in \\(0, 1\\); got 80"
+    ):
+        CompressArgs(target=80)
+    with pytest.raises(LlamanasError, match="--evaluations must be >= 2; got 1"):
+        CompressArgs(evaluations=1)
+    r = CliRunner().invoke(app, ["compress", "--target", "1.5", "--out", "unused"])
+    assert r.exit_code != 0 and "--target must be a fraction" in str(r.exception)
+
+
+def test_selection_and_report_questions_are_disjoint():
+    args = CompressArgs(tasks=("arc_easy", "piqa"), select_limit=100, report_limit=300, seed=3)
+    assert selection_questions(args).split == "validation" and selection_questions(args).limit == 100
+    arc = report_questions(args, "arc_easy")
+    assert (arc.split, arc.limit, arc.offset, arc.seed) == ("test", 300, 0, 3)  # the held-out split
+    piqa = report_questions(args, "piqa")  # no test answers: the rest of validation, after the selection
+    assert (piqa.split, piqa.offset, piqa.seed) == ("validation", 100, 3)
+
+
+def test_command_reproduces_the_settings():
+    args = CompressArgs(tasks=("arc_easy", "piqa"), target=0.7, out="small")
+    assert args.command() == "llamanas compress --tasks arc_easy,piqa --target 0.7 --out small"
+
+
+@pytest.fixture
+def tiny_bpe(tmp_path):
+    folder = tmp_path / "tiny-bpe"
+    model_of().save_pretrained(folder)
+    bpe_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_compress_end_to_end_resumes_and_refuses(tiny_bpe, tmp_path, monkeypatch):
+    if not arc_available():
+        pytest.skip("task data not available offline")
+    out = tmp_path / "c"
+    args = CompressArgs(
+        model=str(tiny_bpe),
+        target=0.85,
+        evaluations=4,
+        population=2,
+        select_limit=4,
+        report_limit=6,
+        timing_rounds=1,
+        out=str(out),
+    )
+    lines: list[str] = []
+    card = compress(args, C.Progress(say=lines.append))
+    state = json.loads((out / "compress.json").read_text())
+    assert list(state["stages"]) == list(C.STAGES)
+    text = card.read_text()
+    arch = Arch.from_hf(load_config(str(tiny_bpe)))
+    pick = state["stages"]["pick"]
+    assert pick["params"] <= 0.85 * arch.num_params()
+    small = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert sum(p.numel() for p in small.parameters()) == pick["params"]
+    assert (out / "model-q8_0.gguf").is_file() and (out / "model-f16.gguf").is_file()
+    assert not list(out.glob(".*tmp*"))  # nothing half-written left
+    results = state["stages"]["evaluate"]["results"]
+    assert results["base"]["arc_easy"]["split"] == "test" and results["compressed"]["arc_easy"]["n"] == 6
+    assert args.command() in text and "arc_easy accuracy (test, 6 questions)" in text
+    assert f"{pick['params']:,}" in text and "## Recipe" in text and "## Measured on" in text
+    assert any(line.startswith("Recipe for") for line in lines)
+    # A finished run: nothing is redone.
+    monkeypatch.setattr(C, "search", lambda *a, **k: pytest.fail("search re-run"))
+    monkeypatch.setattr(C, "load_supernet", lambda *a, **k: pytest.fail("super-network re-loaded"))
+    assert compress(args, C.Progress(say=lines.append)) == card
+    # Killed after extraction: the later stages run again, the earlier ones are taken from the record.
+    del state["stages"]["evaluate"], state["stages"]["time"], state["stages"]["card"]
+    (out / "compress.json").write_text(json.dumps(state))
+    card.unlink()
+    assert compress(args, C.Progress(say=lines.append)).is_file()
+    # Other settings in the same folder, or a folder that is not a compression: refused.
+    with pytest.raises(LlamanasError, match="other settings \\(target: 0.7 now vs 0.85 there\\)"):
+        compress(CompressArgs(**{**args.to_dict(), "target": 0.7}))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("mine")
+    with pytest.raises(LlamanasError, match="is not a compress folder"):
+        compress(CompressArgs(**{**args.to_dict(), "out": str(tmp_path / "other")}))
