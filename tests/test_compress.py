@@ -47,6 +47,10 @@ def test_bad_settings_fail_before_loading():
         CompressArgs(target=80)
     with pytest.raises(LlamanasError, match="--evaluations must be >= 2; got 1"):
         CompressArgs(evaluations=1)
+    with pytest.raises(LlamanasError, match="constrains accuracy, which the search maximises"):
+        CompressArgs(target="accuracy>=0.5")
+    with pytest.raises(LlamanasError, match="Cannot parse constraint 'fast'"):
+        CompressArgs(target="fast")
     r = CliRunner().invoke(app, ["compress", "--target", "1.5", "--out", "unused"])
     assert r.exit_code != 0 and "--target must be a fraction" in str(r.exception)
 
@@ -58,6 +62,17 @@ def test_selection_and_report_questions_are_disjoint():
     assert (arc.split, arc.limit, arc.offset, arc.seed) == ("test", 300, 0, 3)  # the held-out split
     piqa = report_questions(args, "piqa")  # no test answers: the rest of validation, after the selection
     assert (piqa.split, piqa.offset, piqa.seed) == ("validation", 100, 3)
+
+
+def test_targets_are_fractions_or_constraints():
+    by_fraction, by_size, by_speed = (
+        CompressArgs(target=t) for t in ("0.8", "params<=100M", "throughput>=120")
+    )
+    assert by_fraction.fraction == 0.8 and by_fraction.constraint(1000).text == "params<=800"
+    assert by_size.fraction is None and by_size.constraint(1000).bound == 100e6 and not by_size.timed
+    assert by_speed.timed and by_speed.constraint(1000).objective.name == "throughput"
+    assert by_fraction.target_text(1000) == "<= 80% of 1,000 parameters"
+    assert by_speed.target_text(1000) == "throughput>=120"
 
 
 def test_command_reproduces_the_settings():
@@ -114,9 +129,53 @@ def test_compress_end_to_end_resumes_and_refuses(tiny_bpe, tmp_path, monkeypatch
     card.unlink()
     assert compress(args, C.Progress(say=lines.append)).is_file()
     # Other settings in the same folder, or a folder that is not a compression: refused.
-    with pytest.raises(LlamanasError, match="other settings \\(target: 0.7 now vs 0.85 there\\)"):
+    with pytest.raises(LlamanasError, match="other settings \\(target: '0.7' now vs '0.85' there\\)"):
         compress(CompressArgs(**{**args.to_dict(), "target": 0.7}))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("mine")
     with pytest.raises(LlamanasError, match="is not a compress folder"):
         compress(CompressArgs(**{**args.to_dict(), "out": str(tmp_path / "other")}))
+
+
+def test_refuses_before_loading_when_the_model_cannot_fit(tiny_bpe, tmp_path, monkeypatch):
+    import llamanas.model.device as device
+
+    monkeypatch.setattr(device, "free_bytes", lambda dev: 1000)
+    monkeypatch.setattr(C, "load_supernet", lambda *a, **k: pytest.fail("loaded although it cannot fit"))
+    args = CompressArgs(model=str(tiny_bpe), out=str(tmp_path / "c"))
+    with pytest.raises(LlamanasError, match="Not enough memory: ordering needs"):
+        compress(args, C.Progress(say=lambda line: None))
+    assert not (tmp_path / "c" / "compress.json").exists()
+
+
+def test_a_speed_target_searches_on_llama_cpp_speed(tiny_bpe, tmp_path, monkeypatch):
+    """--target 'throughput>=N': the search predicts llama.cpp decode speed from a latency table it builds
+    first, and the chosen member meets the target by that prediction."""
+    pytest.importorskip("llama_cpp")
+    if not arc_available():
+        pytest.skip("task data not available offline")
+    from llamanas.deploy.speed import build_latency_table_for
+
+    def small_table(args, space, path):  # fewer timed configs than the default 32 + 8: a test budget
+        return build_latency_table_for(args, space, path, n_configs=6, holdout=2, repeats=1)
+
+    monkeypatch.setattr(C, "build_latency_table_for", small_table)
+    out = tmp_path / "fast"
+    args = CompressArgs(
+        model=str(tiny_bpe),
+        target="throughput>=50",
+        evaluations=4,
+        population=2,
+        select_limit=4,
+        report_limit=4,
+        timing_rounds=0,
+        out=str(out),
+    )
+    card = compress(args, C.Progress(say=lambda line: None))
+    run = json.loads((out / "search" / "run.json").read_text())
+    assert run["runtime"] == "llamacpp" and (out / "search" / "latency_table.json").is_file()
+    assert run["args"]["constraints"] == ["throughput>=50"]
+    pick = json.loads((out / "compress.json").read_text())["stages"]["pick"]
+    assert pick["target"]["constraint"] == "throughput>=50" and pick["target"]["value"] >= 50
+    text = card.read_text()
+    assert "throughput>=50" in text and "not measured: --timing-rounds 0" in text

@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_arch
 
 from llamanas.errors import LlamanasError
-from llamanas.evaluation.tasks import METRICS
+from llamanas.evaluation.metrics import METRICS
 from llamanas.model.arch import Arch
 from llamanas.search import objectives as obj
 from llamanas.supernet.space import SearchSpace

@@ -13,6 +13,7 @@ import pytest
 from llamanas.errors import LlamanasError
 from llamanas.evaluation import prompts as P
 from llamanas.evaluation import sources as S
+from llamanas.evaluation import metrics as M
 from llamanas.evaluation import tasks as T
 
 TRUTHFULQA_PREFIX = (
@@ -65,12 +66,17 @@ def test_unknown_names_are_reported():
 
 def test_metric_facts_belong_to_the_tasks():
     for spec in T.TASKS.values():  # every metric a task reports has its facts
-        assert {*spec.metrics, "gold_nll"} <= set(T.METRICS), spec.name
-    acc, nll = T.get_metric("acc"), T.get_metric("gold_nll")
+        assert {*spec.metrics, "gold_nll"} <= set(M.METRICS), spec.name
+    acc, nll = M.get_metric("acc"), M.get_metric("gold_nll")
     assert acc.higher_is_better and acc.bounded and acc.chance and acc.range == (0.0, 1.0)
     assert not (nll.higher_is_better or nll.bounded or nll.chance) and nll.range == (0.0, float("inf"))
     with pytest.raises(LlamanasError, match="Unknown metric 'accuracy'"):
-        T.get_metric("accuracy")
+        M.get_metric("accuracy")
+    assert (
+        M.at_chance(0.27, 0.02, 0.25)
+        and not M.at_chance(0.30, 0.02, 0.25)
+        and not M.at_chance(0.3, None, 0.25)
+    )
     chance = {t: T.nominal_chance(t) for t in ("arc_easy", "piqa", "winogrande", "mmlu_anatomy", "mmlu")}
     assert chance == {"arc_easy": 0.25, "piqa": 0.5, "winogrande": 0.5, "mmlu_anatomy": 0.25, "mmlu": 0.25}
     assert T.nominal_chance("truthfulqa_mc1") is None and T.nominal_chance("boolq") is None

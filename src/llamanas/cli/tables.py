@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from llamanas.evaluation.tasks import at_chance
+from llamanas.evaluation.metrics import at_chance
 from llamanas.supernet.space import SearchSpace
 
 

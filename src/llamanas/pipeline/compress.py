@@ -32,6 +32,7 @@ from llamanas.deploy.extract import extract
 from llamanas.deploy.gguf import TYPES, export_subnet_gguf, tokenizer_source_for
 from llamanas.deploy.llamacpp import available as llamacpp_available
 from llamanas.deploy.llamacpp import time_gguf
+from llamanas.deploy.speed import build_latency_table_for
 from llamanas.errors import LlamanasError, unknown
 from llamanas.evaluation.evaluate import evaluate
 from llamanas.evaluation.questions import Questions
@@ -42,6 +43,7 @@ from llamanas.model.device import check_memory, dtype_name, plan_memory
 from llamanas.model.load import load_config, load_model, resolve_placement
 from llamanas.pipeline.card import write_card
 from llamanas.pipeline.recipe import Recipe, choose_recipe
+from llamanas.search import objectives as objmod
 from llamanas.search.args import SearchArgs
 from llamanas.search.run import load_run, search
 from llamanas.search.store import write_json
@@ -49,6 +51,7 @@ from llamanas.supernet.elastic import load_supernet
 from llamanas.supernet.subnet import SubnetConfig
 
 STATE_FILE = "compress.json"
+TARGET_OBJECTIVES = ("params", "bytes", "macs", "kv_bytes", "latency", "throughput")
 STAGES = ("plan", "search", "pick", "extract", "gguf", "evaluate", "time", "report", "card")
 
 
@@ -60,8 +63,10 @@ class CompressArgs:
     """'default' (SmolLM2-135M-Instruct, offline), a local HF model folder or a hub id."""
     tasks: tuple[str, ...] = ("arc_easy",)
     """Tasks the compressed model must stay accurate on (choose ones with signal on your model)."""
-    target: float = 0.8
-    """Largest fraction of the model's parameters the compressed model may keep."""
+    target: str = "0.8"
+    """What the compressed model must meet: a fraction of the model's parameters (0.8), or a constraint on
+    a size or speed objective: 'params<=100M', 'bytes<=200M', 'throughput>=120' (llama.cpp decode tokens/s
+    on this CPU, predicted by a latency table built first), 'latency<=50' (llama.cpp prefill ms)."""
     evaluations: int = 24
     """Real evaluations of the search (its budget)."""
     population: int = 8
@@ -87,9 +92,15 @@ class CompressArgs:
         if not self.tasks:
             raise LlamanasError("--tasks needs at least one task, e.g. --tasks arc_easy.")
         resolve_tasks(list(self.tasks))  # an unknown task fails here, before anything loads
-        if not 0 < self.target < 1:
+        object.__setattr__(self, "target", str(self.target).strip())
+        if self.fraction is not None and not 0 < self.fraction < 1:
             raise LlamanasError(
                 f"--target must be a fraction of the parameters in (0, 1); got {self.target}."
+            )
+        if self.fraction is None and self.constraint(0).objective.name not in TARGET_OBJECTIVES:
+            raise LlamanasError(
+                f"--target {self.target!r} constrains {self.constraint(0).objective.name}, which the search "
+                f"maximises; give a fraction of the parameters or a size or speed: {', '.join(TARGET_OBJECTIVES)}."
             )
         for flag, v, lo in (
             ("--evaluations", self.evaluations, 2),
@@ -100,6 +111,30 @@ class CompressArgs:
         ):
             if v < lo:
                 raise LlamanasError(f"{flag} must be >= {lo}; got {v}.")
+
+    @property
+    def fraction(self) -> float | None:
+        """The target as a fraction of the parameters, or None for a constraint target."""
+        try:
+            return float(self.target)
+        except ValueError:
+            return None
+
+    def constraint(self, base_params: int) -> objmod.Constraint:
+        """The target as the search's constraint (a fraction becomes ``params<=N``)."""
+        text = self.target if self.fraction is None else f"params<={int(self.fraction * base_params)}"
+        return objmod.parse_constraint(text, self.tasks, "llamacpp")
+
+    def target_text(self, base_params: int) -> str:
+        """The target in words, e.g. "<= 80% of 134,515,008 parameters" or "throughput>=120"."""
+        if self.fraction is None:
+            return self.target
+        return f"<= {self.fraction:.0%} of {base_params:,} parameters"
+
+    @property
+    def timed(self) -> bool:
+        """Whether the target is a llama.cpp speed, predicted by a latency table during the search."""
+        return self.fraction is None and self.constraint(0).objective.source != objmod.COUNT
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -210,7 +245,13 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
     arch = Arch.from_hf(load_config(args.model))
     device, dtype = resolve_placement(args.model, args.dtype, args.device)
     check_memory(plan_memory(arch.num_params(), dtype, device, "ordering"), say)
-    recipe = choose_recipe(args.target, arch)
+    constraint = args.constraint(arch.num_params())
+    params_fraction = constraint.bound / arch.num_params() if constraint.objective.name == "params" else None
+    if params_fraction is not None and params_fraction >= 1:
+        raise LlamanasError(
+            f"--target {args.target!r} keeps all {arch.num_params():,} parameters of {args.model}: nothing to compress."
+        )
+    recipe = choose_recipe(params_fraction, arch)
     select = selection_questions(args)
     plan = state.done("plan") or state.finish(
         "plan",
@@ -230,7 +271,6 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
     space_file = out / "space.json"
     if not space_file.is_file():
         write_json(space_file, recipe.space)
-    budget = int(args.target * arch.num_params())
     t = stage(2, "search", f"{args.evaluations} evaluations of {args.select_limit} questions per task")
     if not state.done("search"):
         result = search(
@@ -238,7 +278,7 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
                 model=args.model,
                 tasks=args.tasks,
                 objectives=("accuracy", "params"),
-                constraints=(f"params<={budget}",),
+                constraints=(constraint.text,),
                 algorithm="linas",
                 evaluations=args.evaluations,
                 population=args.population,
@@ -252,8 +292,10 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
                 out=str(run_dir),
                 dtype=plan["dtype"],
                 device=args.device,
+                runtime="llamacpp" if args.timed else "hf",
             ),
             progress=progress.search,
+            latency_table_builder=build_latency_table_for if args.timed else None,
         )
         state.finish(
             "search", {"evaluations": result.evaluations, "front": len(result.front)}, time.time() - t
@@ -265,11 +307,11 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
     t = stage(3, "pick")
     if not state.done("pick"):
         view = load_run(run_dir)
-        fitting = [m for m in view.front if m.config.num_params(arch) <= budget]
+        fitting = view.front  # the feasible members: each one meets the target
         if not fitting:
             raise LlamanasError(
-                f"No sub-network within {args.target:.0%} of the parameters was found in {len(view.evaluated)} "
-                "evaluations; raise --evaluations or --target."
+                f"No sub-network meeting --target {args.target!r} was found in {len(view.evaluated)} evaluations; "
+                "raise --evaluations or relax --target."
             )
         best = max(fitting, key=lambda m: (m.values["accuracy"], -m.config.num_params(arch)))
         state.finish(
@@ -279,6 +321,10 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
                 "config": best.config.to_dict(),
                 "params": best.config.num_params(arch),
                 "select_accuracy": best.values["accuracy"],
+                "target": {
+                    "constraint": constraint.text,
+                    "value": best.values.get(constraint.objective.name),
+                },
             },
             time.time() - t,
         )
@@ -363,9 +409,7 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
 def _say_recipe(say, args: CompressArgs, recipe: Recipe, select: Questions, plan: dict) -> None:
     """The recipe in one short block, before any work."""
     space = recipe.space
-    say(
-        f"Recipe for {args.model} at <= {args.target:.0%} of {plan['base_params']:,} parameters ({plan['dtype']}):"
-    )
+    say(f"Recipe for {args.model}, target {args.target_text(plan['base_params'])} ({plan['dtype']}):")
     say(f"  importance {recipe.importance}; warm start {', '.join(recipe.warm_start) or 'none'}; repair "
         f"{'on' if recipe.repair else 'off'}; InstaTune {'on' if recipe.finetune else 'off'}")  # fmt: skip
     say(f"  space: every layer kept, MLP {space['mlp_choices']}, KV groups {space['kv_groups']}")

@@ -70,12 +70,13 @@ def smallest_fraction(arch: Arch, fractions: dict) -> float:
     return space.smallest().num_params(arch) / space.largest().num_params(arch)
 
 
-def choose_recipe(target: float, arch: Arch) -> Recipe:
-    """The recipe for a sub-network of ``arch`` with at most ``target`` of its parameters (in (0, 1))."""
-    if not 0 < target < 1:
+def choose_recipe(target: float | None, arch: Arch) -> Recipe:
+    """The recipe for a sub-network of ``arch`` with at most ``target`` of its parameters (in (0, 1)); None
+    for a target on another objective (bytes, speed), which gets the wider space."""
+    if target is not None and not 0 < target < 1:
         raise LlamanasError(f"--target must be a fraction of the parameters in (0, 1); got {target}.")
     floor = smallest_fraction(arch, NARROW)
-    narrow = target >= floor
+    narrow = target is not None and target >= floor
     return Recipe(
         importance="rms",
         warm_start=("sensitivity",),
@@ -92,8 +93,13 @@ def choose_recipe(target: float, arch: Arch) -> Recipe:
                 "width only (every layer kept, MLP 50-100%, 2-3 of 3 KV groups): layer and block drops made "
                 "the front worse (docs/benchmarks.md, two LINAS fronts with and without block genes)"
                 if narrow
-                else f"width only, MLP down to 25% and one KV group in three: {target:.0%} is below the "
-                f"measured space's smallest member ({floor:.0%} of this model), not measured as a front"
+                else "width only, MLP down to 25% and a third of the KV groups: "
+                + (
+                    f"{target:.0%} is below the measured space's smallest member ({floor:.0%} of this model)"
+                    if target is not None
+                    else "the widest range for a size or speed target"
+                )
+                + "; not measured as a front"
             ),
             "repair": "off: least-squares repair won on validation but not on held-out questions "
             "(docs/benchmarks.md, held-out re-measurement of the recovery levers)",

@@ -17,7 +17,7 @@ Hypervolume uses fixed per-objective bounds (best, worst) derived from the space
 from the data seen, so numbers are comparable across runs and algorithms: accuracy in [1, 0], params
 between the smallest and the largest sub-network, gold NLL between 0 and the NLL of a uniform guess over
 the vocabulary, latency between 0 and the largest sub-network's. A task objective's direction, unit and
-range are its metric's (``evaluation.tasks.METRICS``), not kept here.
+range are its metric's (``evaluation.metrics.METRICS``), not kept here.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 from moocore import hypervolume as _hv
 
 from llamanas.errors import LlamanasError, unknown
-from llamanas.evaluation.tasks import get_metric
+from llamanas.evaluation.metrics import get_metric
 from llamanas.supernet.precision import fixed_bytes, layer_bytes, policy_bytes
 from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig, layer_macs

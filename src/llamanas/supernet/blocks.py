@@ -16,6 +16,7 @@ import torch
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.families import family_of
+from llamanas.supernet.importance import calibration_progress
 from llamanas.supernet.subnet import SubnetConfig
 
 
@@ -85,7 +86,7 @@ def block_influence_per_block(model, batches: Sequence[torch.Tensor]) -> dict[st
         handles.append(getattr(layer, family.mlp).register_forward_hook(mlp_hook(i)))
         handles.append(layer.register_forward_hook(post(i), with_kwargs=True))
     try:
-        for ids in batches:
+        for ids in calibration_progress(batches, "block influence"):
             model(input_ids=ids, use_cache=False)
     finally:
         for h in handles:

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.families import family_of
-from llamanas.supernet.importance import output_inputs
+from llamanas.supernet.importance import calibration_progress, output_inputs
 from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig
 
@@ -163,7 +163,7 @@ def input_grams(model, batches: Sequence[torch.Tensor], wanted: set[tuple[int, s
                 handles.append(linears[name].register_forward_pre_hook(hook((i, kind))))
     try:
         device = next(model.parameters()).device
-        for ids in batches:
+        for ids in calibration_progress(batches, "least-squares repair statistics"):
             model(input_ids=ids.to(device), use_cache=False)
     finally:
         for h in handles:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
@@ -116,6 +117,11 @@ def measure_importance(
 
 
 @torch.inference_mode()
+def calibration_progress(batches, what: str):
+    """``batches`` with a progress bar (ETA included) on stderr: calibration passes take minutes on a CPU."""
+    return tqdm(batches, desc=f"{what} (calibration windows)", leave=False)
+
+
 def output_inputs(model, batches, on_mlp, on_attn, what: str) -> int:
     """Run calibration ``batches`` through ``model`` and call ``on_mlp(i, x)`` / ``on_attn(i, x)`` with the
     inputs of layer ``i``'s MLP output projection (its channels, (tokens, intermediate)) and attention
@@ -135,7 +141,7 @@ def output_inputs(model, batches, on_mlp, on_attn, what: str) -> int:
     tokens = 0
     try:
         device = next(model.parameters()).device
-        for ids in batches:
+        for ids in calibration_progress(batches, what):
             model(input_ids=ids.to(device), use_cache=False)
             tokens += ids.numel()
     finally:
@@ -194,7 +200,7 @@ def _taylor_scores(model, batches: list[torch.Tensor]) -> tuple[list[torch.Tenso
     tokens = 0
     try:
         with torch.enable_grad():
-            for ids in batches:
+            for ids in calibration_progress(batches, "taylor importance"):
                 ids = ids.to(device)
                 model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
                 tokens += ids.numel()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from llamanas.deploy.speed import RUNTIME
 from llamanas.errors import LlamanasError
-from llamanas.evaluation.tasks import METRICS, at_chance, nominal_chance
+from llamanas.evaluation.metrics import METRICS, at_chance
+from llamanas.evaluation.tasks import nominal_chance
 from llamanas.evidence.baselines import read_baselines
 from llamanas.model.arch import Arch
 from llamanas.search.files import RunFiles
