@@ -11,9 +11,9 @@ import json
 import pytest
 
 from llamanas.errors import LlamanasError
+from llamanas.evaluation import metrics as M
 from llamanas.evaluation import prompts as P
 from llamanas.evaluation import sources as S
-from llamanas.evaluation import metrics as M
 from llamanas.evaluation import tasks as T
 
 TRUTHFULQA_PREFIX = (
