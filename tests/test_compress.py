@@ -18,6 +18,7 @@ from llamanas.model.load import load_config
 from llamanas.pipeline import compress as C
 from llamanas.pipeline.compress import CompressArgs, compress, report_questions, selection_questions
 from llamanas.pipeline.recipe import NARROW, WIDE, choose_recipe, smallest_fraction
+from llamanas.search import warm_start
 from llamanas.supernet.space import SearchSpace
 
 
@@ -100,12 +101,22 @@ def test_compress_end_to_end_resumes_and_refuses(tiny_bpe, tmp_path, monkeypatch
         select_limit=4,
         report_limit=6,
         timing_rounds=1,
+        warm_start_windows=3,
         out=str(out),
     )
+    seen = {}
+    real = warm_start.calibration_batches
+
+    def batches(tokenizer, texts, n):
+        seen["windows"] = n
+        return real(tokenizer, texts, n)
+
+    monkeypatch.setattr(warm_start, "calibration_batches", batches)
     lines: list[str] = []
     card = compress(args, C.Progress(say=lines.append))
     state = json.loads((out / "compress.json").read_text())
     assert list(state["stages"]) == list(C.STAGES)
+    assert seen["windows"] == 3  # the sensitivity warm start measured on --warm-start-windows
     text = card.read_text()
     arch = Arch.from_hf(load_config(str(tiny_bpe)))
     pick = state["stages"]["pick"]

@@ -26,6 +26,8 @@ class DemoArgs:
     """Validation questions the search selects on."""
     report_limit: int = 200
     """Held-out (test) questions the model card reports on."""
+    warm_start_windows: int = 4
+    """Calibration windows of the sensitivity warm start (compress's default 16 takes 5 of the demo's minutes)."""
     seed: int = 0
     """Seed of the search and of the question subsets."""
     out: str = "runs/demo"
@@ -43,6 +45,7 @@ def demo_args(args: DemoArgs) -> CompressArgs:
         population=6,
         select_limit=args.select_limit,
         report_limit=args.report_limit,
+        warm_start_windows=args.warm_start_windows,
         timing_rounds=3,
         seed=args.seed,
         out=args.out,

@@ -17,7 +17,7 @@ from llamanas.search import objectives as objmod
 from llamanas.search.algorithms import ALGORITHMS, Algorithm, make_algorithm
 from llamanas.search.objectives import Constraint, Objective
 from llamanas.search.predictors import KINDS as PREDICTORS
-from llamanas.search.warm_start import check_warm_start
+from llamanas.search.warm_start import WARM_START_WINDOWS, check_warm_start
 from llamanas.search.workers import EvalSettings
 from llamanas.supernet.importance import check_importance
 
@@ -94,6 +94,9 @@ class SearchArgs:
     instead of random ones: sensitivity (per-layer widths allocated by calibration loss at 90..50% of the
     parameters) and/or attention (the least influential attention blocks skipped; a space that skips
     attention). Computed once on the calibration text and saved in the run folder."""
+    warm_start_windows: int = WARM_START_WINDOWS
+    """Calibration windows (128 tokens each) the warm start measures on: the sensitivity seeds cost one pass
+    over them per (layer, width choice), about 5 minutes for 16 on the default model's width-only space."""
 
     def __post_init__(self):
         for name in TUPLE_FIELDS:
@@ -118,6 +121,8 @@ class SearchArgs:
             d.pop(k)
         if not d["warm_start"]:  # runs made before the option existed resume unchanged
             d.pop("warm_start")
+        if d["warm_start_windows"] == WARM_START_WINDOWS:  # likewise
+            d.pop("warm_start_windows")
         return d
 
     def check(self) -> None:
@@ -132,6 +137,7 @@ class SearchArgs:
             ("--workers", self.workers, 1),
             ("--inner-generations", self.inner_generations, 1),
             ("--seq-len", self.seq_len, 1),
+            ("--warm-start-windows", self.warm_start_windows, 1),
         ):
             if v < lo:
                 raise LlamanasError(f"{flag} must be >= {lo}; got {v}.")

@@ -210,6 +210,7 @@ def search(
         order=args.order,
         device=args.device,
         importance=args.importance,
+        warm_start_windows=args.warm_start_windows,
     )
     args.run_dir.mkdir(parents=True, exist_ok=True)
     files = RunFiles(args.run_dir)

@@ -29,6 +29,7 @@ MAKERS: dict[str, Callable[..., list[SubnetConfig]]] = {
     "attention": attention_configs,
 }
 WARM_STARTS = tuple(MAKERS)
+WARM_START_WINDOWS = 16  # calibration windows: seeds need a ranking, not a precise loss
 WARM_START_FILE = "warm_start.json"
 
 
@@ -41,7 +42,11 @@ def check_warm_start(names: Sequence[str]) -> None:
 
 
 def warm_start_configs(
-    supernet, tokenizer, names: Sequence[str], calibration: str | None = None, num_samples: int = 16
+    supernet,
+    tokenizer,
+    names: Sequence[str],
+    calibration: str | None = None,
+    num_samples: int = WARM_START_WINDOWS,
 ) -> dict:
     """``{method: [config dict, ...]}`` for each named method, on ``num_samples`` windows of 128 tokens of the
     calibration text ordering uses (seeds need a ranking, not a precise loss: sensitivity costs one

@@ -32,7 +32,7 @@ from llamanas.evaluation.measure import measure
 from llamanas.evaluation.questions import Questions
 from llamanas.evaluation.tasks import GROUPS
 from llamanas.model.load import fingerprint
-from llamanas.search.warm_start import warm_start_configs
+from llamanas.search.warm_start import WARM_START_WINDOWS, warm_start_configs
 from llamanas.supernet.elastic import load_supernet
 from llamanas.supernet.slicing import subnet_model
 from llamanas.supernet.space import SearchSpace
@@ -130,6 +130,7 @@ class SupernetSpec:
     calibration: str | None = None
     device: str = "auto"  # where each worker runs; Ray workers on GPUs get their own
     importance: str = "rms"  # the score channels are ordered by (the weights' fingerprint covers it)
+    warm_start_windows: int = WARM_START_WINDOWS  # calibration windows of the warm start
 
     def build(self, device: str | None = None) -> SupernetEvaluator:
         return SupernetEvaluator(self, device)
@@ -186,7 +187,9 @@ class SupernetEvaluator:
 
     def warm_start(self, names: tuple[str, ...]) -> dict:
         """Warm-start configs (``search.warm_start``) from this super-network, on ordering's calibration text."""
-        return warm_start_configs(self.supernet, self.tokenizer, names, self.spec.calibration)
+        return warm_start_configs(
+            self.supernet, self.tokenizer, names, self.spec.calibration, self.spec.warm_start_windows
+        )
 
     def _time(self, cfg: SubnetConfig) -> dict[str, float]:
         s = self.spec.settings
