@@ -12,6 +12,7 @@ from conftest import tiny_model, tiny_tokenizer
 
 from llamanas.errors import LlamanasError
 from llamanas.evaluation.questions import Questions
+from llamanas.evidence import baselines
 from llamanas.evidence.baselines import (
     baseline_configs,
     block_influence,
@@ -162,12 +163,12 @@ class FakeResult:
         }
 
 
-def test_run_baselines_writes_json_and_csv(tmp_path):
+def test_run_baselines_writes_json_and_csv(tmp_path, monkeypatch):
     calib = tmp_path / "calib.txt"
     calib.write_text("\n\n".join(" ".join(f"w{(i * j) % 120}" for j in range(40)) for i in range(1, 6)))
     loaded = []
 
-    def loader(name):
+    def loader(name, **kw):
         model = tiny_model("llama", layers=4, seed=0 if name == "base-model" else 1)
         loaded.append(name)
         return SuperNet(model), tiny_tokenizer()
@@ -181,6 +182,8 @@ def test_run_baselines_writes_json_and_csv(tmp_path):
         calls.append((depth, width, kw))
         return {t: FakeResult({"acc": 0.25 + 0.05 * depth + width / 1e4}, {"acc": 0.01}) for t in tasks}
 
+    monkeypatch.setattr(baselines, "load_supernet", loader)
+    monkeypatch.setattr(baselines, "evaluate", evaluate_fn)
     run = run_baselines(
         "base-model",
         ["taskA", "taskB"],
@@ -191,8 +194,6 @@ def test_run_baselines_writes_json_and_csv(tmp_path):
         calibration=str(calib),
         num_samples=4,
         seq_len=16,
-        loader=loader,
-        evaluate_fn=evaluate_fn,
     )
     assert loaded == ["base-model", "tuned"]
     assert len(run.rows) == 2 * (1 + 3 * 2)
@@ -237,10 +238,9 @@ def test_cli_baselines_rejects_bad_sizes():
     assert isinstance(r.exception, LlamanasError) and "1.5" in str(r.exception)
 
 
-def test_recovered_baselines_get_the_supernets_fine_tuning_budget(tiny_dir, tmp_path):
+def test_recovered_baselines_get_the_supernets_fine_tuning_budget(tiny_dir, tmp_path, monkeypatch):
     """recover=True prunes the original model, fine-tunes each baseline with the super-network's recorded
     budget, and evaluates the fine-tuned pruned model."""
-    from llamanas.supernet.elastic import load_supernet
     from llamanas.tuning.args import TuneArgs
     from llamanas.tuning.tune import finetune
 
@@ -276,6 +276,9 @@ def test_recovered_baselines_get_the_supernets_fine_tuning_budget(tiny_dir, tmp_
         )
         return {t: FakeResult({"acc": 0.3}, {"acc": 0.01}) for t in tasks}
 
+    real_load = baselines.load_supernet
+    monkeypatch.setattr(baselines, "load_supernet", lambda name, **kw: real_load(name, order=False))
+    monkeypatch.setattr(baselines, "evaluate", evaluate_fn)
     run = run_baselines(
         str(tiny_dir),
         ["taskA"],
@@ -284,8 +287,6 @@ def test_recovered_baselines_get_the_supernets_fine_tuning_budget(tiny_dir, tmp_
         supernet_dir=str(tmp_path / "sn"),
         methods=["depth", "width"],
         recover=True,
-        loader=lambda name: load_supernet(name, order=False),
-        evaluate_fn=evaluate_fn,
     )
     rec = [r for r in run.rows if r.source == "recovered"]
     assert [r.method for r in rec] == ["base", "depth", "width"]
@@ -336,16 +337,18 @@ def test_sensitivity_baseline_at_matched_size(tmp_path):
     assert all(m == 1536 for m in cfg.mlp[:20]) and min(cfg.mlp[20:]) == 384
 
 
-def test_run_baselines_with_sensitivity(tmp_path):
+def test_run_baselines_with_sensitivity(tmp_path, monkeypatch):
     calib = tmp_path / "calib.txt"
     calib.write_text("\n\n".join(" ".join(f"w{(i * j) % 120}" for j in range(40)) for i in range(1, 6)))
 
-    def loader(name):
+    def loader(name, **kw):
         return SuperNet(tiny_model("llama", layers=4)), tiny_tokenizer()
 
     def evaluate_fn(model, tokenizer, tasks, questions):
         return {t: FakeResult({"acc": 0.3}, {"acc": 0.01}) for t in tasks}
 
+    monkeypatch.setattr(baselines, "load_supernet", loader)
+    monkeypatch.setattr(baselines, "evaluate", evaluate_fn)
     run = run_baselines(
         "base-model",
         ["taskA"],
@@ -355,8 +358,6 @@ def test_run_baselines_with_sensitivity(tmp_path):
         calibration=str(calib),
         num_samples=4,
         seq_len=16,
-        loader=loader,
-        evaluate_fn=evaluate_fn,
     )
     assert [r.method for r in run.rows] == ["base", "width", "sensitivity"]
     row = run.rows[2]
@@ -365,6 +366,7 @@ def test_run_baselines_with_sensitivity(tmp_path):
     assert read_baselines(tmp_path / "out").to_dict() == json.loads(json.dumps(run.to_dict()))
 
 
-def test_run_baselines_checks_the_importance_name_first():
+def test_run_baselines_checks_the_importance_name_first(monkeypatch):
+    monkeypatch.setattr(baselines, "load_supernet", lambda *a, **k: pytest.fail("loaded before the check"))
     with pytest.raises(LlamanasError, match="Unknown importance score 'grad'"):
-        run_baselines("base-model", ["taskA"], [0.9], importance="grad", loader=lambda n: 1 / 0)
+        run_baselines("base-model", ["taskA"], [0.9], importance="grad")

@@ -11,7 +11,9 @@ from llamanas.cli.demo import DemoArgs, demo_args
 
 def test_demo_is_compress_with_a_small_budget():
     c = demo_args(DemoArgs())
-    assert c.model == "default" and c.tasks == ("arc_easy",) and c.fraction == 0.8 and c.warm_start_windows == 4
+    assert (
+        c.model == "default" and c.tasks == ("arc_easy",) and c.fraction == 0.8 and c.warm_start_windows == 4
+    )
     assert (c.evaluations, c.select_limit, c.report_limit, c.out) == (12, 50, 200, "runs/demo")
     assert c.timing_rounds >= 2  # speeds on the card are timed alternately, more than once
 

@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_model, tiny_tokenizer
 from torch import nn
 
+from llamanas.deploy import quantize
 from llamanas.deploy.quantize import (
     QUANT_FILE,
     WEIGHTS_FILE,
@@ -284,7 +285,8 @@ def fake_evaluate(model, tokenizer, tasks, questions=None):
     return {t: FakeResult({"acc": m}, {"acc": 0.04}) for t in tasks}
 
 
-def test_compare_quantization_reports_before_and_after(tmp_path):
+def test_compare_quantization_reports_before_and_after(tmp_path, monkeypatch):
+    monkeypatch.setattr(quantize, "evaluate", fake_evaluate)
     model = tiny_model("llama", hidden=64, inter=128)
     c, qmodel = compare_quantization(
         model,
@@ -294,7 +296,6 @@ def test_compare_quantization_reports_before_and_after(tmp_path):
         timing=True,
         timing_kwargs=dict(prefill_tokens=8, gen_tokens=2, warmup=0, repeats=2),
         out_dir=tmp_path / "q4",
-        evaluate_fn=fake_evaluate,
     )
     assert c.before.bytes == 2 * c.before.params and c.after.params == c.before.params
     assert c.size_ratio < 0.6
@@ -326,7 +327,7 @@ def _synthetic_run(tmp_path, sn):
     return run, cfgs
 
 
-def test_quantize_front_writes_points_beside_the_originals(tmp_path):
+def test_quantize_front_writes_points_beside_the_originals(tmp_path, monkeypatch):
     model = tiny_model("llama", hidden=64, inter=96)
     sn = SuperNet(model)
     run, cfgs = _synthetic_run(tmp_path, sn)
@@ -336,7 +337,8 @@ def test_quantize_front_writes_points_beside_the_originals(tmp_path):
         seen.update(questions.to_dict())
         return fake_evaluate(m, tok, tasks)
 
-    path = quantize_front(run, "int8", supernet=sn, tokenizer=tiny_tokenizer(), evaluate_fn=evaluate_fn)
+    monkeypatch.setattr(quantize, "evaluate", evaluate_fn)
+    path = quantize_front(run, "int8", supernet=sn, tokenizer=tiny_tokenizer())
     assert path == run / "front_int8.json"
     d = json.loads(path.read_text())
     assert d["method"] == "int8" and d["tasks"] == ["taskA"]
@@ -350,7 +352,7 @@ def test_quantize_front_writes_points_beside_the_originals(tmp_path):
     assert sn.active == SubnetConfig.full(sn.arch)  # the super-network is left as it was
 
 
-def test_quantize_front_uses_the_runs_evaluation_settings(tmp_path):
+def test_quantize_front_uses_the_runs_evaluation_settings(tmp_path, monkeypatch):
     """run.json's evaluation settings win over its args: the subset seed is the data seed, not the search's."""
     sn = SuperNet(tiny_model("llama", hidden=64, inter=96))
     run, _ = _synthetic_run(tmp_path, sn)
@@ -364,12 +366,12 @@ def test_quantize_front_uses_the_runs_evaluation_settings(tmp_path):
         seen.update(questions.to_dict())
         return fake_evaluate(m, tok, tasks)
 
+    monkeypatch.setattr(quantize, "evaluate", evaluate_fn)
     path = quantize_front(
         run,
         "int4",
         supernet=sn,
         tokenizer=tiny_tokenizer(),
-        evaluate_fn=evaluate_fn,
         questions=RunFiles(run).eval_settings().questions().override(limit=5, split=None),
     )
     assert seen == {"split": "validation", "limit": 5, "num_fewshot": 0, "seed": 7, "offset": 0}
@@ -379,9 +381,7 @@ def test_quantize_front_uses_the_runs_evaluation_settings(tmp_path):
 
 def test_quantize_front_needs_a_front(tmp_path):
     with pytest.raises(LlamanasError, match="no front.json"):
-        quantize_front(
-            tmp_path, "int8", supernet=object(), tokenizer=None, evaluate_fn=fake_evaluate, tasks=["a"]
-        )
+        quantize_front(tmp_path, "int8", supernet=object(), tokenizer=None, tasks=["a"])
 
 
 def test_cli_quantize_checkpoint(tiny_dir, tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -251,10 +251,10 @@ def _num_params(model) -> int:
     return total
 
 
-def _point(model, tokenizer, label, bits, tasks, questions, timing, evaluate_fn, timing_kwargs) -> QuantPoint:
+def _point(model, tokenizer, label, bits, tasks, questions, timing, timing_kwargs) -> QuantPoint:
     point = QuantPoint(label=label, bits=bits, params=_num_params(model), bytes=model_bytes(model))
     if tasks:
-        results = evaluate_fn(model, tokenizer, list(tasks), questions)
+        results = evaluate(model, tokenizer, list(tasks), questions)
         point.results = {k: r.to_dict() for k, r in results.items()}
     if timing:
         model.generation_config.pad_token_id = 0
@@ -273,7 +273,6 @@ def compare_quantization(
     timing: bool = True,
     timing_kwargs: dict | None = None,
     out_dir: str | Path | None = None,
-    evaluate_fn: Callable | None = None,
 ) -> tuple[QuantComparison, nn.Module]:
     """Evaluate and time ``model``, quantize it (in place), evaluate and time again.
 
@@ -281,12 +280,10 @@ def compare_quantization(
     (with ``comparison.json``) and ``after.file_bytes`` is its weights file's size.
     """
     check_method(method)
-    if evaluate_fn is None and tasks:
-        evaluate_fn = evaluate
     timing_kwargs = timing_kwargs or {}
-    before = _point(model, tokenizer, "before", "16", tasks, questions, timing, evaluate_fn, timing_kwargs)
+    before = _point(model, tokenizer, "before", "16", tasks, questions, timing, timing_kwargs)
     quantize_model(model, method, group_size, backend="cpu")
-    after = _point(model, tokenizer, "after", method, tasks, questions, timing, evaluate_fn, timing_kwargs)
+    after = _point(model, tokenizer, "after", method, tasks, questions, timing, timing_kwargs)
     comparison = QuantComparison(
         method,
         group_size,
@@ -336,7 +333,6 @@ def quantize_front(
     timing: bool = False,
     supernet=None,
     tokenizer=None,
-    evaluate_fn: Callable | None = None,
     progress: bool = False,
     device: str = "auto",
 ) -> Path:
@@ -370,8 +366,6 @@ def quantize_front(
         if run_fingerprint:
             # The search's weights (after ordering) must be the ones we quantize, or the points differ.
             fingerprint_ok = fingerprint(supernet.model) == run_fingerprint
-    if evaluate_fn is None:
-        evaluate_fn = evaluate
     out_points = []
     iterator = points
     if progress:
@@ -381,7 +375,7 @@ def quantize_front(
         small = standalone(supernet, cfg)
         bytes_16 = model_bytes(small)
         quantize_model(small, method, group_size, backend="cpu")
-        results = evaluate_fn(small, tokenizer, tasks, questions)
+        results = evaluate(small, tokenizer, tasks, questions)
         entry = {
             "config": cfg.to_dict(),
             "params": cfg.num_params(supernet.arch),

@@ -265,7 +265,6 @@ def evaluate_specs(
     specs: Sequence[BaselineSpec],
     tasks: Sequence[str],
     questions: Questions,
-    evaluate_fn: Callable,
 ) -> list[BaselineResult]:
     """Evaluate each spec's sub-network in place on the super-network (no weights copied)."""
     rows = []
@@ -276,7 +275,7 @@ def evaluate_specs(
             )
             continue
         with supernet.subnet(spec.config):
-            results = evaluate_fn(supernet.model, tokenizer, list(tasks), questions)
+            results = evaluate(supernet.model, tokenizer, list(tasks), questions)
         rows.append(BaselineResult.evaluated(spec, supernet.arch, results))
     return rows
 
@@ -285,14 +284,13 @@ def evaluate_checkpoint(
     folder: Path,
     spec: BaselineSpec,
     arch: Arch,
-    loader: Callable,
+    load: Callable,
     tasks: Sequence[str],
     questions: Questions,
-    evaluate_fn: Callable,
 ) -> BaselineResult:
-    """The row of a recovered baseline: its fine-tuned checkpoint loaded and evaluated as any model."""
-    tuned, tokenizer = loader(str(folder))
-    results = evaluate_fn(tuned.model, tokenizer, list(tasks), questions)
+    """The row of a recovered baseline: its fine-tuned checkpoint loaded (``load(name)``) and evaluated."""
+    tuned, tokenizer = load(str(folder))
+    results = evaluate(tuned.model, tokenizer, list(tasks), questions)
     return BaselineResult.evaluated(spec, arch, results, source="recovered")
 
 
@@ -314,15 +312,13 @@ def run_baselines(
     device: str = "auto",
     importance: str = "rms",
     compensate: bool = False,
-    loader: Callable | None = None,
-    evaluate_fn: Callable | None = None,
 ) -> BaselineRun:
     """Build and evaluate the baselines on ``model`` (and on ``supernet_dir`` when given; ``recover``
     also fine-tunes each pruned model with the super-network's budget, in ``out_dir/recovered``).
 
-    ``loader(name) -> (SuperNet, tokenizer)`` defaults to ``load_supernet`` (which orders the channels
-    by importance, as the width baseline needs, with the ``importance`` score; ``compensate`` switches bias
-    compensation on for every baseline); tests pass fakes for ``loader`` and ``evaluate_fn``.
+    Each model is loaded by ``load_supernet``, which orders the channels by importance (as the width
+    baseline needs) with the ``importance`` score; ``compensate`` switches bias compensation on for every
+    baseline.
     """
     if not tasks:
         raise LlamanasError("Baselines need at least one task.")
@@ -336,27 +332,24 @@ def run_baselines(
                 "recover needs the fine-tuned super-network (--supernet) and an output folder."
             )
         tune_args = training_budget(supernet_dir)
-    if loader is None:
 
-        def loader(name):
-            return load_supernet(
-                name,
-                calibration=calibration,
-                dtype=dtype,
-                device=device,
-                importance=importance,
-                compensate=compensate,
-            )
+    def load(name: str):
+        return load_supernet(
+            name,
+            calibration=calibration,
+            dtype=dtype,
+            device=device,
+            importance=importance,
+            compensate=compensate,
+        )
 
-    if evaluate_fn is None:
-        evaluate_fn = evaluate
     sources = [("base", model)] + ([("supernet", supernet_dir)] if supernet_dir else [])
     rows: list[BaselineResult] = []
     bis: dict[str, list[float]] = {}
     sens_rows: dict[str, dict] = {}
     full_params, used_dtype = 0, "float32"
     for source, name in sources:
-        supernet, tokenizer = loader(name)
+        supernet, tokenizer = load(name)
         if full_params and SubnetConfig.full(supernet.arch).num_params(supernet.arch) != full_params:
             raise LlamanasError(f"The super-network {name!r} does not have the shape of the model {model!r}.")
         full_params = SubnetConfig.full(supernet.arch).num_params(supernet.arch)
@@ -375,14 +368,12 @@ def run_baselines(
             sens = measure_sensitivity(supernet, batches)
             sens_rows[source] = sens.to_dict()
         specs = baseline_configs(supernet.arch, sizes, bi, methods, source, width_multiple, sens, attn_bi)
-        rows += evaluate_specs(supernet, tokenizer, specs, tasks, questions, evaluate_fn)
+        rows += evaluate_specs(supernet, tokenizer, specs, tasks, questions)
         if source == "base" and tune_args is not None:
             recovered = Path(out_dir) / "recovered"
             for spec in (s for s in specs if s.config is not None):
                 tuned = recover_baseline(supernet, tokenizer, spec, tune_args, recovered)
-                rows.append(
-                    evaluate_checkpoint(tuned, spec, supernet.arch, loader, tasks, questions, evaluate_fn)
-                )
+                rows.append(evaluate_checkpoint(tuned, spec, supernet.arch, load, tasks, questions))
         del supernet
     run = BaselineRun(
         model=model,
