@@ -319,20 +319,19 @@ def load_data(run_dir: str | Path, baselines: str | Path | None = None) -> Repor
                         label, r.method, r.config, r.results, score, arch, params=r.params, source=r.source
                     )
                 )
-            args = dict(info.get("args", {}))
-            if "data_seed" in args:  # the --limit subset's seed; "seed" is the search's own
-                args["seed"] = args["data_seed"]
+            searched = _read(files.eval_settings)  # the search's questions (None without run.json)
+            searched = searched.questions().to_dict() if searched is not None else {}
             diff = [
                 k
                 for k in ("split", "limit", "num_fewshot", "seed")
-                if args and k in args and args.get(k) != getattr(b, k)
+                if searched and searched[k] != getattr(b, k)
             ]
             if set(score.tasks) - set(b.tasks):
                 diff.append("tasks")
             if diff:
                 notes.append(
                     "Baselines were evaluated with different settings than the search ("
-                    + ", ".join(f"{k}: {getattr(b, k)!r} vs {args.get(k)!r}" for k in diff)
+                    + ", ".join(f"{k}: {getattr(b, k)!r} vs {searched[k]!r}" for k in diff)
                     + "); they are not directly comparable."
                 )
         except LlamanasError as e:
