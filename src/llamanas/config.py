@@ -25,6 +25,13 @@ def resumable_fields(cls) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get(_RESUMABLE))
 
 
+def check_at_least(*checks: tuple[str, float, float]) -> None:
+    """Each ``(flag, value, lowest)``: a value below its lowest is an error that names the flag and both."""
+    for flag, value, lowest in checks:
+        if value < lowest:
+            raise LlamanasError(f"{flag} must be >= {lowest}; got {value}.")
+
+
 def from_dict_strict(cls, d: dict, what: str):
     """Build dataclass ``cls`` from ``d``; unknown keys are an error (never silently dropped)."""
     allowed = {f.name for f in dataclasses.fields(cls)}

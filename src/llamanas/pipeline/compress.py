@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llamanas.config import from_dict_strict, resumable, resumable_fields
+from llamanas.config import check_at_least, from_dict_strict, resumable, resumable_fields
 from llamanas.deploy.extract import extract
 from llamanas.deploy.gguf import TYPES, export_subnet_gguf, tokenizer_source_for
 from llamanas.deploy.llamacpp import available as llamacpp_available
@@ -106,16 +106,14 @@ class CompressArgs:
                 f"--target {self.target!r} constrains {self.constraint(0).objective.name}, which the search "
                 f"maximises; give a fraction of the parameters or a size or speed: {', '.join(TARGET_OBJECTIVES)}."
             )
-        for flag, v, lo in (
+        check_at_least(
             ("--evaluations", self.evaluations, 2),
             ("--population", self.population, 2),
             ("--select-limit", self.select_limit, 1),
             ("--report-limit", self.report_limit, 1),
             ("--timing-rounds", self.timing_rounds, 0),
             ("--warm-start-windows", self.warm_start_windows, 1),
-        ):
-            if v < lo:
-                raise LlamanasError(f"{flag} must be >= {lo}; got {v}.")
+        )
 
     @property
     def fraction(self) -> float | None:

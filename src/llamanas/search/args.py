@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from llamanas.config import from_dict_strict, resumable, resumable_fields
+from llamanas.config import check_at_least, from_dict_strict, resumable, resumable_fields
 from llamanas.errors import LlamanasError, unknown
 from llamanas.evaluation.questions import Questions
 from llamanas.model.device import DTYPES
@@ -131,16 +131,14 @@ class SearchArgs:
             raise unknown("algorithm", self.algorithm, tuple(ALGORITHMS))
         check_importance(self.importance)
         check_warm_start(self.warm_start)
-        for flag, v, lo in (
+        check_at_least(
             ("--evaluations", self.evaluations, 1),
             ("--population", self.population, 2),
             ("--workers", self.workers, 1),
             ("--inner-generations", self.inner_generations, 1),
             ("--seq-len", self.seq_len, 1),
             ("--warm-start-windows", self.warm_start_windows, 1),
-        ):
-            if v < lo:
-                raise LlamanasError(f"{flag} must be >= {lo}; got {v}.")
+        )
         if self.limit is not None and self.limit < 1:
             raise LlamanasError(f"--limit must be >= 1; got {self.limit}.")
         if self.inner_population is not None and self.inner_population < 4:
