@@ -122,13 +122,16 @@ def test_compress_end_to_end_resumes_and_refuses(tiny_bpe, tmp_path, monkeypatch
     pick = state["stages"]["pick"]
     assert pick["params"] <= 0.85 * arch.num_params()
     small = AutoModelForCausalLM.from_pretrained(out / "model")
-    assert sum(p.numel() for p in small.parameters()) == pick["params"]
+    stored = state["stages"]["extract"]["params"]
+    assert sum(p.numel() for p in small.parameters()) == stored
+    # at 85% the recipe repairs: the refitted output projections carry biases (one per hidden unit, per block)
+    assert state["stages"]["plan"]["recipe"]["repair"] and stored == pick["params"] + 2 * 4 * arch.hidden_size
     assert (out / "model-q8_0.gguf").is_file() and (out / "model-f16.gguf").is_file()
     assert not list(out.glob(".*tmp*"))  # nothing half-written left
     results = state["stages"]["evaluate"]["results"]
     assert results["base"]["arc_easy"]["split"] == "test" and results["compressed"]["arc_easy"]["n"] == 6
     assert args.command() in text and "arc_easy accuracy (test, 6 questions)" in text
-    assert f"{pick['params']:,}" in text and "## Recipe" in text and "## Measured on" in text
+    assert f"{stored:,}" in text and "## Recipe" in text and "## Measured on" in text
     assert any(line.startswith("Recipe for") for line in lines)
     # A finished run: nothing is redone.
     monkeypatch.setattr(C, "search", lambda *a, **k: pytest.fail("search re-run"))

@@ -19,9 +19,7 @@ from llamanas.deploy.llamacpp import available
 from llamanas.errors import LlamanasError
 from llamanas.evaluation import evaluate as E
 from llamanas.evaluation.questions import Questions
-from llamanas.model.arch import Arch
 from llamanas.supernet.slicing import build_extracted
-from llamanas.supernet.subnet import SubnetConfig
 
 pytestmark = [
     pytest.mark.skipif(not available(), reason="llama-cpp-python not installed"),
@@ -173,9 +171,9 @@ def test_compress_writes_gguf_atomically_and_times_abab(tmp_path, monkeypatch):
     model = model_of()
     model.save_pretrained(folder)
     bpe_tokenizer().save_pretrained(folder)
-    full = SubnetConfig.full(Arch.from_hf(model.config))
-    base = C._export_gguf(str(folder), model, None, full, tmp_path / "b.gguf", "f16").path
-    sub = C._export_gguf(str(folder), model, None, NONUNIFORM, tmp_path / "s.gguf", "q8_0").path
+    base = C._export_gguf(str(folder), model, None, tmp_path / "b.gguf", "f16").path
+    small = build_extracted(model, NONUNIFORM)
+    sub = C._export_gguf(str(folder), small, None, tmp_path / "s.gguf", "q8_0", NONUNIFORM.to_dict()).path
     assert read_gguf_info(sub).type == "q8_0" and read_gguf_info(sub).arch == "deci"
     assert sorted(p.name for p in tmp_path.glob("*.gguf*")) == ["b.gguf", "s.gguf"]  # no temporary left
     lines: list[str] = []

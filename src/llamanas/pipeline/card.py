@@ -47,7 +47,7 @@ def _mib(n: int | None) -> str:
 def card_text(args, recipe, stages: dict, host: dict) -> str:
     plan, pick, results = stages["plan"], stages["pick"], stages["evaluate"]["results"]
     gguf, timing = stages["gguf"]["files"], stages["time"]
-    base_params, params = plan["base_params"], pick["params"]
+    base_params, params = plan["base_params"], stages["extract"]["params"]
     first = recipe.gguf_types[0]
     lines = [
         f"# {Path(args.model).name if args.model != 'default' else 'SmolLM2-135M-Instruct'}, compressed to "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import statistics
@@ -27,9 +28,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from safetensors import safe_open
+
 from llamanas.config import check_at_least, from_dict_strict, resumable, resumable_fields
 from llamanas.deploy.extract import extract
-from llamanas.deploy.gguf import TYPES, export_subnet_gguf, tokenizer_source_for
+from llamanas.deploy.gguf import TYPES, export_gguf, tokenizer_source_for
 from llamanas.deploy.llamacpp import available as llamacpp_available
 from llamanas.deploy.llamacpp import time_gguf
 from llamanas.deploy.speed import build_latency_table_for
@@ -339,34 +342,49 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
         f"selection accuracy {pick['select_accuracy']:.3f}"
     )
 
-    # 4-5. extract and GGUF: one load of the ordered super-network serves both.
+    # 4. extract: least-squares repair (with bias compensation, as it was measured) when the recipe has it
     model_dir = out / "model"
-    ggufs = {ty: out / f"model-{ty}.gguf" for ty in recipe.gguf_types}
-    base_gguf = out / "work" / f"base-{recipe.gguf_types[0]}.gguf"
-    supernet = tokenizer = None
-    if not (state.done("extract") and state.done("gguf")):
-        supernet, tokenizer = load_supernet(
-            args.model, importance=recipe.importance, dtype=plan["dtype"], device=args.device, say=say
-        )
-    t = stage(4, "extract")
+    t = stage(4, "extract", "under a minute" if not recipe.repair else "a minute or two with the repair")
     if not state.done("extract"):
+        supernet, tokenizer = load_supernet(
+            args.model,
+            importance=recipe.importance,
+            compensate=recipe.repair,
+            dtype=plan["dtype"],
+            device=args.device,
+            say=say,
+        )
         tmp = out / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         meta = {"source_model": args.model, "ordered": True, "importance": recipe.importance, "run": "search"}
         extract(supernet, cfg, tmp, tokenizer, metadata={**meta, "id": pick["id"]}, repair=recipe.repair)
+        del supernet
         shutil.rmtree(model_dir, ignore_errors=True)
         tmp.rename(model_dir)
-        state.finish("extract", {"path": "model", "bytes": _folder_bytes(model_dir)}, time.time() - t)
+        state.finish(
+            "extract",
+            {"path": "model", "bytes": _folder_bytes(model_dir), "params": checkpoint_params(model_dir)},
+            time.time() - t,
+        )
+
+    # 5. GGUF, written from the checkpoints themselves: each file holds exactly the model it stands for
+    ggufs = {ty: out / f"model-{ty}.gguf" for ty in recipe.gguf_types}
+    base_gguf = out / "work" / f"base-{recipe.gguf_types[0]}.gguf"
     t = stage(5, "gguf")
     if not state.done("gguf"):
         files = {}
-        for ty, path in [*ggufs.items(), (f"base-{recipe.gguf_types[0]}", base_gguf)]:
-            which = SubnetConfig.full(arch) if ty.startswith("base-") else cfg
-            res = _export_gguf(args.model, supernet, tokenizer, which, path, ty.removeprefix("base-"))
-            files[ty] = {"path": str(path.relative_to(out)), "bytes": path.stat().st_size}
-            say(f"  wrote {res.summary()}")
+        for source, targets in (
+            (str(model_dir), [(ty, path, pick["config"]) for ty, path in ggufs.items()]),
+            (args.model, [(recipe.gguf_types[0], base_gguf, None)]),
+        ):
+            model, tok = load_model(source, dtype="float32", device="cpu")
+            for ty, path, subnet in targets:
+                res = _export_gguf(args.model, model, tok, path, ty, subnet)
+                key = ty if subnet is not None else f"base-{ty}"
+                files[key] = {"path": str(path.relative_to(out)), "bytes": path.stat().st_size}
+                say(f"  wrote {res.summary()}")
+            del model
         state.finish("gguf", {"files": files}, time.time() - t)
-    del supernet
 
     # 6. evaluate on the report questions
     n_report = sum(q["limit"] or 0 for q in plan["report"].values())
@@ -425,20 +443,18 @@ def _say_recipe(say, args: CompressArgs, recipe: Recipe, select: Questions, plan
     say(f"  report: {reported} (disjoint from the selection); GGUF {', '.join(recipe.gguf_types)}")
 
 
-def _export_gguf(model: str, supernet, tokenizer, cfg: SubnetConfig, path: Path, type: str):
-    """``cfg`` as a GGUF file at ``path``, written under a temporary name first."""
+def _export_gguf(name: str, model, tokenizer, path: Path, type: str, subnet: dict | None = None):
+    """A loaded HF ``model`` (plain or extracted) as GGUF at ``path``, with the tokenizer of the model
+    ``name`` (``export_gguf`` writes under a temporary name and renames)."""
     if type not in TYPES:
         raise unknown("GGUF type", type, TYPES)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
     with tempfile.TemporaryDirectory() as tok_dir:
-        source = tokenizer_source_for(model)
-        if source is None:
+        source = tokenizer_source_for(name)
+        if source is None:  # a hub id: the loaded tokenizer, saved where export_gguf can read it
             tokenizer.save_pretrained(tok_dir)
             source = tok_dir
-        res = export_subnet_gguf(supernet, cfg, source, tmp, type=type, overwrite=True)
-    os.replace(tmp, path)
-    return dataclasses.replace(res, path=path)
+        return export_gguf(model, source, path, type=type, overwrite=True, subnet=subnet)
 
 
 def _time_abab(base: Path, small: Path, rounds: int, say) -> dict:
@@ -479,6 +495,16 @@ def _time_abab(base: Path, small: Path, rounds: int, say) -> dict:
 
 
 SPREAD_MAX = 0.15  # ratio spread between rounds above which a timing is reported as untrustworthy
+
+
+def checkpoint_params(folder: Path) -> int:
+    """Parameters stored in a checkpoint's safetensors files (the repair's output biases included), read
+    from their headers without loading the weights."""
+    total = 0
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118 - safe_open is no dict
+    return total
 
 
 def _folder_bytes(path: Path) -> int:
