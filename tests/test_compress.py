@@ -62,7 +62,13 @@ def test_selection_and_report_questions_are_disjoint():
     arc = report_questions(args, "arc_easy")
     assert (arc.split, arc.limit, arc.offset, arc.seed) == ("test", 300, 0, 3)  # the held-out split
     piqa = report_questions(args, "piqa")  # no test answers: the rest of validation, after the selection
-    assert (piqa.split, piqa.offset, piqa.seed) == ("validation", 100, 3)
+    assert (piqa.split, piqa.offset, piqa.seed) == (
+        "validation",
+        100 + 400,
+        3,
+    )  # after selection and confirmation
+    confirm = C.confirm_questions(args)
+    assert (confirm.split, confirm.offset, confirm.limit) == ("validation", 100, 400)  # after the selection
 
 
 def test_targets_are_fractions_or_constraints():
@@ -78,7 +84,13 @@ def test_targets_are_fractions_or_constraints():
 
 def test_command_reproduces_the_settings():
     args = CompressArgs(tasks=("arc_easy", "piqa"), target=0.7, out="small")
-    assert args.command() == "llamanas compress --tasks arc_easy,piqa --target 0.7 --out small"
+    assert (
+        args.command() == "llamanas compress --model default --tasks arc_easy,piqa --target 0.7 --out small"
+    )
+    assert (
+        CompressArgs(confirm=0).command()
+        == "llamanas compress --model default --tasks arc_easy --target 0.8 --confirm 0 --out compressed"
+    )
 
 
 @pytest.fixture
@@ -100,6 +112,8 @@ def test_compress_end_to_end_resumes_and_refuses(tiny_bpe, tmp_path, monkeypatch
         population=2,
         select_limit=4,
         report_limit=6,
+        confirm=2,
+        confirm_limit=5,
         timing_rounds=1,
         warm_start_windows=3,
         out=str(out),
@@ -121,6 +135,12 @@ def test_compress_end_to_end_resumes_and_refuses(tiny_bpe, tmp_path, monkeypatch
     arch = Arch.from_hf(load_config(str(tiny_bpe)))
     pick = state["stages"]["pick"]
     assert pick["params"] <= 0.85 * arch.num_params()
+    # the pick is the best of the candidates on the confirmation questions, which the selection never saw
+    cands = pick["candidates"]
+    assert (
+        len(cands) >= 2 and str(pick["id"]) in cands and all(c["confirm"] is not None for c in cands.values())
+    )
+    assert pick["confirm_accuracy"] == max(c["confirm"] for c in cands.values())
     small = AutoModelForCausalLM.from_pretrained(out / "model")
     stored = state["stages"]["extract"]["params"]
     assert sum(p.numel() for p in small.parameters()) == stored

@@ -46,6 +46,8 @@ def demo_args(args: DemoArgs) -> CompressArgs:
         select_limit=args.select_limit,
         report_limit=args.report_limit,
         warm_start_windows=args.warm_start_windows,
+        confirm=2,
+        confirm_limit=100,
         timing_rounds=3,
         seed=args.seed,
         out=args.out,

@@ -44,6 +44,17 @@ def _mib(n: int | None) -> str:
     return "—" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+def _chosen_on(pick: dict, args, sel: dict) -> str:
+    """Which questions the pick was made on: the selection ones, or the confirmation of the candidates."""
+    if pick.get("confirm_accuracy") is None:
+        return f"on the selection questions ({pick['select_accuracy']:.3f})"
+    return (
+        f"among {len(pick['candidates'])} candidates re-scored on {args.confirm_limit} further "
+        f"{sel['split'] or 'default-split'} questions per task ({pick['confirm_accuracy']:.3f}; selection "
+        f"{pick['select_accuracy']:.3f})"
+    )
+
+
 def card_text(args, recipe, stages: dict, host: dict) -> str:
     plan, pick, results = stages["plan"], stages["pick"], stages["evaluate"]["results"]
     gguf, timing = stages["gguf"]["files"], stages["time"]
@@ -112,7 +123,9 @@ def card_text(args, recipe, stages: dict, host: dict) -> str:
     lines += ["", "## Recipe", "", "| choice | value | why |", "|---|---|---|"]
     for key, why in recipe.why.items():
         value = getattr(recipe, key)
-        if isinstance(value, dict):
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        elif isinstance(value, dict):
             value = f"MLP {value['mlp_choices']}, KV groups {value['kv_groups']}, every layer kept"
         elif isinstance(value, tuple):
             value = ", ".join(value) or "none"
@@ -121,8 +134,8 @@ def card_text(args, recipe, stages: dict, host: dict) -> str:
     lines += [
         f"| search | LINAS, {args.evaluations} evaluations, population {args.population} | selected on "
         f"{sel['limit']} {sel['split'] or 'default-split'} questions per task (seed {sel['seed']}) |",
-        f"| chosen | front member {pick['id']} | the most accurate meeting the target "
-        f"({args.target_text(base_params)}) on the selection questions ({pick['select_accuracy']:.3f}) |",
+        f"| chosen | sub-network #{pick['id']} | the most accurate meeting the target "
+        f"({args.target_text(base_params)}) " + _chosen_on(pick, args, sel) + " |",
         "",
         "## Reproduce",
         "",

@@ -48,6 +48,7 @@ from llamanas.pipeline.card import write_card
 from llamanas.pipeline.recipe import Recipe, choose_recipe
 from llamanas.search import objectives as objmod
 from llamanas.search.args import SearchArgs
+from llamanas.search.files import RunFiles
 from llamanas.search.run import load_run, search
 from llamanas.search.store import write_json
 from llamanas.search.warm_start import WARM_START_WINDOWS
@@ -77,6 +78,11 @@ class CompressArgs:
     """LINAS batch: the first population and the sub-networks evaluated per loop."""
     select_limit: int = 100
     """Questions per task the search selects on (a seeded subset of the validation split)."""
+    confirm: int = 4
+    """Candidates re-scored on more validation questions before the pick: the most accurate feasible ones on
+    the selection questions, plus the warm start's seeds that meet the target (0: pick on the selection)."""
+    confirm_limit: int = 400
+    """Validation questions per task the candidates are re-scored on, after the selection ones (disjoint)."""
     report_limit: int = 500
     """Questions per task the model card reports on: disjoint from the selection ones (the test split where
     the task has one with answers, else the rest of the validation split)."""
@@ -114,6 +120,8 @@ class CompressArgs:
             ("--population", self.population, 2),
             ("--select-limit", self.select_limit, 1),
             ("--report-limit", self.report_limit, 1),
+            ("--confirm", self.confirm, 0),
+            ("--confirm-limit", self.confirm_limit, 1),
             ("--timing-rounds", self.timing_rounds, 0),
             ("--warm-start-windows", self.warm_start_windows, 1),
         )
@@ -157,7 +165,7 @@ class CompressArgs:
         parts = ["llamanas compress"]
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name != "out" and v == getattr(default, f.name):
+            if f.name not in ("model", "tasks", "target", "out") and v == getattr(default, f.name):
                 continue
             v = ",".join(v) if isinstance(v, tuple) else v
             parts.append(f"--{f.name.replace('_', '-')} {v}")
@@ -170,14 +178,22 @@ def selection_questions(args: CompressArgs) -> Questions:
     return Questions(split=split, limit=args.select_limit, seed=args.seed)
 
 
+def confirm_questions(args: CompressArgs) -> Questions:
+    """Where the candidates are re-scored: the same split as the selection, the questions after it."""
+    select = selection_questions(args)
+    return Questions(split=select.split, limit=args.confirm_limit, seed=args.seed, offset=args.select_limit)
+
+
 def report_questions(args: CompressArgs, task: str) -> Questions:
-    """What the card reports on for ``task``: disjoint from ``selection_questions`` by construction."""
+    """What the card reports on for ``task``: disjoint from the selection and confirmation questions by
+    construction (another split, or the questions after both in the same seeded order)."""
     spec = get_task(task)
     select = selection_questions(args)
     selected_split = select.split or spec.default_split
     if spec.test_split and spec.test_split != selected_split:
         return Questions(split=spec.test_split, limit=args.report_limit, seed=args.seed)
-    return Questions(split=selected_split, limit=args.report_limit, seed=args.seed, offset=args.select_limit)
+    used = args.select_limit + (args.confirm_limit if args.confirm else 0)
+    return Questions(split=selected_split, limit=args.report_limit, seed=args.seed, offset=used)
 
 
 def _leaves(args: CompressArgs) -> list[str]:
@@ -314,20 +330,43 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
     t = stage(3, "pick")
     if not state.done("pick"):
         view = load_run(run_dir)
-        fitting = view.front  # the feasible members: each one meets the target
-        if not fitting:
+        candidates = _candidates(view, run_dir, recipe, args.confirm)
+        if not candidates:
             raise LlamanasError(
                 f"No sub-network meeting --target {args.target!r} was found in {len(view.evaluated)} evaluations; "
                 "raise --evaluations or relax --target."
             )
-        best = max(fitting, key=lambda m: (m.values["accuracy"], -m.config.num_params(arch)))
+        scores = {}
+        if len(candidates) > 1:
+            confirm = confirm_questions(args)
+            say(
+                f"  re-scoring {len(candidates)} candidates on {confirm.limit} more validation questions per task"
+            )
+            supernet, tokenizer = load_supernet(
+                args.model, importance=recipe.importance, dtype=plan["dtype"], device=args.device
+            )
+            for e in candidates:
+                with supernet.subnet(e.config):
+                    res = evaluate(supernet.model, tokenizer, list(args.tasks), confirm, progress=False)
+                scores[e.seq] = statistics.mean(res[t].metrics["acc"] for t in _leaves(args))
+                say(f"  #{e.seq}: {e.config.num_params(arch):,} parameters, selection {e.values['accuracy']:.3f}, "
+                    f"confirmation {scores[e.seq]:.3f}")  # fmt: skip
+            del supernet
+        best = max(
+            candidates, key=lambda e: (scores.get(e.seq, e.values["accuracy"]), -e.config.num_params(arch))
+        )
         state.finish(
             "pick",
             {
-                "id": best.id,
+                "id": best.seq,
                 "config": best.config.to_dict(),
                 "params": best.config.num_params(arch),
                 "select_accuracy": best.values["accuracy"],
+                "confirm_accuracy": scores.get(best.seq),
+                "candidates": {
+                    str(e.seq): {"select": e.values["accuracy"], "confirm": scores.get(e.seq)}
+                    for e in candidates
+                },
                 "target": {
                     "constraint": constraint.text,
                     "value": best.values.get(constraint.objective.name),
@@ -338,8 +377,13 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
     pick = state.done("pick")
     cfg = SubnetConfig.from_dict(pick["config"])
     say(
-        f"  front member {pick['id']}: {pick['params']:,} parameters ({pick['params'] / arch.num_params():.1%}), "
+        f"  sub-network #{pick['id']}: {pick['params']:,} parameters ({pick['params'] / arch.num_params():.1%}), "
         f"selection accuracy {pick['select_accuracy']:.3f}"
+        + (
+            f", confirmation {pick['confirm_accuracy']:.3f}"
+            if pick.get("confirm_accuracy") is not None
+            else ""
+        )
     )
 
     # 4. extract: least-squares repair (with bias compensation, as it was measured) when the recipe has it
@@ -426,6 +470,18 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
         "card", {"path": card.name, "total_seconds": round(time.time() - t_start, 1)}, time.time() - t
     )
     return card
+
+
+def _candidates(view, run_dir: Path, recipe: Recipe, n: int) -> list:
+    """The sub-networks worth re-scoring: the ``n`` most accurate evaluations that meet the target on the
+    selection questions, and the warm start's seeds that meet it (their prior is measured, not sampled)."""
+    rows = [e.values for e in view.evaluated]
+    feasible = [e for e, ok in zip(view.evaluated, view.goals.feasible(rows), strict=True) if ok]
+    out = sorted(feasible, key=lambda e: (-e.values["accuracy"], e.seq))[: max(1, n)]
+    seeds = RunFiles(run_dir).warm_start(recipe.warm_start) or {}
+    seeded = [SubnetConfig.from_dict(d) for configs in seeds.values() for d in configs]
+    chosen = {e.seq for e in out}
+    return out + ([e for e in feasible if e.config in seeded and e.seq not in chosen] if n else [])
 
 
 def _say_recipe(say, args: CompressArgs, recipe: Recipe, select: Questions, plan: dict) -> None:
