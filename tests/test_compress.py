@@ -16,7 +16,8 @@ from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.load import load_config
 from llamanas.pipeline import compress as C
-from llamanas.pipeline.compress import CompressArgs, compress, report_questions, selection_questions
+from llamanas.pipeline.args import CompressArgs, confirm_questions, report_questions, selection_questions
+from llamanas.pipeline.compress import compress
 from llamanas.pipeline.recipe import NARROW, WIDE, choose_recipe, smallest_fraction
 from llamanas.search import warm_start
 from llamanas.supernet.space import SearchSpace
@@ -67,7 +68,7 @@ def test_selection_and_report_questions_are_disjoint():
         100 + 400,
         3,
     )  # after selection and confirmation
-    confirm = C.confirm_questions(args)
+    confirm = confirm_questions(args)
     assert (confirm.split, confirm.offset, confirm.limit) == ("validation", 100, 400)  # after the selection
 
 

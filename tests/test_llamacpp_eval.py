@@ -166,6 +166,7 @@ def test_default_arc_easy_gguf_f32_equals_hf(tmp_path):
 # --- compress's GGUF files and llama.cpp timing ------------------------------------------------------
 def test_compress_writes_gguf_atomically_and_times_abab(tmp_path, monkeypatch):
     from llamanas.pipeline import compress as C
+    from llamanas.pipeline import timing
 
     folder = tmp_path / "tiny-bpe"
     model = model_of()
@@ -177,7 +178,7 @@ def test_compress_writes_gguf_atomically_and_times_abab(tmp_path, monkeypatch):
     assert read_gguf_info(sub).type == "q8_0" and read_gguf_info(sub).arch == "deci"
     assert sorted(p.name for p in tmp_path.glob("*.gguf*")) == ["b.gguf", "s.gguf"]  # no temporary left
     lines: list[str] = []
-    t = C._time_abab(base, sub, 2, lines.append)
+    t = timing.time_abab(base, sub, 2, lines.append)
     assert t["rounds"] == 2 and len(lines) == 2 and len(t["load_average"]) == 3
     for key in ("decode_tokens_per_s", "prefill_tokens_per_s"):
         lo, hi = t[key]["ratio_range"]
@@ -186,5 +187,7 @@ def test_compress_writes_gguf_atomically_and_times_abab(tmp_path, monkeypatch):
     assert t["trusted"] == (
         max(t[k]["spread"] for k in ("decode_tokens_per_s", "prefill_tokens_per_s")) <= 0.15
     )
-    monkeypatch.setattr(C, "llamacpp_available", lambda: False)
-    assert C._time_abab(base, sub, 2, lines.append) == {"skipped": "the llama.cpp binding is not installed"}
+    monkeypatch.setattr(timing, "llamacpp_available", lambda: False)
+    assert timing.time_abab(base, sub, 2, lines.append) == {
+        "skipped": "the llama.cpp binding is not installed"
+    }

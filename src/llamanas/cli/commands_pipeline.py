@@ -14,7 +14,7 @@ from rich.progress import (
 from llamanas.cli.app import app, console
 from llamanas.cli.demo import DemoArgs, demo_args
 from llamanas.cli.options import Flag, dataclass_command
-from llamanas.pipeline.compress import CompressArgs
+from llamanas.pipeline.args import CompressArgs
 from llamanas.pipeline.compress import Progress as CompressProgress
 from llamanas.pipeline.compress import compress as compress_fn
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llamanas.pipeline.compress import CompressArgs
+from llamanas.pipeline.args import CompressArgs
 
 
 @dataclass

@@ -5,10 +5,11 @@ under a temporary name and renamed, so a killed run never leaves a half-written 
 
 1. plan      the recipe (``recipe.choose_recipe``), the selection and report questions, the memory check
 2. search    LINAS on the selection questions, constrained to the target (``search.run.search``)
-3. pick      the most accurate front member within the target, on the selection questions
-4. extract   the HF checkpoint (``DIR/model``)
+3. pick      the best few that meet the target on the selection questions, and the warm start's seeds,
+             re-scored on further validation questions: the most accurate there
+4. extract   the HF checkpoint (``DIR/model``), least-squares repaired where the recipe says so
 5. gguf      ``DIR/model-<type>.gguf`` for each of the recipe's types, and the base model's for timing
-6. evaluate  base and compressed model on the report questions, disjoint from the selection ones
+6. evaluate  base and compressed model on the report questions, disjoint from the other two sets
 7. time      base and compressed GGUF in llama.cpp, alternately (ABAB), with the spread between rounds
 8. report    the search's HTML report (``DIR/search/report.html``)
 9. card      ``DIR/README.md``
@@ -19,185 +20,46 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors import safe_open
 
-from llamanas.config import check_at_least, from_dict_strict, resumable, resumable_fields
+from llamanas.config import resumable_fields
 from llamanas.deploy.extract import extract
 from llamanas.deploy.gguf import TYPES, export_gguf, tokenizer_source_for
-from llamanas.deploy.llamacpp import available as llamacpp_available
-from llamanas.deploy.llamacpp import time_gguf
 from llamanas.deploy.speed import build_latency_table_for
 from llamanas.errors import LlamanasError, unknown
 from llamanas.evaluation.evaluate import evaluate
 from llamanas.evaluation.questions import Questions
-from llamanas.evaluation.tasks import get_task, resolve_tasks
 from llamanas.evidence.report import report
 from llamanas.model.arch import Arch
 from llamanas.model.device import check_memory, dtype_name, plan_memory
 from llamanas.model.load import load_config, load_model, resolve_placement
+from llamanas.pipeline.args import (
+    CompressArgs,
+    confirm_questions,
+    report_questions,
+    selection_questions,
+    task_leaves,
+)
 from llamanas.pipeline.card import write_card
 from llamanas.pipeline.recipe import Recipe, choose_recipe
-from llamanas.search import objectives as objmod
+from llamanas.pipeline.timing import time_abab
 from llamanas.search.args import SearchArgs
 from llamanas.search.files import RunFiles
 from llamanas.search.run import load_run, search
 from llamanas.search.store import write_json
-from llamanas.search.warm_start import WARM_START_WINDOWS
 from llamanas.supernet.elastic import load_supernet
 from llamanas.supernet.subnet import SubnetConfig
 
 STATE_FILE = "compress.json"
-TARGET_OBJECTIVES = ("params", "bytes", "macs", "kv_bytes", "latency", "throughput")
 STAGES = ("plan", "search", "pick", "extract", "gguf", "evaluate", "time", "report", "card")
-
-
-@dataclass(frozen=True)
-class CompressArgs:
-    """What ``llamanas compress`` makes; saved in ``OUT/compress.json`` and checked when a run resumes."""
-
-    model: str = "default"
-    """'default' (SmolLM2-135M-Instruct, offline), a local HF model folder or a hub id."""
-    tasks: tuple[str, ...] = ("arc_easy",)
-    """Tasks the compressed model must stay accurate on (choose ones with signal on your model)."""
-    target: str = "0.8"
-    """What the compressed model must meet: a fraction of the model's parameters (0.8), or a constraint on
-    a size or speed objective: 'params<=100M', 'bytes<=200M', 'throughput>=120' (llama.cpp decode tokens/s
-    on this CPU, predicted by a latency table built first), 'latency<=50' (llama.cpp prefill ms)."""
-    evaluations: int = 24
-    """Real evaluations of the search (its budget)."""
-    population: int = 8
-    """LINAS batch: the first population and the sub-networks evaluated per loop."""
-    select_limit: int = 100
-    """Questions per task the search selects on (a seeded subset of the validation split)."""
-    confirm: int = 4
-    """Candidates re-scored on more validation questions before the pick: the most accurate feasible ones on
-    the selection questions, plus the warm start's seeds that meet the target (0: pick on the selection)."""
-    confirm_limit: int = 400
-    """Validation questions per task the candidates are re-scored on, after the selection ones (disjoint)."""
-    report_limit: int = 500
-    """Questions per task the model card reports on: disjoint from the selection ones (the test split where
-    the task has one with answers, else the rest of the validation split)."""
-    warm_start_windows: int = WARM_START_WINDOWS
-    """Calibration windows of 128 tokens for the sensitivity warm start (16: about 5 minutes on the default
-    model on 2 CPU cores; fewer is faster and a noisier ranking)."""
-    timing_rounds: int = 3
-    """llama.cpp timing rounds of base and compressed model, alternately (0: no timing)."""
-    seed: int = 0
-    """Seed of the search and of the question subsets."""
-    out: str = resumable("compressed")
-    """Output folder; re-running the same command resumes there."""
-    dtype: str = "auto"
-    """auto (float32 on the CPU below 1B parameters, bfloat16 on a GPU) | bfloat16 | float16 | float32."""
-    device: str = resumable("auto")
-    """auto (CUDA if present, else cpu) | cpu | cuda | cuda:N."""
-
-    def __post_init__(self):
-        object.__setattr__(self, "tasks", (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks))
-        if not self.tasks:
-            raise LlamanasError("--tasks needs at least one task, e.g. --tasks arc_easy.")
-        resolve_tasks(list(self.tasks))  # an unknown task fails here, before anything loads
-        object.__setattr__(self, "target", str(self.target).strip())
-        if self.fraction is not None and not 0 < self.fraction < 1:
-            raise LlamanasError(
-                f"--target must be a fraction of the parameters in (0, 1); got {self.target}."
-            )
-        if self.fraction is None and self.constraint(0).objective.name not in TARGET_OBJECTIVES:
-            raise LlamanasError(
-                f"--target {self.target!r} constrains {self.constraint(0).objective.name}, which the search "
-                f"maximises; give a fraction of the parameters or a size or speed: {', '.join(TARGET_OBJECTIVES)}."
-            )
-        check_at_least(
-            ("--evaluations", self.evaluations, 2),
-            ("--population", self.population, 2),
-            ("--select-limit", self.select_limit, 1),
-            ("--report-limit", self.report_limit, 1),
-            ("--confirm", self.confirm, 0),
-            ("--confirm-limit", self.confirm_limit, 1),
-            ("--timing-rounds", self.timing_rounds, 0),
-            ("--warm-start-windows", self.warm_start_windows, 1),
-        )
-
-    @property
-    def fraction(self) -> float | None:
-        """The target as a fraction of the parameters, or None for a constraint target."""
-        try:
-            return float(self.target)
-        except ValueError:
-            return None
-
-    def constraint(self, base_params: int) -> objmod.Constraint:
-        """The target as the search's constraint (a fraction becomes ``params<=N``)."""
-        text = self.target if self.fraction is None else f"params<={int(self.fraction * base_params)}"
-        return objmod.parse_constraint(text, self.tasks, "llamacpp")
-
-    def target_text(self, base_params: int) -> str:
-        """The target in words, e.g. "<= 80% of 134,515,008 parameters" or "throughput>=120"."""
-        if self.fraction is None:
-            return self.target
-        return f"<= {self.fraction:.0%} of {base_params:,} parameters"
-
-    @property
-    def timed(self) -> bool:
-        """Whether the target is a llama.cpp speed, predicted by a latency table during the search."""
-        return self.fraction is None and self.constraint(0).objective.source != objmod.COUNT
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["tasks"] = list(self.tasks)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CompressArgs:
-        return from_dict_strict(cls, d, "compress settings")
-
-    def command(self) -> str:
-        """The ``llamanas compress`` command line that makes this (flags that differ from the defaults)."""
-        default = CompressArgs()
-        parts = ["llamanas compress"]
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name not in ("model", "tasks", "target", "out") and v == getattr(default, f.name):
-                continue
-            v = ",".join(v) if isinstance(v, tuple) else v
-            parts.append(f"--{f.name.replace('_', '-')} {v}")
-        return " ".join(parts)
-
-
-def selection_questions(args: CompressArgs) -> Questions:
-    """What the search selects on: the validation split where every task has one, else the default split."""
-    split = "validation" if all(get_task(t).validation_split for t in _leaves(args)) else None
-    return Questions(split=split, limit=args.select_limit, seed=args.seed)
-
-
-def confirm_questions(args: CompressArgs) -> Questions:
-    """Where the candidates are re-scored: the same split as the selection, the questions after it."""
-    select = selection_questions(args)
-    return Questions(split=select.split, limit=args.confirm_limit, seed=args.seed, offset=args.select_limit)
-
-
-def report_questions(args: CompressArgs, task: str) -> Questions:
-    """What the card reports on for ``task``: disjoint from the selection and confirmation questions by
-    construction (another split, or the questions after both in the same seeded order)."""
-    spec = get_task(task)
-    select = selection_questions(args)
-    selected_split = select.split or spec.default_split
-    if spec.test_split and spec.test_split != selected_split:
-        return Questions(split=spec.test_split, limit=args.report_limit, seed=args.seed)
-    used = args.select_limit + (args.confirm_limit if args.confirm else 0)
-    return Questions(split=selected_split, limit=args.report_limit, seed=args.seed, offset=used)
-
-
-def _leaves(args: CompressArgs) -> list[str]:
-    return resolve_tasks(list(args.tasks))[0]
 
 
 class State:
@@ -282,7 +144,7 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
             "dtype": dtype_name(dtype),
             "base_params": arch.num_params(),
             "select": {"tasks": list(args.tasks), **select.to_dict()},
-            "report": {t: report_questions(args, t).to_dict() for t in _leaves(args)},
+            "report": {t: report_questions(args, t).to_dict() for t in task_leaves(args)},
         },
         time.time() - t,
     )
@@ -348,7 +210,7 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
             for e in candidates:
                 with supernet.subnet(e.config):
                     res = evaluate(supernet.model, tokenizer, list(args.tasks), confirm, progress=False)
-                scores[e.seq] = statistics.mean(res[t].metrics["acc"] for t in _leaves(args))
+                scores[e.seq] = statistics.mean(res[t].metrics["acc"] for t in task_leaves(args))
                 say(f"  #{e.seq}: {e.config.num_params(arch):,} parameters, selection {e.values['accuracy']:.3f}, "
                     f"confirmation {scores[e.seq]:.3f}")  # fmt: skip
             del supernet
@@ -448,7 +310,7 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
     # 7. time in llama.cpp, alternately
     t = stage(7, "time", f"{args.timing_rounds} rounds of base and compressed")
     if not state.done("time"):
-        timing = _time_abab(out / state.done("gguf")["files"]["base-" + recipe.gguf_types[0]]["path"],
+        timing = time_abab(out / state.done("gguf")["files"]["base-" + recipe.gguf_types[0]]["path"],
                             ggufs[recipe.gguf_types[0]], args.timing_rounds, say)  # fmt: skip
         state.finish("time", timing, time.time() - t)
 
@@ -511,46 +373,6 @@ def _export_gguf(name: str, model, tokenizer, path: Path, type: str, subnet: dic
             tokenizer.save_pretrained(tok_dir)
             source = tok_dir
         return export_gguf(model, source, path, type=type, overwrite=True, subnet=subnet)
-
-
-def _time_abab(base: Path, small: Path, rounds: int, say) -> dict:
-    """Batch-1 llama.cpp speeds of both files, timed alternately so a busy machine slows both alike.
-
-    Each round times base then compressed (3 repeats each, in fresh processes); the speed-up is the median
-    of the per-round ratios, and the spread of those ratios says whether the machine was too busy to trust."""
-    if rounds == 0 or not llamacpp_available():
-        why = "--timing-rounds 0" if rounds == 0 else "the llama.cpp binding is not installed"
-        say(f"  timing skipped: {why}")
-        return {"skipped": why}
-    runs: dict[str, list[dict]] = {"base": [], "compressed": []}
-    load = [os.getloadavg()[0]]
-    for r in range(rounds):
-        for name, path in (("base", base), ("compressed", small)):
-            runs[name].append(time_gguf(path, repeats=3).to_dict())
-        load.append(os.getloadavg()[0])
-        b, c = runs["base"][-1], runs["compressed"][-1]
-        say(
-            f"  round {r + 1}/{rounds}: decode {b['decode_tokens_per_s']:.1f} -> {c['decode_tokens_per_s']:.1f} tok/s"
-        )
-    out: dict = {"rounds": rounds, "load_average": [round(x, 2) for x in load], "cpus": os.cpu_count()}
-    for key in ("decode_tokens_per_s", "prefill_tokens_per_s"):
-        ratios = [c[key] / b[key] for b, c in zip(runs["base"], runs["compressed"], strict=True)]
-        med = statistics.median(ratios)
-        out[key] = {
-            "base": statistics.median(x[key] for x in runs["base"]),
-            "compressed": statistics.median(x[key] for x in runs["compressed"]),
-            "ratio": med,
-            "ratio_range": [min(ratios), max(ratios)],
-            "spread": (max(ratios) - min(ratios)) / med,
-        }
-    out["peak_rss_bytes"] = {k: max(x["peak_rss_bytes"] for x in v) for k, v in runs.items()}
-    out["trusted"] = (
-        max(out[k]["spread"] for k in ("decode_tokens_per_s", "prefill_tokens_per_s")) <= SPREAD_MAX
-    )
-    return out
-
-
-SPREAD_MAX = 0.15  # ratio spread between rounds above which a timing is reported as untrustworthy
 
 
 def checkpoint_params(folder: Path) -> int:
