@@ -358,7 +358,9 @@ def _say_recipe(say, args: CompressArgs, recipe: Recipe, select: Questions, plan
     reported = ", ".join(
         f"{t} {q['split'] or 'default'}[{q['offset']}:+{q['limit']}]" for t, q in plan["report"].items()
     )
-    say(f"  report: {reported} (disjoint from the selection and confirmation); GGUF {', '.join(recipe.gguf_types)}")
+    say(
+        f"  report: {reported} (disjoint from the selection and confirmation); GGUF {', '.join(recipe.gguf_types)}"
+    )
 
 
 def _export_gguf(name: str, model, tokenizer, path: Path, type: str, subnet: dict | None = None):
