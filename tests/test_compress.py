@@ -31,6 +31,11 @@ def test_recipe_follows_the_target():
     assert narrow.space["kv_groups"] == [2, 3] and narrow.space["mlp_choices"] == [0.5, 0.75, 1.0]
     assert wide.space["kv_groups"] == [1, 2, 3] and wide.space["mlp_choices"] == list(WIDE["mlp"])
     assert "not measured" in wide.why["space"] and "not measured" not in narrow.why["space"]
+    # 70% fits no random member of the narrow space (the search starts from random ones): the wide space
+    assert (
+        choose_recipe(0.7, arch).space["kv_groups"] == [1, 2, 3]
+        and "too close" in choose_recipe(0.7, arch).why["space"]
+    )
     for r in (narrow, wide):
         space = SearchSpace.from_dict(r.space, arch)
         assert space.smallest().layers == tuple(range(arch.num_layers))  # every layer kept, no block skipped

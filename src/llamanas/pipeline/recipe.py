@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.supernet.space import SearchSpace
@@ -26,7 +28,7 @@ REPAIR_BELOW = 0.85
 # Below the narrow space's smallest member (64% of the default model) the MLPs may shrink to a quarter and
 # the KV groups to a third: not measured as a front, so the recipe says the target is outside the measured range.
 WIDE = {"mlp": (0.25, 0.5, 0.75, 1.0), "kv": (1 / 3, 2 / 3, 1.0)}
-MEASURED = (0.7, 0.9)  # the targets (fractions of the parameters) the recipe's benchmarks covered
+MIN_REACHABLE = 0.05  # the share of random sub-networks that must fit the target in the narrow space
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,23 @@ def smallest_fraction(arch: Arch, fractions: dict) -> float:
     return space.smallest().num_params(arch) / space.largest().num_params(arch)
 
 
+def reachable_share(arch: Arch, fractions: dict, target: float, n: int = 400) -> float:
+    """The share of random sub-networks of ``width_space(arch, fractions)`` within ``target`` of the
+    parameters: the search starts from random ones, so a space where almost none fit cannot be searched
+    (70% sits in the narrow space's corner on the default model: none of 3,200 random samples fit)."""
+    space = SearchSpace.from_dict(width_space(arch, fractions), arch)
+    full = space.largest().num_params(arch)
+    rng = np.random.default_rng(0)
+    return sum(space.sample(rng).num_params(arch) <= target * full for _ in range(n)) / n
+
+
 def choose_recipe(target: float | None, arch: Arch) -> Recipe:
     """The recipe for a sub-network of ``arch`` with at most ``target`` of its parameters (in (0, 1)); None
     for a target on another objective (bytes, speed), which gets the wider space."""
     if target is not None and not 0 < target < 1:
         raise LlamanasError(f"--target must be a fraction of the parameters in (0, 1); got {target}.")
     floor = smallest_fraction(arch, NARROW)
-    narrow = target is not None and target >= floor
+    narrow = target is not None and reachable_share(arch, NARROW, target) >= MIN_REACHABLE
     return Recipe(
         importance="rms",
         warm_start=("sensitivity",),
@@ -99,7 +111,8 @@ def choose_recipe(target: float | None, arch: Arch) -> Recipe:
                 if narrow
                 else "width only, MLP down to 25% and a third of the KV groups: "
                 + (
-                    f"{target:.0%} is below the measured space's smallest member ({floor:.0%} of this model)"
+                    f"{target:.0%} is too close to the measured space's smallest member ({floor:.0%} of this "
+                    f"model) for a search that starts from random sub-networks"
                     if target is not None
                     else "the widest range for a size or speed target"
                 )
