@@ -24,6 +24,8 @@ import torch
 from llamanas.evaluation.evaluate import model_max_length, prepare
 from llamanas.evaluation.questions import Questions
 from llamanas.model.load import load_model
+from llamanas.supernet.elastic import load_supernet
+from llamanas.supernet.subnet import SubnetConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_instatune import paired  # noqa: E402
@@ -44,6 +46,12 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", type=Path, required=True, help="compress output folders")
     ap.add_argument("--grid", type=Path, required=True, help="results.json of bench_recovery.py --split test")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_compress.json"))
+    ap.add_argument(
+        "--sliced",
+        action="store_true",
+        help="Also score each run's picked sub-network sliced from the rms-ordered super-network (no repair), "
+        "as row RUN/sliced.",
+    )
     a = ap.parse_args()
     grid = json.loads(a.grid.read_text())
     qs = questions(grid["settings"])
@@ -62,6 +70,21 @@ def main() -> None:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(scores))
         del model
+    for run in a.runs if a.sliced else []:
+        if f"{run}/sliced" in scores:
+            continue
+        pick = SubnetConfig.from_dict(
+            json.loads((run / "compress.json").read_text())["stages"]["pick"]["config"]
+        )
+        supernet, tok = load_supernet("default", dtype="float32", device="cpu")
+        if prepared is None:
+            n = model_max_length(supernet.model, tok)
+            prepared = {t: prepare(tok, [t], q, max_length=n) for t, q in qs.items()}
+        with torch.no_grad(), supernet.subnet(pick):
+            scores[f"{run}/sliced"] = evaluate_model(supernet.model, prepared)
+        scores[f"{run}/sliced"]["params"] = pick.num_params(supernet.arch)
+        a.out.write_text(json.dumps(scores))
+    rows = [Path(k) for k in scores if any(k in (str(r), f"{r}/sliced") for r in a.runs)]
     cells = grid["cells"]
     base = cells["rms/none/1.00"]
     q = grid["settings"]
@@ -71,7 +94,7 @@ def main() -> None:
     )
     print("| compress run | params | vs | row params | ARC-Easy | Δ ARC | PIQA | Δ PIQA |")
     print("|---|---|---|---|---|---|---|---|")
-    for run in a.runs:
+    for run in rows:
         s = scores[str(run)]
         frac = s["params"] / base["params"]
         size = min(
@@ -81,7 +104,7 @@ def main() -> None:
         peers = {k: c for k, c in cells.items() if k.endswith(f"/{size:.2f}")}
         own = " | ".join(f"{s[t]['acc']:.3f} ± {s[t]['stderr']:.3f}" for t in TASKS)
         print(
-            f"| {run.name} | {s['params'] / 1e6:.1f}M ({frac:.1%}) | (itself) | | {own.replace(' | ', ' | | ')} | |"
+            f"| {run.parent.name + '/' if run.name == 'sliced' else ''}{run.name} | {s['params'] / 1e6:.1f}M ({frac:.1%}) | (itself) | | {own.replace(' | ', ' | | ')} | |"
         )
         for name, c in {"base": base, **peers}.items():
             d = [("{:+.1f} ± {:.1f}".format(*paired(c[t]["correct"], s[t]["correct"]))) for t in TASKS]
