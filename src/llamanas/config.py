@@ -25,6 +25,18 @@ def resumable_fields(cls) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get(_RESUMABLE))
 
 
+def resume_conflicts(saved, now) -> str:
+    """The fields (not marked ``resumable``) in which ``now`` differs from the ``saved`` settings of a run,
+    as "name: now vs there" text; empty when the run may be resumed with ``now``."""
+    free = resumable_fields(type(now))
+    diff = [
+        f.name
+        for f in dataclasses.fields(now)
+        if f.name not in free and getattr(saved, f.name) != getattr(now, f.name)
+    ]
+    return ", ".join(f"{k}: {getattr(now, k)!r} now vs {getattr(saved, k)!r} there" for k in diff)
+
+
 def check_at_least(*checks: tuple[str, float, float]) -> None:
     """Each ``(flag, value, lowest)``: a value below its lowest is an error that names the flag and both."""
     for flag, value, lowest in checks:

@@ -45,9 +45,3 @@ class Questions:
     def override(self, **changes) -> Questions:
         """These questions with ``changes`` applied; a None leaves the field as it is (a flag not given)."""
         return replace(self.questions(), **{k: v for k, v in changes.items() if v is not None})
-
-    def held_out(self) -> Questions:
-        """The rest of the split after these questions: the report set of a search that selected on them."""
-        if self.limit is None:
-            raise LlamanasError("Questions without --limit take the whole split: none are left to hold out.")
-        return replace(self.questions(), limit=None, offset=self.offset + (self.limit or 0))

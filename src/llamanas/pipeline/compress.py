@@ -17,7 +17,6 @@ under a temporary name and renamed, so a killed run never leaves a half-written 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from llamanas.config import resumable_fields
+from llamanas.config import resume_conflicts
 from llamanas.deploy.extract import extract
 from llamanas.deploy.gguf import TYPES, export_gguf, tokenizer_source_for
 from llamanas.deploy.speed import build_latency_table_for
@@ -71,16 +70,8 @@ class State:
         if self.path.is_file():
             d = json.loads(self.path.read_text())
             saved = CompressArgs.from_dict(d["args"])
-            fixed = [
-                f.name
-                for f in dataclasses.fields(CompressArgs)
-                if f.name not in resumable_fields(CompressArgs)
-            ]
-            diff = [k for k in fixed if getattr(saved, k) != getattr(args, k)]
-            if diff:
-                shown = ", ".join(
-                    f"{k}: {getattr(args, k)!r} now vs {getattr(saved, k)!r} there" for k in diff
-                )
+            shown = resume_conflicts(saved, args)
+            if shown:
                 raise LlamanasError(
                     f"{out} holds a compression made with other settings ({shown}); re-run with the same "
                     "settings to resume, or choose another --out."

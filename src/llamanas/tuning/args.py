@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from llamanas.config import from_dict_strict, resumable, resumable_fields
+from llamanas.config import from_dict_strict, resumable
 from llamanas.errors import LlamanasError, unknown
 from llamanas.model.device import DTYPE_CHOICES
 from llamanas.supernet.importance import check_importance
@@ -141,11 +141,6 @@ class TuneArgs:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def may_change_on_resume(cls) -> tuple[str, ...]:
-        """Fields an interrupted run may be resumed with other values of (a moved folder still resumes)."""
-        return resumable_fields(cls)
 
     @classmethod
     def from_dict(cls, d: dict) -> TuneArgs:

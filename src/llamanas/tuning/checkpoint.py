@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from llamanas.config import resume_conflicts
 from llamanas.errors import LlamanasError
 from llamanas.tuning.args import TuneArgs
 from llamanas.tuning.curves import write_loss_curves
@@ -45,10 +46,8 @@ def write_checkpoint(folder: Path, model, state: dict, files: dict[str, str], re
 
 def check_same_args(saved: TuneArgs, now: TuneArgs, what: str) -> None:
     """Refuse to resume or reuse a run made with other arguments (``what`` is where it was found)."""
-    a, b = saved.to_dict(), now.to_dict()
-    diff = [k for k in a if k not in TuneArgs.may_change_on_resume() and a[k] != b[k]]
-    if diff:
-        shown = ", ".join(f"{k}: {b[k]!r} now vs {a[k]!r} there" for k in diff)
+    shown = resume_conflicts(saved, now)
+    if shown:
         raise LlamanasError(
             f"{what} trained with different arguments ({shown}); "
             "re-run with the same arguments to resume, or choose another --out."
