@@ -18,7 +18,7 @@ from llamanas.model.load import load_config
 from llamanas.pipeline import compress as C
 from llamanas.pipeline.args import CompressArgs, confirm_questions, report_questions, selection_questions
 from llamanas.pipeline.compress import compress
-from llamanas.pipeline.recipe import NARROW, WIDE, choose_recipe, smallest_fraction
+from llamanas.pipeline.recipe import NARROW, WIDE, Recipe, choose_recipe, smallest_fraction
 from llamanas.search import warm_start
 from llamanas.supernet.space import SearchSpace
 
@@ -40,6 +40,7 @@ def test_recipe_follows_the_target():
         space = SearchSpace.from_dict(r.space, arch)
         assert space.smallest().layers == tuple(range(arch.num_layers))  # every layer kept, no block skipped
         assert set(r.why) == {"importance", "warm_start", "space", "repair", "gguf_types", "finetune"}
+        assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r  # a resumed run reads it back
     assert SearchSpace.from_dict(wide.space, arch).smallest().num_params(arch) < 0.5 * arch.num_params()
     with pytest.raises(LlamanasError, match="--target must be a fraction"):
         choose_recipe(1.0, arch)

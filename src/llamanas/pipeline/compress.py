@@ -126,12 +126,11 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
         raise LlamanasError(
             f"--target {args.target!r} keeps all {arch.num_params():,} parameters of {args.model}: nothing to compress."
         )
-    recipe = choose_recipe(params_fraction, arch)
     select = selection_questions(args)
     plan = state.done("plan") or state.finish(
         "plan",
         {
-            "recipe": recipe.to_dict(),
+            "recipe": choose_recipe(params_fraction, arch).to_dict(),
             "dtype": dtype_name(dtype),
             "base_params": arch.num_params(),
             "select": {"tasks": list(args.tasks), **select.to_dict()},
@@ -139,6 +138,7 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
         },
         time.time() - t,
     )
+    recipe = Recipe.from_dict(plan["recipe"])  # a resumed run keeps the recipe it started with
     _say_recipe(say, args, recipe, select, plan)
 
     # 2. search

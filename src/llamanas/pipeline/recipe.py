@@ -56,6 +56,10 @@ class Recipe:
         d["warm_start"], d["gguf_types"] = list(self.warm_start), list(self.gguf_types)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        return cls(**{**d, "warm_start": tuple(d["warm_start"]), "gguf_types": tuple(d["gguf_types"])})
+
 
 def width_space(arch: Arch, fractions: dict) -> dict:
     """A space file's keys for a width-only space: every layer kept, no block skipped."""
