@@ -23,8 +23,8 @@ from llamanas.supernet.space import SearchSpace
 NARROW = {"mlp": (0.5, 0.75, 1.0), "kv": (2 / 3, 1.0)}
 # Least-squares repair at extraction, measured on held-out ARC-Easy test questions against the same
 # sub-networks sliced: +2.7 ± 1.2 points on the uniform-width 80% sub-network, +6.6 ± 1.4 at 70%, but
-# -3.7 ± 1.2 on the sensitivity-allocated 80% sub-network that compress picked: the search's picks are
-# allocated, so compress does not repair.
+# -3.7 ± 1.2 on the sensitivity-allocated 80% sub-network that compress picked (-3.0 ± 1.7 on ARC-Easy
+# validation, bench/bench_repair_pick.py): the search's picks are allocated, so compress does not repair.
 REPAIR = False
 # Below the narrow space's smallest member (64% of the default model) the MLPs may shrink to a quarter and
 # the KV groups to a third: not measured as a front, so the recipe says the target is outside the measured range.
