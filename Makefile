@@ -54,5 +54,7 @@ llamacpp: setup
 	ls $(WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl >/dev/null 2>&1 || \
 		CMAKE_ARGS="$(LLAMACPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
 		$(PIP) wheel -q --no-cache-dir --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMACPP_VERSION)
+	# The cached wheel replaces any other build of the same version; the second install adds its dependencies.
 	$(PIP) install -q --force-reinstall --no-deps --find-links $(WHEELS) --only-binary llama-cpp-python \
 		llama-cpp-python==$(LLAMACPP_VERSION)
+	$(PIP) install -q --find-links $(WHEELS) --only-binary llama-cpp-python llama-cpp-python==$(LLAMACPP_VERSION)
