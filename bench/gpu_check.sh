@@ -5,7 +5,8 @@
 #    token-budgeted evaluation batches);
 # 2. the scale table with --device cuda for the default model and the 1B and 7B shapes (built here
 #    with random weights: peak host memory and wall time of every command, as on the CPU);
-# 3. ARC-Easy validation on the default model in float32 and bfloat16 on the GPU (accuracy parity).
+# 3. ARC-Easy validation on the default model in float32 and bfloat16 on the GPU (accuracy parity);
+# 4. compress on the GPU (demo budget).
 # Results land in OUT_DIR (default runs/gpu): pytest.log, scale.json, scale.log, eval_*.json.
 set -uo pipefail
 out=${1:-runs/gpu}
@@ -24,3 +25,8 @@ for dtype in float32 bfloat16; do
   $py -m llamanas.cli eval --model default --tasks arc_easy --split validation --device cuda \
     --dtype "$dtype" --json "$out/eval_$dtype.json" 2>&1 | tail -5
 done
+# 4. `llamanas compress` end to end with the search and evaluation on the GPU (demo budget; llama.cpp timing
+#    stays on the CPU): the model card lands in OUT_DIR/compress/README.md.
+$py -m llamanas.cli compress --model default --tasks arc_easy --target 0.8 --evaluations 12 --population 6 \
+  --select-limit 50 --confirm 2 --confirm-limit 100 --report-limit 200 --warm-start-windows 4 \
+  --device cuda --out "$out/compress" 2>&1 | tail -30
