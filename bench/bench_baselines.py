@@ -39,7 +39,8 @@ import torch
 
 from llamanas.evaluation.evaluate import evaluate
 from llamanas.evaluation.questions import Questions
-from llamanas.evidence.baselines import METHODS, read_baselines, run_baselines
+from llamanas.evidence.args import METHODS, BaselineArgs
+from llamanas.evidence.baselines import read_baselines, run_baselines
 from llamanas.search.args import SearchArgs
 from llamanas.search.run import search
 from llamanas.supernet.elastic import load_supernet
@@ -143,14 +144,16 @@ def main() -> None:
         print("baselines: reused from", args.out / "baselines", flush=True)
     else:
         baselines = run_baselines(
-            args.model,
-            tasks,
-            sizes,
-            args.out / "baselines",
-            supernet_dir=args.supernet,
-            methods=methods,
-            num_samples=args.calibration_samples,
-            questions=Questions(split="validation", limit=args.limit, seed=args.seed, offset=offset),
+            BaselineArgs(
+                model=args.model,
+                tasks=tuple(tasks),
+                sizes=tuple(sizes),
+                out=str(args.out / "baselines"),
+                supernet=args.supernet,
+                methods=tuple(methods),
+                calibration_samples=args.calibration_samples,
+                questions=Questions(split="validation", limit=args.limit, seed=args.seed, offset=offset),
+            )
         )
         stored.write_text(json.dumps(settings))
     baselines_s = time.time() - t1

@@ -13,6 +13,7 @@ from conftest import tiny_model, tiny_tokenizer
 from llamanas.errors import LlamanasError
 from llamanas.evaluation.questions import Questions
 from llamanas.evidence import baselines
+from llamanas.evidence.args import BaselineArgs
 from llamanas.evidence.baselines import (
     baseline_configs,
     block_influence,
@@ -185,15 +186,17 @@ def test_run_baselines_writes_json_and_csv(tmp_path, monkeypatch):
     monkeypatch.setattr(baselines, "load_supernet", loader)
     monkeypatch.setattr(baselines, "evaluate", evaluate_fn)
     run = run_baselines(
-        "base-model",
-        ["taskA", "taskB"],
-        [0.9, 0.75],
-        tmp_path / "out",
-        supernet_dir="tuned",
-        questions=Questions(split="validation", limit=20),
-        calibration=str(calib),
-        num_samples=4,
-        seq_len=16,
+        BaselineArgs(
+            model="base-model",
+            tasks=("taskA", "taskB"),
+            sizes=(0.9, 0.75),
+            out=str(tmp_path / "out"),
+            supernet="tuned",
+            questions=Questions(split="validation", limit=20),
+            calibration=str(calib),
+            calibration_samples=4,
+            seq_len=16,
+        )
     )
     assert loaded == ["base-model", "tuned"]
     assert len(run.rows) == 2 * (1 + 3 * 2)
@@ -228,14 +231,60 @@ def test_read_baselines_missing_file_is_clear(tmp_path):
         read_baselines(tmp_path)
 
 
-def test_cli_baselines_rejects_bad_sizes():
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--sizes", "0.9,1.5"], "1.5"),
+        (["--sizes", "0.9,big"], "big"),
+        (["--methods", "width,magic"], "magic"),
+        (["--importance", "grad"], "grad"),
+        (["--calibration-samples", "0"], "--calibration-samples"),
+        (["--limit", "0"], "--limit"),
+        (["--recover"], "--supernet"),
+        (["--tasks", "no_such_task"], "no_such_task"),
+    ],
+)
+def test_cli_baselines_rejects_bad_values_before_loading(flags, says, monkeypatch):
     from typer.testing import CliRunner
 
     from llamanas.cli.app import app
 
-    r = CliRunner().invoke(app, ["baselines", "--tasks", "arc_easy", "--out", "/tmp/x", "--sizes", "0.9,1.5"])
+    monkeypatch.setattr(baselines, "load_supernet", lambda *a, **k: pytest.fail("loaded before the check"))
+    r = CliRunner().invoke(app, ["baselines", "--tasks", "arc_easy", "--out", "/tmp/x", *flags])
     assert r.exit_code != 0
-    assert isinstance(r.exception, LlamanasError) and "1.5" in str(r.exception)
+    assert isinstance(r.exception, LlamanasError) and says in str(r.exception)
+
+
+def test_cli_baselines_options_are_the_args_fields(monkeypatch, tmp_path):
+    """Every BaselineArgs field the command shows reaches run_baselines as given (one declaration)."""
+    from typer.testing import CliRunner
+
+    from llamanas.cli import commands_evidence
+    from llamanas.cli.app import app
+
+    seen = []
+
+    def fake_run(args):
+        seen.append(args)
+        q = args.questions.to_dict()
+        return baselines.BaselineRun(
+            args.model, None, list(args.tasks), **q, sizes=[], full_params=1, block_influence={}, rows=[]
+        )
+
+    monkeypatch.setattr(commands_evidence, "run_baselines", fake_run)
+    flags = ["--tasks", "arc_easy,piqa", "--out", str(tmp_path), "--sizes", "0.8,0.7"]
+    flags += ["--methods", "width,sensitivity", "--split", "validation", "--limit", "50", "--offset", "100"]
+    flags += ["--calibration-samples", "8", "--importance", "wanda", "--compensate", "--seed", "3"]
+    r = CliRunner().invoke(app, ["baselines", *flags])
+    assert r.exit_code == 0, r.output
+    (args,) = seen
+    assert args.tasks == ("arc_easy", "piqa") and args.sizes == (0.8, 0.7)
+    assert args.methods == ("width", "sensitivity") and args.calibration_samples == 8
+    assert args.importance == "wanda" and args.compensate and args.out == str(tmp_path)
+    assert args.questions == Questions(split="validation", limit=50, seed=3, offset=100)
+    assert args.seq_len == 128 and args.width_multiple == 8  # not on the command line
+    help_text = CliRunner().invoke(app, ["baselines", "--help"]).output
+    assert "--calibration-samples" in help_text and "--seq-len" not in help_text
 
 
 def test_recovered_baselines_get_the_supernets_fine_tuning_budget(tiny_dir, tmp_path, monkeypatch):
@@ -280,13 +329,15 @@ def test_recovered_baselines_get_the_supernets_fine_tuning_budget(tiny_dir, tmp_
     monkeypatch.setattr(baselines, "load_supernet", lambda name, **kw: real_load(name, order=False))
     monkeypatch.setattr(baselines, "evaluate", evaluate_fn)
     run = run_baselines(
-        str(tiny_dir),
-        ["taskA"],
-        [0.75],
-        tmp_path / "out",
-        supernet_dir=str(tmp_path / "sn"),
-        methods=["depth", "width"],
-        recover=True,
+        BaselineArgs(
+            model=str(tiny_dir),
+            tasks=("taskA",),
+            sizes=(0.75,),
+            out=str(tmp_path / "out"),
+            supernet=str(tmp_path / "sn"),
+            methods=("depth", "width"),
+            recover=True,
+        )
     )
     rec = [r for r in run.rows if r.source == "recovered"]
     assert [r.method for r in rec] == ["base", "depth", "width"]
@@ -312,7 +363,14 @@ def test_recovered_baselines_get_the_supernets_fine_tuning_budget(tiny_dir, tmp_
     assert seen[3][2] != seen[0][2]  # the full model was fine-tuned too (plain fine-tuning, same budget)
     with pytest.raises(LlamanasError, match="no fine-tuning record"):
         run_baselines(
-            str(tiny_dir), ["taskA"], [0.75], tmp_path / "o2", supernet_dir=str(tiny_dir), recover=True
+            BaselineArgs(
+                model=str(tiny_dir),
+                tasks=("taskA",),
+                sizes=(0.75,),
+                out=str(tmp_path / "o2"),
+                supernet=str(tiny_dir),
+                recover=True,
+            )
         )
 
 
@@ -350,14 +408,16 @@ def test_run_baselines_with_sensitivity(tmp_path, monkeypatch):
     monkeypatch.setattr(baselines, "load_supernet", loader)
     monkeypatch.setattr(baselines, "evaluate", evaluate_fn)
     run = run_baselines(
-        "base-model",
-        ["taskA"],
-        [0.9],
-        tmp_path / "out",
-        methods=["width", "sensitivity"],
-        calibration=str(calib),
-        num_samples=4,
-        seq_len=16,
+        BaselineArgs(
+            model="base-model",
+            tasks=("taskA",),
+            sizes=(0.9,),
+            out=str(tmp_path / "out"),
+            methods=("width", "sensitivity"),
+            calibration=str(calib),
+            calibration_samples=4,
+            seq_len=16,
+        )
     )
     assert [r.method for r in run.rows] == ["base", "width", "sensitivity"]
     row = run.rows[2]
@@ -369,4 +429,4 @@ def test_run_baselines_with_sensitivity(tmp_path, monkeypatch):
 def test_run_baselines_checks_the_importance_name_first(monkeypatch):
     monkeypatch.setattr(baselines, "load_supernet", lambda *a, **k: pytest.fail("loaded before the check"))
     with pytest.raises(LlamanasError, match="Unknown importance score 'grad'"):
-        run_baselines("base-model", ["taskA"], [0.9], importance="grad")
+        run_baselines(BaselineArgs(model="base-model", tasks=("taskA",), sizes=(0.9,), importance="grad"))

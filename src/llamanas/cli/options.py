@@ -84,25 +84,40 @@ def dataclass_command(
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
 
+    # A field whose type is itself a dataclass (``questions: Questions``) shows its fields as options and is
+    # rebuilt from them: its flags and help are declared once, on the inner dataclass.
+    leaves: list[tuple[str | None, dataclasses.Field, str, Any]] = []  # (outer field, field, doc, default)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        outer_default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        inner = hints[f.name]
+        if dataclasses.is_dataclass(inner):
+            inner_docs = field_docs(inner)
+            inner_hints = typing.get_type_hints(inner)
+            for g in dataclasses.fields(inner):
+                if g.name not in exclude:
+                    hints.setdefault(g.name, inner_hints[g.name])
+                    leaves.append((f.name, g, inner_docs.get(g.name, ""), getattr(outer_default, g.name)))
+        else:
+            leaves.append((None, f, docs.get(f.name, ""), outer_default))
+
     def decorator(fn: Callable) -> Callable:
         params: list[inspect.Parameter] = []
         tuple_fields: set[str] = set()
-        for f in dataclasses.fields(cls):
-            if f.name in exclude:
-                continue
+        for _, f, doc, default in leaves:
             flag = flags.get(f.name, Flag())
             tp, is_tuple = _cli_type(hints[f.name])
             if flag.repeat:
                 tp, is_tuple = list[str] | None, True
             if is_tuple:
                 tuple_fields.add(f.name)
-            help_text = " ".join(x for x in (docs.get(f.name, ""), flag.help or "") if x)
+            help_text = " ".join(x for x in (doc, flag.help or "") if x)
             if is_tuple and not flag.repeat:
                 help_text += " Comma-separated."
             decls = [flag.name] if flag.name else []
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             if is_tuple:
-                default = None if flag.repeat else (",".join(default) if default else None)
+                default = None if flag.repeat else (",".join(map(str, default)) if default else None)
             option = typer.Option(*decls, help=help_text, show_default=f.name not in required)
             params.append(
                 inspect.Parameter(
@@ -118,7 +133,8 @@ def dataclass_command(
         ]
         # typer wants parameters without defaults first
         all_params = sorted(params + extra, key=lambda p: p.default is not inspect.Parameter.empty)
-        names = {f.name for f in dataclasses.fields(cls)} - exclude
+        names = {f.name for _, f, _, _ in leaves}
+        nested = {outer: hints[outer] for outer, *_ in leaves if outer}
 
         @functools.wraps(fn)
         def command(**kwargs):
@@ -129,6 +145,8 @@ def dataclass_command(
             for k, v in values.items():
                 if isinstance(v, Path):
                     values[k] = str(v)
+            for outer, inner in nested.items():
+                values[outer] = inner(**{f.name: values.pop(f.name) for o, f, *_ in leaves if o == outer})
             return fn(cls(**values), **kwargs)
 
         command.__signature__ = inspect.Signature(all_params)  # type: ignore[attr-defined]

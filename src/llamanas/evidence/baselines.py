@@ -34,20 +34,17 @@ from llamanas.deploy.extract import extract
 from llamanas.errors import LlamanasError
 from llamanas.evaluation.evaluate import evaluate
 from llamanas.evaluation.questions import Questions
+from llamanas.evidence.args import ALL_METHODS, DEFAULT_WIDTH_MULTIPLE, METHODS, BaselineArgs
 from llamanas.model.arch import Arch
 from llamanas.model.device import dtype_name
 from llamanas.model.load import resolve
 from llamanas.supernet.blocks import block_influence, block_influence_per_block, drop_attention_blocks
 from llamanas.supernet.elastic import SUPERNET_FILE, load_supernet, read_supernet_meta
-from llamanas.supernet.importance import calibration_batches, calibration_texts, check_importance
+from llamanas.supernet.importance import calibration_batches, calibration_texts
 from llamanas.supernet.sensitivity import allocate, measure_sensitivity
 from llamanas.supernet.subnet import SubnetConfig
 from llamanas.tuning.args import TuneArgs
 from llamanas.tuning.tune import finetune
-
-METHODS = ("depth", "shortgpt", "width")  # the default set
-ALL_METHODS = (*METHODS, "attention", "sensitivity")
-DEFAULT_WIDTH_MULTIPLE = 8  # MLP widths in multiples of 8: vector-friendly, and < 1% from the target size
 
 
 def _check_target(target: float) -> float:
@@ -129,13 +126,6 @@ def uniform_width(arch: Arch, target: float, multiple: int = DEFAULT_WIDTH_MULTI
         if cfg.num_params(arch) <= budget:
             return cfg
     raise _too_small("width", target, _keep(arch, layers, min(widths)), arch)
-
-
-# Calibration windows (of 128 tokens) for block influence and sensitivity: they rank layers and widths, which
-# 16 windows do as well as 64 on the default model (docs/benchmarks.md, front vs baselines, disjoint re-run:
-# the sensitivity baseline measured on 16 was the strongest at 80% and 70%) at a quarter of the cost
-# (64 windows took over 30 CPU minutes for sensitivity).
-CALIBRATION_WINDOWS = 16
 
 
 @dataclass
@@ -294,53 +284,31 @@ def evaluate_checkpoint(
     return BaselineResult.evaluated(spec, arch, results, source="recovered")
 
 
-def run_baselines(
-    model: str,
-    tasks: Sequence[str],
-    sizes: Sequence[float] = (0.9, 0.8, 0.7),
-    out_dir: str | Path | None = None,
-    *,
-    supernet_dir: str | None = None,
-    methods: Sequence[str] = METHODS,
-    questions: Questions = Questions(),
-    calibration: str | None = None,
-    num_samples: int = CALIBRATION_WINDOWS,
-    seq_len: int = 128,
-    width_multiple: int = DEFAULT_WIDTH_MULTIPLE,
-    recover: bool = False,
-    dtype: str = "auto",
-    device: str = "auto",
-    importance: str = "rms",
-    compensate: bool = False,
-) -> BaselineRun:
-    """Build and evaluate the baselines on ``model`` (and on ``supernet_dir`` when given; ``recover``
-    also fine-tunes each pruned model with the super-network's budget, in ``out_dir/recovered``).
+def run_baselines(args: BaselineArgs) -> BaselineRun:
+    """Build and evaluate the baselines on ``args.model`` (and on ``args.supernet`` when given; ``recover``
+    also fine-tunes each pruned model with the super-network's budget, in ``args.out/recovered``).
 
     Each model is loaded by ``load_supernet``, which orders the channels by importance (as the width
     baseline needs) with the ``importance`` score; ``compensate`` switches bias compensation on for every
     baseline.
     """
-    if not tasks:
-        raise LlamanasError("Baselines need at least one task.")
-    if not sizes:
-        raise LlamanasError("Baselines need at least one size fraction, e.g. 0.9,0.8,0.7.")
-    check_importance(importance)
-    tune_args = None
-    if recover:
-        if not supernet_dir or out_dir is None:
-            raise LlamanasError(
-                "recover needs the fine-tuned super-network (--supernet) and an output folder."
-            )
-        tune_args = training_budget(supernet_dir)
+    model, supernet_dir, methods, tasks, questions = (
+        args.model,
+        args.supernet,
+        args.methods,
+        list(args.tasks),
+        args.questions,
+    )
+    tune_args = training_budget(supernet_dir) if args.recover else None
 
     def load(name: str):
         return load_supernet(
             name,
-            calibration=calibration,
-            dtype=dtype,
-            device=device,
-            importance=importance,
-            compensate=compensate,
+            calibration=args.calibration,
+            dtype=args.dtype,
+            device=args.device,
+            importance=args.importance,
+            compensate=args.compensate,
         )
 
     sources = [("base", model)] + ([("supernet", supernet_dir)] if supernet_dir else [])
@@ -356,7 +324,9 @@ def run_baselines(
         used_dtype = dtype_name(next(supernet.model.parameters()).dtype)
         bi = sens = attn_bi = None
         if {"shortgpt", "sensitivity", "attention"} & set(methods):
-            batches = calibration_batches(tokenizer, calibration_texts(calibration), num_samples, seq_len)
+            batches = calibration_batches(
+                tokenizer, calibration_texts(args.calibration), args.calibration_samples, args.seq_len
+            )
             supernet.reset()
         if "shortgpt" in methods:
             bi = block_influence(supernet.model, batches)
@@ -367,10 +337,12 @@ def run_baselines(
         if "sensitivity" in methods:
             sens = measure_sensitivity(supernet, batches)
             sens_rows[source] = sens.to_dict()
-        specs = baseline_configs(supernet.arch, sizes, bi, methods, source, width_multiple, sens, attn_bi)
+        specs = baseline_configs(
+            supernet.arch, args.sizes, bi, methods, source, args.width_multiple, sens, attn_bi
+        )
         rows += evaluate_specs(supernet, tokenizer, specs, tasks, questions)
         if source == "base" and tune_args is not None:
-            recovered = Path(out_dir) / "recovered"
+            recovered = Path(args.out) / "recovered"
             for spec in (s for s in specs if s.config is not None):
                 tuned = recover_baseline(supernet, tokenizer, spec, tune_args, recovered)
                 rows.append(evaluate_checkpoint(tuned, spec, supernet.arch, load, tasks, questions))
@@ -378,19 +350,19 @@ def run_baselines(
     run = BaselineRun(
         model=model,
         supernet=supernet_dir,
-        tasks=list(tasks),
+        tasks=tasks,
         **questions.to_dict(),
-        sizes=[float(s) for s in sizes],
+        sizes=list(args.sizes),
         full_params=full_params,
         block_influence=bis,
         rows=rows,
         dtype=used_dtype,
         sensitivity=sens_rows,
-        importance=importance,
-        compensate=compensate,
+        importance=args.importance,
+        compensate=args.compensate,
     )
-    if out_dir is not None:
-        write_baselines(run, out_dir)
+    if args.out is not None:
+        write_baselines(run, args.out)
     return run
 
 
