@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 import llamanas  # noqa: F401 - registers the llamanas_* model types
 from llamanas.deploy.extract import extract
 from llamanas.errors import LlamanasError
-from llamanas.search.objectives import Counts
+from llamanas.search.counts import Counts
 from llamanas.supernet.elastic import SuperNet
 from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig

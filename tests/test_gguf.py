@@ -26,7 +26,8 @@ import torch
 from conftest import tiny_arch
 
 from llamanas.deploy.extract import SUBNET_FILE, read_extracted_meta
-from llamanas.deploy.gguf import GGUFExport, export_gguf, export_subnet_gguf, tokenizer_source_for
+from llamanas.deploy.gguf import GGUFExport, export_gguf, export_subnet_gguf
+from llamanas.deploy.gguf_tokenizer import tokenizer_source_for
 from llamanas.deploy.llamacpp import available
 from llamanas.errors import LlamanasError
 from llamanas.supernet.elastic import supernet_source, write_supernet_meta

@@ -17,6 +17,7 @@ from test_search import SyntheticSpec, args_for
 from llamanas.errors import LlamanasError
 from llamanas.search import objectives as objmod
 from llamanas.search.args import SearchArgs
+from llamanas.search.counts import Counts
 from llamanas.search.files import RunFiles
 from llamanas.search.latency import (
     LatencyTable,
@@ -26,7 +27,6 @@ from llamanas.search.latency import (
     layer_cells,
     space_cells,
 )
-from llamanas.search.objectives import Counts
 from llamanas.search.run import load_run, search
 from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig

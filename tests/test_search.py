@@ -346,7 +346,7 @@ def test_corrupt_store_is_left_intact(tmp_path):
 
 
 def test_canonical_keys_ignore_skipped_genes():
-    from llamanas.search.objectives import Counts
+    from llamanas.search.counts import Counts
 
     counts = Counts(SPACE)
     rng = np.random.default_rng(0)

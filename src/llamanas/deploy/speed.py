@@ -23,7 +23,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from llamanas.deploy.gguf import export_subnet_gguf, tokenizer_source_for
+from llamanas.deploy.gguf import export_subnet_gguf
+from llamanas.deploy.gguf_tokenizer import tokenizer_source_for
 from llamanas.deploy.llamacpp import time_gguf
 from llamanas.errors import LlamanasError
 from llamanas.search.files import RunFiles

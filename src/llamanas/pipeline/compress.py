@@ -31,7 +31,8 @@ from safetensors import safe_open
 
 from llamanas.config import resume_conflicts
 from llamanas.deploy.extract import extract
-from llamanas.deploy.gguf import TYPES, export_gguf, tokenizer_source_for
+from llamanas.deploy.gguf import TYPES, export_gguf
+from llamanas.deploy.gguf_tokenizer import tokenizer_source_for
 from llamanas.deploy.speed import build_latency_table_for
 from llamanas.errors import LlamanasError, unknown
 from llamanas.evaluation.evaluate import evaluate

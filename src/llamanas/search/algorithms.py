@@ -32,7 +32,7 @@ from sklearn import config_context
 
 from llamanas.errors import LlamanasError, unknown
 from llamanas.search import objectives as objmod
-from llamanas.search.objectives import Counts
+from llamanas.search.counts import Counts
 from llamanas.search.predictors import Encoder, Predictor, kendall_tau, mape
 from llamanas.search.problem import Goals, SubnetProblem, canonical_keys, make_nsga2
 from llamanas.search.store import Store

@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVR
 
 from llamanas.errors import LlamanasError, unknown
-from llamanas.search.objectives import Counts
+from llamanas.search.counts import Counts
 from llamanas.supernet.space import SearchSpace
 
 ENCODINGS = ("ordinal", "onehot")

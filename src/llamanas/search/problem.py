@@ -18,7 +18,8 @@ from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
 
 from llamanas.errors import LlamanasError
-from llamanas.search.objectives import Constraint, Counts, Objective
+from llamanas.search.counts import Counts
+from llamanas.search.objectives import Constraint, Objective
 from llamanas.supernet.space import SearchSpace
 
 

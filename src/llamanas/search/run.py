@@ -23,10 +23,11 @@ from llamanas.model.load import load_config, resolve, resolve_placement
 from llamanas.search import objectives as objmod
 from llamanas.search.algorithms import BatchCache, Context
 from llamanas.search.args import DTYPE_BYTES, SearchArgs, resolve_goals
+from llamanas.search.counts import Counts
 from llamanas.search.files import LATENCY_TABLE_FILE, RunFiles, RunInfo
 from llamanas.search.front import FrontMember, front_of, hypervolume_trace
 from llamanas.search.latency import LatencyTable
-from llamanas.search.objectives import Constraint, Counts, Objective
+from llamanas.search.objectives import Constraint, Objective
 from llamanas.search.problem import Goals
 from llamanas.search.store import Store
 from llamanas.search.trajectory import Evaluated, Trajectory

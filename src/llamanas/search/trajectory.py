@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llamanas.search import objectives as objmod
-from llamanas.search.objectives import Counts
+from llamanas.search.counts import Counts
 from llamanas.search.problem import Goals, canonical_keys
 from llamanas.search.store import Record, Store
 from llamanas.search.workers import EvalSettings, Outcome
