@@ -390,3 +390,45 @@ def test_bad_subnet_fails_before_loading(command, spec, message, tiny_dir, tmp_p
     assert isinstance(r.exception, LlamanasError), r.output
     text = str(r.exception)
     assert text.startswith(f"--subnet {spec!r}: ") and message in text and "\n" not in text
+
+
+def test_a_config_dataclass_parameter_becomes_its_fields_flags():
+    """`command` shows a parameter typed with a config dataclass as that dataclass's fields (help from their
+    docstrings, defaults from the parameter's default) and rebuilds it for the function."""
+    import typer
+
+    from llamanas.cli.options import command
+    from llamanas.evaluation.questions import Questions
+
+    got = []
+    demo = typer.Typer()
+
+    @command(demo, "ask")
+    def ask(name: str, questions: Questions = Questions(limit=5), loud: bool = False):
+        got.append((name, questions, loud))
+
+    @demo.command("other")
+    def other():  # a second command, so typer keeps the sub-command names
+        pass
+
+    r = CliRunner().invoke(demo, ["ask", "x", "--split", "validation", "--offset", "3", "--loud"])
+    assert r.exit_code == 0, r.output
+    assert got == [("x", Questions(split="validation", limit=5, offset=3), True)]
+    help_text = CliRunner().invoke(demo, ["ask", "--help"]).output
+    assert "--num-fewshot" in help_text and "disjoint" in help_text
+    r = CliRunner().invoke(demo, ["ask", "x", "--limit", "0"])
+    assert isinstance(r.exception, LlamanasError) and "--limit" in str(r.exception)
+
+
+def test_eval_passes_its_questions_and_refuses_a_bad_limit_before_loading(tiny_dir, monkeypatch):
+    seen = []
+    monkeypatch.setattr(commands_model, "evaluate", lambda m, tok, tasks, q: seen.append(q) or {})
+    monkeypatch.setattr(commands_model, "results_table", lambda *a: "")
+    r = CliRunner().invoke(
+        app, ["eval", "--model", str(tiny_dir), "--tasks", "arc_easy", "--split", "test", "--limit", "7"]
+    )
+    assert r.exit_code == 0, r.output
+    assert [(q.split, q.limit, q.seed, q.offset) for q in seen] == [("test", 7, 0, 0)]
+    monkeypatch.setattr(commands_model, "_load", lambda *a, **k: pytest.fail("loaded before the check"))
+    r = CliRunner().invoke(app, ["eval", "--model", str(tiny_dir), "--tasks", "arc_easy", "--offset", "-1"])
+    assert isinstance(r.exception, LlamanasError) and "--offset" in str(r.exception)

@@ -25,17 +25,14 @@ from llamanas.cli.options import (
     CompensateOpt,
     DeviceOpt,
     DtypeOpt,
-    FewshotOpt,
     GGUFTypeOpt,
     ImportanceOpt,
-    LimitOpt,
     ModelOpt,
     NoOrderOpt,
-    OffsetOpt,
-    SeedOpt,
     SpaceOpt,
     SubnetOpt,
     TasksOpt,
+    command,
 )
 from llamanas.cli.tables import (
     key_value_table,
@@ -85,19 +82,12 @@ def space(
     out.print(key_value_table(f"Search space of {model}", space_rows(sp)))
 
 
-@app.command("eval")
+@command(app, "eval")
 def eval_(
     tasks: TasksOpt,
     model: ModelOpt = "default",
     subnet: SubnetOpt = None,
-    split: Annotated[
-        str | None,
-        typer.Option(help="Data split (e.g. validation, test). Default: each task's lm-eval test split."),
-    ] = None,
-    limit: LimitOpt = None,
-    num_fewshot: FewshotOpt = None,
-    seed: SeedOpt = 0,
-    offset: OffsetOpt = 0,
+    questions: Questions = Questions(),
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write results to this JSON file.")
     ] = None,
@@ -113,7 +103,6 @@ def eval_(
     the same requests (built with the file's own tokenizer), metrics, table and --json.
     """
     task_list = _task_list(tasks)
-    questions = Questions(split=split, limit=limit, num_fewshot=num_fewshot, seed=seed, offset=offset)
     kind = _model_kind(model)
     if kind == "gguf":
         return _eval_gguf(model, subnet, task_list, questions, json_path, device, dtype)

@@ -3,8 +3,9 @@
 A command such as ``finetune`` takes one ``TuneArgs``; its flags, defaults and help come from the fields
 and their attribute docstrings (as litgpt's CLI takes them from function signatures), so an option is
 declared once, where the Python API declares it. Commands whose Python API is a few loose calls (loading,
-then evaluating, measuring or writing) declare their options the typer way; the option types several of
-them share are declared once, at the end of this module.
+then evaluating, measuring or writing) declare their options the typer way (``command``), where a parameter
+typed with a config dataclass (``questions: Questions``) shows that dataclass's fields; the option types
+several of them share are declared once, at the end of this module.
 """
 
 from __future__ import annotations
@@ -127,10 +128,7 @@ def dataclass_command(
                     default=inspect.Parameter.empty if f.name in required else default,
                 )
             )
-        extra = [
-            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-            for p in list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
-        ]
+        extra, fn = expand_dataclass_params(fn, skip=1)
         # typer wants parameters without defaults first
         all_params = sorted(params + extra, key=lambda p: p.default is not inspect.Parameter.empty)
         names = {f.name for _, f, _, _ in leaves}
@@ -158,6 +156,59 @@ def dataclass_command(
     return decorator
 
 
+def expand_dataclass_params(fn: Callable, skip: int = 0) -> tuple[list[inspect.Parameter], Callable]:
+    """``fn``'s parameters (after the first ``skip``) as keyword-only options, where one annotated with a frozen
+    dataclass (``questions: Questions = Questions()``) becomes that dataclass's fields, with their docstrings
+    as help; returns them and a wrapper of ``fn`` that takes those options and rebuilds the dataclass."""
+    signature = inspect.signature(fn, eval_str=True)
+    params: list[inspect.Parameter] = []
+    nested: dict[str, tuple[type, list[str]]] = {}
+    for p in list(signature.parameters.values())[skip:]:
+        if not (isinstance(p.annotation, type) and dataclasses.is_dataclass(p.annotation)):
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+            continue
+        cls, docs, hints = p.annotation, field_docs(p.annotation), typing.get_type_hints(p.annotation)
+        default = cls() if p.default is inspect.Parameter.empty else p.default
+        nested[p.name] = (cls, [f.name for f in dataclasses.fields(cls)])
+        for f in dataclasses.fields(cls):
+            option = typer.Option(help=docs.get(f.name, ""))
+            params.append(
+                inspect.Parameter(
+                    f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=Annotated[hints[f.name], option],
+                    default=getattr(default, f.name),
+                )
+            )
+    if not nested:
+        return params, fn
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for name, (cls, fields) in nested.items():
+            kwargs[name] = cls(**{f: kwargs.pop(f) for f in fields})
+        return fn(*args, **kwargs)
+
+    return params, wrapper
+
+
+def command(app: typer.Typer, name: str | None = None, **command_kwargs) -> Callable[[Callable], Callable]:
+    """``app.command`` for a function whose options are its parameters (declared the typer way), where a
+    parameter typed with a config dataclass (``questions: Questions``) shows that dataclass's fields."""
+
+    def decorator(fn: Callable) -> Callable:
+        params, wrapper = expand_dataclass_params(fn)
+        all_params = sorted(params, key=lambda p: p.default is not inspect.Parameter.empty)
+        if wrapper is not fn:
+            wrapper.__signature__ = inspect.Signature(all_params)  # type: ignore[attr-defined]
+            wrapper.__annotations__ = {p.name: p.annotation for p in all_params}
+            del wrapper.__wrapped__  # typer must read the signature above, not fn's
+        app.command(name or fn.__name__, **command_kwargs)(wrapper)
+        return wrapper
+
+    return decorator
+
+
 # --- option types several commands share (a command's own options stay in its signature) ----------------
 
 ModelOpt = Annotated[
@@ -180,13 +231,6 @@ TasksOpt = Annotated[
 LimitOpt = Annotated[int | None, typer.Option(help="Evaluate a seeded random subset of N items per task.")]
 FewshotOpt = Annotated[int | None, typer.Option(help="Few-shot examples (default: the task's, usually 0).")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of the --limit subset.")]
-OffsetOpt = Annotated[
-    int,
-    typer.Option(
-        help="Skip the first N items of the seeded order: with --offset 100 the questions are disjoint from "
-        "those a search used with --limit 100 and the same seed (select on one part, report on the other)."
-    ),
-]
 DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
 DtypeOpt = Annotated[str, typer.Option(help=DTYPE_HELP + ". Recorded in every output.")]
 ImportanceOpt = Annotated[
@@ -228,12 +272,13 @@ __all__ = [
     "LimitOpt",
     "ModelOpt",
     "NoOrderOpt",
-    "OffsetOpt",
     "SUBNET_HELP",
     "SeedOpt",
     "SpaceOpt",
     "SubnetOpt",
     "TasksOpt",
+    "command",
     "dataclass_command",
+    "expand_dataclass_params",
     "field_docs",
 ]

@@ -17,15 +17,17 @@ class Questions:
     """A seeded subset of each task's split, with its few-shot count."""
 
     split: str | None = None
-    """The task split (None: each task's lm-eval default; searches use validation, claims use test)."""
+    """Data split, e.g. validation or test (default: each task's lm-eval split). Choose on validation,
+    claim on test."""
     limit: int | None = None
-    """A seeded random subset of N documents per task (None: all)."""
+    """Evaluate a seeded random subset of N questions per task (default: all)."""
     num_fewshot: int | None = None
-    """Few-shot examples (None: the task's, usually 0)."""
+    """Few-shot examples (default: the task's, usually 0)."""
     seed: int = 0
-    """Seed of the ``limit`` subset: the same seed gives the same documents."""
+    """Seed of the --limit subset: the same seed gives the same questions."""
     offset: int = 0
-    """Skip the first N documents of the seeded order: disjoint from a selection made with ``limit=N``."""
+    """Skip the first N questions of the seeded order: with --offset 100 the questions are disjoint from those
+    a search used with --limit 100 and the same seed (select on one part, report on the other)."""
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
