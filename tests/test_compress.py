@@ -59,6 +59,8 @@ def test_bad_settings_fail_before_loading():
         CompressArgs(target="accuracy>=0.5")
     with pytest.raises(LlamanasError, match="Cannot parse constraint 'fast'"):
         CompressArgs(target="fast")
+    with pytest.raises(LlamanasError, match="--minutes must be > 0; got -2"):
+        CompressArgs(minutes=-2)
     r = CliRunner().invoke(app, ["compress", "--target", "1.5", "--out", "unused"])
     assert r.exit_code != 0 and "--target must be a fraction" in str(r.exception)
 
@@ -98,6 +100,7 @@ def test_command_reproduces_the_settings():
         CompressArgs(confirm=0).command()
         == "llamanas compress --model default --tasks arc_easy --target 0.8 --confirm 0 --out compressed"
     )
+    assert "--minutes 30" in CompressArgs(minutes=30).command()
 
 
 @pytest.fixture

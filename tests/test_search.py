@@ -16,6 +16,8 @@ import pytest
 from conftest import tiny_arch
 
 from llamanas.errors import LlamanasError
+from llamanas.search import run as run_module
+from llamanas.search import trajectory
 from llamanas.search.args import SearchArgs
 from llamanas.search.files import RunFiles
 from llamanas.search.objectives import pareto_mask
@@ -56,6 +58,8 @@ class SyntheticEvaluator:
         if self.spec.fail_after is not None and self.calls >= self.spec.fail_after:
             raise RuntimeError("simulated crash")
         self.calls += 1
+        if self.spec.clock is not None:
+            self.spec.clock[0] += 1
         if self.spec.delay:
             time.sleep(self.spec.delay)
         if self.spec.log is not None:
@@ -73,6 +77,7 @@ class SyntheticSpec:
     delay: float = 0.0
     log: list | None = field(default=None)
     log_file: str | None = None
+    clock: list | None = field(default=None)  # [minutes]: each evaluation adds one (a fake slow evaluator)
 
     def build(self, device=None):
         return SyntheticEvaluator(self)
@@ -129,6 +134,24 @@ def test_each_algorithm_finds_a_front(tmp_path, algorithm):
     r2 = search(args_for(tmp_path, "random", name="r2", evaluations=6), SyntheticSpec(), SPACE)
     assert [e.config for e in load_run(r2.run_dir).evaluated] == first
     assert first[:2] == [SPACE.largest(), SPACE.smallest()]
+
+
+@pytest.mark.parametrize("algorithm", ["random", "nsga2", "linas"])
+def test_a_spent_time_budget_stops_after_the_first_population(tmp_path, algorithm, monkeypatch):
+    """--minutes: no new batch starts once the time is spent; the batch under way is finished, and a resume
+    with a larger time budget goes on where it stopped (no config evaluated twice)."""
+    clock = [0.0]  # minutes; each evaluation takes one
+    monkeypatch.setattr(trajectory, "clock", lambda: 60 * clock[0])
+    monkeypatch.setattr(run_module, "clock", lambda: 60 * clock[0])
+    log = []
+    r = search(args_for(tmp_path, algorithm, minutes=3.0), SyntheticSpec(log=log, clock=clock), SPACE)
+    assert r.evaluations == 6 == len(log)  # the first population (6) ran over the 3 minutes, then it stopped
+    clock[0] = 0.0
+    r = search(args_for(tmp_path, algorithm, minutes=5.0), SyntheticSpec(log=log, clock=clock), SPACE)
+    assert r.evaluations == 12 and r.computed == 6  # the stored 6 cost no time, then one batch of 6
+    assert len(log) == len(set(log)) == 12  # nothing evaluated twice
+    with pytest.raises(LlamanasError, match="--minutes must be > 0; got 0"):
+        search(args_for(tmp_path, algorithm, name="z", minutes=0), SyntheticSpec(), SPACE)
 
 
 def test_linas_beats_random_and_nsga2_at_equal_budget(tmp_path):

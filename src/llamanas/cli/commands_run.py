@@ -137,6 +137,10 @@ def search(args: SearchArgs):
         with console.status("Timing the front in llama.cpp"):
             console.print(f"wrote {time_front(out_dir)}")
     hv = result.hypervolume[-1][1] if result.hypervolume else 0.0
+    if args.minutes and result.evaluations < evaluations:
+        console.print(
+            f"The --minutes {args.minutes:g} time budget stopped the search before --evaluations {evaluations}."
+        )
     console.print(
         f"{result.evaluations} evaluations ({result.computed} run now, {result.evaluations - result.computed} "
         f"from the store), front {len(result.front)}, hypervolume {hv:.4f}, {result.seconds:.0f}s; wrote "

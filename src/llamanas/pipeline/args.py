@@ -34,6 +34,9 @@ class CompressArgs:
     on this CPU, predicted by a latency table built first), 'latency<=50' (llama.cpp prefill ms)."""
     evaluations: int = 24
     """Real evaluations of the search (its budget)."""
+    minutes: float | None = resumable(None)
+    """A time budget for the search stage as well (its sensitivity warm start included): no new batch of
+    evaluations starts after it. The rest (confirmation, extraction, GGUF, evaluation, timing) comes after."""
     population: int = 8
     """LINAS batch: the first population and the sub-networks evaluated per loop."""
     select_limit: int = 100
@@ -85,6 +88,8 @@ class CompressArgs:
             ("--timing-rounds", self.timing_rounds, 0),
             ("--warm-start-windows", self.warm_start_windows, 1),
         )
+        if self.minutes is not None and not self.minutes > 0:
+            raise LlamanasError(f"--minutes must be > 0; got {self.minutes}.")
 
     @property
     def fraction(self) -> float | None:

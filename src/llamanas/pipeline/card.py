@@ -65,7 +65,7 @@ def card_text(args, recipe, stages: dict, host: dict) -> str:
         f"{params / base_params:.0%} of its parameters",
         "",
         f"Made by `llamanas compress` from `{args.model}` for {', '.join(args.tasks)}: a sub-network with every "
-        f"layer kept and narrower MLPs and attention, chosen by a {args.evaluations}-evaluation LINAS search "
+        f"layer kept and narrower MLPs and attention, chosen by a {stages['search']['evaluations']}-evaluation LINAS search "
         "on validation questions and reported below on questions the search never saw.",
         "",
         "## Files",
@@ -132,7 +132,7 @@ def card_text(args, recipe, stages: dict, host: dict) -> str:
         lines.append(f"| {key.replace('_', ' ')} | {value} | {why} |")
     sel = plan["select"]
     lines += [
-        f"| search | LINAS, {args.evaluations} evaluations, population {args.population} | selected on "
+        f"| search | LINAS, {stages['search']['evaluations']} evaluations, population {args.population} | selected on "
         f"{sel['limit']} {sel['split'] or 'default-split'} questions per task (seed {sel['seed']}) |",
         f"| chosen | sub-network #{pick['id']} | the most accurate meeting the target "
         f"({args.target_text(base_params)}) " + _chosen_on(pick, args, sel) + " |",

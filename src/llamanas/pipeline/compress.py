@@ -147,7 +147,8 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
     space_file = out / "space.json"
     if not space_file.is_file():
         write_json(space_file, recipe.space)
-    t = stage(2, "search", f"{args.evaluations} evaluations of {args.select_limit} questions per task")
+    budget = f"{args.evaluations} evaluations" + (f" or {args.minutes:g} minutes" if args.minutes else "")
+    t = stage(2, "search", f"{budget} of {args.select_limit} questions per task")
     if not state.done("search"):
         result = search(
             SearchArgs(
@@ -157,6 +158,7 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
                 constraints=(constraint.text,),
                 algorithm="linas",
                 evaluations=args.evaluations,
+                minutes=args.minutes,
                 population=args.population,
                 split=select.split,
                 limit=select.limit,
@@ -345,7 +347,8 @@ def _say_recipe(say, args: CompressArgs, recipe: Recipe, select: Questions, plan
     say(f"  importance {recipe.importance}; warm start {', '.join(recipe.warm_start) or 'none'}; repair "
         f"{'on' if recipe.repair else 'off'}; InstaTune {'on' if recipe.finetune else 'off'}")  # fmt: skip
     say(f"  space: every layer kept, MLP {space['mlp_choices']}, KV groups {space['kv_groups']}")
-    say(f"  search: LINAS, {args.evaluations} evaluations, population {args.population}, on {select.limit} "
+    minutes = f" (or {args.minutes:g} minutes)" if args.minutes else ""
+    say(f"  search: LINAS, {args.evaluations} evaluations{minutes}, population {args.population}, on {select.limit} "
         f"{select.split or 'default-split'} questions per task (seed {select.seed})")  # fmt: skip
     reported = ", ".join(
         f"{t} {q['split'] or 'default'}[{q['offset']}:+{q['limit']}]" for t, q in plan["report"].items()

@@ -41,6 +41,10 @@ class SearchArgs:
     offspring evaluated for real) or random."""
     evaluations: int = resumable(100)
     """Budget: distinct sub-networks in this run's trajectory (store hits count too: honest budgets)."""
+    minutes: float | None = resumable(None)
+    """A time budget as well: no new batch of evaluations starts after this many minutes of the search (its
+    warm start included); the --evaluations budget still applies. Where time stops a run, its result depends
+    on the machine's speed; re-running resumes with a fresh time budget."""
     out: str = resumable("runs/search")
     """Run directory."""
     split: str | None = "validation"
@@ -131,6 +135,8 @@ class SearchArgs:
             raise unknown("algorithm", self.algorithm, tuple(ALGORITHMS))
         check_importance(self.importance)
         check_warm_start(self.warm_start)
+        if self.minutes is not None and not self.minutes > 0:
+            raise LlamanasError(f"--minutes must be > 0; got {self.minutes}.")
         check_at_least(
             ("--evaluations", self.evaluations, 1),
             ("--population", self.population, 2),

@@ -30,7 +30,7 @@ from llamanas.search.latency import LatencyTable
 from llamanas.search.objectives import Constraint, Objective
 from llamanas.search.problem import Goals
 from llamanas.search.store import Store
-from llamanas.search.trajectory import Evaluated, Trajectory
+from llamanas.search.trajectory import Evaluated, Trajectory, clock
 from llamanas.search.warm_start import interleave
 from llamanas.search.workers import EvalSettings, EvaluatorSpec, SupernetSpec, make_pool
 from llamanas.supernet.elastic import read_supernet_meta
@@ -197,6 +197,7 @@ def search(
     ``deploy.speed.build_latency_table_for``), copied into the run folder and recorded in run.json.
     """
     t0 = time.time()
+    deadline = clock() + 60 * args.minutes if args.minutes else None
     args.check()
     args = resolve_dtype(args, custom_evaluator=evaluator is not None)
     space = space or resolve_space(args)
@@ -223,7 +224,17 @@ def search(
             goals = Goals(objectives, constraints, [objmod.bounds(o, counts, reference) for o in objectives])
             run_id = open_run(args, space, goals, settings, table, store, fingerprint, reference)
             traj = Trajectory(
-                space, goals, counts, args.evaluations, store, run_id, pool, fingerprint, settings, progress
+                space,
+                goals,
+                counts,
+                args.evaluations,
+                store,
+                run_id,
+                pool,
+                fingerprint,
+                settings,
+                progress,
+                deadline=deadline,
             )
 
             def on_batch():

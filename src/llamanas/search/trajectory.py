@@ -8,6 +8,7 @@ a config twice, and checks the replay against the stored history.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +33,11 @@ class Evaluated:
     reused: bool  # found in the store (no compute spent by this process)
 
 
+def clock() -> float:
+    """Seconds on the clock the time budget (``--minutes``) is kept by."""
+    return time.monotonic()
+
+
 class Trajectory:
     """The run's evaluations; ``evaluate`` spends the budget and never evaluates a config twice."""
 
@@ -47,8 +53,10 @@ class Trajectory:
         fingerprint: str,
         settings: EvalSettings,
         on_result: Callable[[Trajectory], None] | None = None,
+        deadline: float | None = None,
     ):
         self.space, self.goals, self.counts, self.budget = space, goals, counts, budget
+        self.deadline = deadline  # clock() after which no new batch starts (a time budget)
         self.store, self.run_id, self.pool = store, run_id, pool
         self.fingerprint, self.settings, self.settings_hash = fingerprint, settings, settings.hash()
         self.on_result = on_result
@@ -60,14 +68,21 @@ class Trajectory:
 
     @property
     def remaining(self) -> int:
+        """Evaluations left: the budget's, or 0 once the time budget is spent (then the algorithms stop)."""
+        if self.out_of_time:
+            return 0
         return self.budget - len(self.history)
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and clock() > self.deadline
 
     def is_new(self, cfg: SubnetConfig) -> bool:
         return cfg.key() not in self.keys
 
     def evaluate(self, cfgs: list[SubnetConfig]) -> list[Evaluated]:
         """Evaluate new, distinct configs (truncated to the remaining budget), in order."""
-        cfgs = cfgs[: max(0, self.remaining)]
+        cfgs = cfgs[: max(0, self.budget - len(self.history))]  # a batch begun is finished in time or not
         keys = [c.key() for c in cfgs]
         if len(set(keys)) != len(keys) or any(k in self.keys for k in keys):
             raise AssertionError("search bug: a batch repeats a config or one already evaluated")
