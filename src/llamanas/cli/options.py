@@ -129,8 +129,6 @@ def dataclass_command(
                 )
             )
         extra, fn = expand_dataclass_params(fn, skip=1)
-        # typer wants parameters without defaults first
-        all_params = sorted(params + extra, key=lambda p: p.default is not inspect.Parameter.empty)
         names = {f.name for _, f, _, _ in leaves}
         nested = {outer: hints[outer] for outer, *_ in leaves if outer}
 
@@ -147,13 +145,19 @@ def dataclass_command(
                 values[outer] = inner(**{f.name: values.pop(f.name) for o, f, *_ in leaves if o == outer})
             return fn(cls(**values), **kwargs)
 
-        command.__signature__ = inspect.Signature(all_params)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in all_params}
-        del command.__wrapped__  # typer must read the signature above, not fn's
-        app.command(name or fn.__name__, **command_kwargs)(command)
-        return command
+        return _register(app, name or fn.__name__, command, params + extra, command_kwargs)
 
     return decorator
+
+
+def _register(app: typer.Typer, name: str, command: Callable, params: list, command_kwargs: dict) -> Callable:
+    """Register ``command`` under ``name`` with ``params`` as the signature typer reads."""
+    params = sorted(params, key=lambda p: p.default is not inspect.Parameter.empty)  # typer: required first
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__dict__.pop("__wrapped__", None)  # typer must read the signature above, not the wrapped one's
+    app.command(name, **command_kwargs)(command)
+    return command
 
 
 def expand_dataclass_params(fn: Callable, skip: int = 0) -> tuple[list[inspect.Parameter], Callable]:
@@ -198,13 +202,9 @@ def command(app: typer.Typer, name: str | None = None, **command_kwargs) -> Call
 
     def decorator(fn: Callable) -> Callable:
         params, wrapper = expand_dataclass_params(fn)
-        all_params = sorted(params, key=lambda p: p.default is not inspect.Parameter.empty)
-        if wrapper is not fn:
-            wrapper.__signature__ = inspect.Signature(all_params)  # type: ignore[attr-defined]
-            wrapper.__annotations__ = {p.name: p.annotation for p in all_params}
-            del wrapper.__wrapped__  # typer must read the signature above, not fn's
-        app.command(name or fn.__name__, **command_kwargs)(wrapper)
-        return wrapper
+        if wrapper is fn:
+            return app.command(name or fn.__name__, **command_kwargs)(fn)
+        return _register(app, name or fn.__name__, wrapper, params, command_kwargs)
 
     return decorator
 
