@@ -6,7 +6,7 @@
 Each compress folder's extracted checkpoint (``OUT/model``, loaded as a user would) is scored on the grid's
 questions (``bench_recovery.py --split test``: ARC-Easy test, PIQA validation, seeded subsets; read from the
 grid's settings), none of which the search selected on (it selects on ARC-Easy validation). The table gives
-accuracy ± standard error and the paired difference, in points, against every grid cell of the nearest
+accuracy ± standard error and the paired difference, in points, against every grid cell of the target
 size (sliced, least-squares repair, sensitivity allocation) and the base model. A second table copies each
 run's stage wall times and llama.cpp timings from ``OUT/compress.json``. Scores are kept in ``--out`` (a
 re-run skips scored runs).
@@ -97,9 +97,17 @@ def main() -> None:
     for run in rows:
         s = scores[str(run)]
         frac = s["params"] / base["params"]
+        # Paired against the size the user asked for (compress.json's target fraction), not the size the pick
+        # happened to have: a 90% target answered with an 80% model is compared with the 90% recipes.
+        folder = run.parent if run.name == "sliced" else run
+        target = json.loads((folder / "compress.json").read_text()).get("args", {}).get("target")
+        try:
+            frac_asked = float(target)
+        except (TypeError, ValueError):
+            frac_asked = frac
         size = min(
             {float(k.rsplit("/", 1)[1]) for k in cells if not k.endswith("/1.00")},
-            key=lambda x: abs(x - frac),
+            key=lambda x: abs(x - frac_asked),
         )
         peers = {k: c for k, c in cells.items() if k.endswith(f"/{size:.2f}")}
         own = " | ".join(f"{s[t]['acc']:.3f} ± {s[t]['stderr']:.3f}" for t in TASKS)
