@@ -44,6 +44,13 @@ def check_at_least(*checks: tuple[str, float, float]) -> None:
             raise LlamanasError(f"{flag} must be >= {lowest}; got {value}.")
 
 
+def check_above(*checks: tuple[str, float | None, float]) -> None:
+    """Each ``(flag, value, bound)``: a value given (not None) must be above its bound."""
+    for flag, value, bound in checks:
+        if value is not None and not value > bound:
+            raise LlamanasError(f"{flag} must be > {bound}; got {value}.")
+
+
 def from_dict_strict(cls, d: dict, what: str):
     """Build dataclass ``cls`` from ``d``; unknown keys are an error (never silently dropped)."""
     allowed = {f.name for f in dataclasses.fields(cls)}

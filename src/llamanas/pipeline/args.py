@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass
 
-from llamanas.config import check_at_least, from_dict_strict, resumable
+from llamanas.config import check_above, check_at_least, from_dict_strict, resumable
 from llamanas.errors import LlamanasError
 from llamanas.evaluation.questions import Questions
 from llamanas.evaluation.tasks import get_task, resolve_tasks
@@ -88,8 +88,7 @@ class CompressArgs:
             ("--timing-rounds", self.timing_rounds, 0),
             ("--warm-start-windows", self.warm_start_windows, 1),
         )
-        if self.minutes is not None and not self.minutes > 0:
-            raise LlamanasError(f"--minutes must be > 0; got {self.minutes}.")
+        check_above(("--minutes", self.minutes, 0))
 
     @property
     def fraction(self) -> float | None:

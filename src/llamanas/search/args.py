@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from llamanas.config import check_at_least, from_dict_strict, resumable, resumable_fields
+from llamanas.config import check_above, check_at_least, from_dict_strict, resumable, resumable_fields
 from llamanas.errors import LlamanasError, unknown
 from llamanas.evaluation.questions import Questions
 from llamanas.model.device import DTYPES
@@ -135,8 +135,7 @@ class SearchArgs:
             raise unknown("algorithm", self.algorithm, tuple(ALGORITHMS))
         check_importance(self.importance)
         check_warm_start(self.warm_start)
-        if self.minutes is not None and not self.minutes > 0:
-            raise LlamanasError(f"--minutes must be > 0; got {self.minutes}.")
+        check_above(("--minutes", self.minutes, 0))
         check_at_least(
             ("--evaluations", self.evaluations, 1),
             ("--population", self.population, 2),
