@@ -292,14 +292,8 @@ def run_baselines(args: BaselineArgs) -> BaselineRun:
     baseline needs) with the ``importance`` score; ``compensate`` switches bias compensation on for every
     baseline.
     """
-    model, supernet_dir, methods, tasks, questions = (
-        args.model,
-        args.supernet,
-        args.methods,
-        list(args.tasks),
-        args.questions,
-    )
-    tune_args = training_budget(supernet_dir) if args.recover else None
+    tasks = list(args.tasks)
+    tune_args = training_budget(args.supernet) if args.recover else None
 
     def load(name: str):
         return load_supernet(
@@ -311,7 +305,7 @@ def run_baselines(args: BaselineArgs) -> BaselineRun:
             compensate=args.compensate,
         )
 
-    sources = [("base", model)] + ([("supernet", supernet_dir)] if supernet_dir else [])
+    sources = [("base", args.model)] + ([("supernet", args.supernet)] if args.supernet else [])
     rows: list[BaselineResult] = []
     bis: dict[str, list[float]] = {}
     sens_rows: dict[str, dict] = {}
@@ -319,39 +313,41 @@ def run_baselines(args: BaselineArgs) -> BaselineRun:
     for source, name in sources:
         supernet, tokenizer = load(name)
         if full_params and SubnetConfig.full(supernet.arch).num_params(supernet.arch) != full_params:
-            raise LlamanasError(f"The super-network {name!r} does not have the shape of the model {model!r}.")
+            raise LlamanasError(
+                f"The super-network {name!r} does not have the shape of the model {args.model!r}."
+            )
         full_params = SubnetConfig.full(supernet.arch).num_params(supernet.arch)
         used_dtype = dtype_name(next(supernet.model.parameters()).dtype)
         bi = sens = attn_bi = None
-        if {"shortgpt", "sensitivity", "attention"} & set(methods):
+        if {"shortgpt", "sensitivity", "attention"} & set(args.methods):
             batches = calibration_batches(
                 tokenizer, calibration_texts(args.calibration), args.calibration_samples, args.seq_len
             )
             supernet.reset()
-        if "shortgpt" in methods:
+        if "shortgpt" in args.methods:
             bi = block_influence(supernet.model, batches)
             bis[source] = bi
-        if "attention" in methods:
+        if "attention" in args.methods:
             attn_bi = block_influence_per_block(supernet.model, batches)["attention"]
             bis[f"{source}:attention"] = attn_bi
-        if "sensitivity" in methods:
+        if "sensitivity" in args.methods:
             sens = measure_sensitivity(supernet, batches)
             sens_rows[source] = sens.to_dict()
         specs = baseline_configs(
-            supernet.arch, args.sizes, bi, methods, source, args.width_multiple, sens, attn_bi
+            supernet.arch, args.sizes, bi, args.methods, source, args.width_multiple, sens, attn_bi
         )
-        rows += evaluate_specs(supernet, tokenizer, specs, tasks, questions)
+        rows += evaluate_specs(supernet, tokenizer, specs, tasks, args.questions)
         if source == "base" and tune_args is not None:
             recovered = Path(args.out) / "recovered"
             for spec in (s for s in specs if s.config is not None):
                 tuned = recover_baseline(supernet, tokenizer, spec, tune_args, recovered)
-                rows.append(evaluate_checkpoint(tuned, spec, supernet.arch, load, tasks, questions))
+                rows.append(evaluate_checkpoint(tuned, spec, supernet.arch, load, tasks, args.questions))
         del supernet
     run = BaselineRun(
-        model=model,
-        supernet=supernet_dir,
+        model=args.model,
+        supernet=args.supernet,
         tasks=tasks,
-        **questions.to_dict(),
+        **args.questions.to_dict(),
         sizes=list(args.sizes),
         full_params=full_params,
         block_influence=bis,
