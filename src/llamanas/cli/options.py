@@ -67,6 +67,26 @@ class Flag:
     repeat: bool = False  # a repeatable option (list) instead of one comma-separated value
 
 
+class _Field(typing.NamedTuple):
+    field: dataclasses.Field
+    help: str  # the field's attribute docstring
+    type: Any
+    default: Any
+
+
+def _fields(cls: type, instance: Any = None) -> list[_Field]:
+    """A config dataclass's fields with their help and type, and their defaults (``instance``'s values when
+    given): what one option per field needs."""
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+
+    def default(f: dataclasses.Field) -> Any:
+        if instance is not None:
+            return getattr(instance, f.name)
+        return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+    return [_Field(f, docs.get(f.name, ""), hints[f.name], default(f)) for f in dataclasses.fields(cls)]
+
+
 def dataclass_command(
     app: typer.Typer,
     cls: type,
@@ -82,33 +102,27 @@ def dataclass_command(
     flags = flags or {}
     exclude = set(exclude)
     required = set(required)
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
 
     # A field whose type is itself a dataclass (``questions: Questions``) shows its fields as options and is
     # rebuilt from them: its flags and help are declared once, on the inner dataclass.
-    leaves: list[tuple[str | None, dataclasses.Field, str, Any]] = []  # (outer field, field, doc, default)
-    for f in dataclasses.fields(cls):
-        if f.name in exclude:
+    leaves: list[tuple[str | None, _Field]] = []  # (the outer field, or None; the option's field)
+    nested: dict[str, type] = {}
+    for leaf in _fields(cls):
+        if leaf.field.name in exclude:
             continue
-        outer_default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        inner = hints[f.name]
-        if dataclasses.is_dataclass(inner):
-            inner_docs = field_docs(inner)
-            inner_hints = typing.get_type_hints(inner)
-            for g in dataclasses.fields(inner):
-                if g.name not in exclude:
-                    hints.setdefault(g.name, inner_hints[g.name])
-                    leaves.append((f.name, g, inner_docs.get(g.name, ""), getattr(outer_default, g.name)))
+        if dataclasses.is_dataclass(leaf.type):
+            nested[leaf.field.name] = leaf.type
+            inner = _fields(leaf.type, leaf.default)
+            leaves += [(leaf.field.name, g) for g in inner if g.field.name not in exclude]
         else:
-            leaves.append((None, f, docs.get(f.name, ""), outer_default))
+            leaves.append((None, leaf))
 
     def decorator(fn: Callable) -> Callable:
         params: list[inspect.Parameter] = []
         tuple_fields: set[str] = set()
-        for _, f, doc, default in leaves:
+        for _, (f, doc, field_type, default) in leaves:
             flag = flags.get(f.name, Flag())
-            tp, is_tuple = _cli_type(hints[f.name])
+            tp, is_tuple = _cli_type(field_type)
             if flag.repeat:
                 tp, is_tuple = list[str] | None, True
             if is_tuple:
@@ -129,8 +143,7 @@ def dataclass_command(
                 )
             )
         extra, fn = expand_dataclass_params(fn, skip=1)
-        names = {f.name for _, f, _, _ in leaves}
-        nested = {outer: hints[outer] for outer, *_ in leaves if outer}
+        names = {leaf.field.name for _, leaf in leaves}
 
         @functools.wraps(fn)
         def command(**kwargs):
@@ -142,7 +155,9 @@ def dataclass_command(
                 if isinstance(v, Path):
                     values[k] = str(v)
             for outer, inner in nested.items():
-                values[outer] = inner(**{f.name: values.pop(f.name) for o, f, *_ in leaves if o == outer})
+                values[outer] = inner(
+                    **{g.field.name: values.pop(g.field.name) for o, g in leaves if o == outer}
+                )
             return fn(cls(**values), **kwargs)
 
         return _register(app, name or fn.__name__, command, params + extra, command_kwargs)
@@ -171,19 +186,18 @@ def expand_dataclass_params(fn: Callable, skip: int = 0) -> tuple[list[inspect.P
         if not (isinstance(p.annotation, type) and dataclasses.is_dataclass(p.annotation)):
             params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
             continue
-        cls, docs, hints = p.annotation, field_docs(p.annotation), typing.get_type_hints(p.annotation)
-        default = cls() if p.default is inspect.Parameter.empty else p.default
-        nested[p.name] = (cls, [f.name for f in dataclasses.fields(cls)])
-        for f in dataclasses.fields(cls):
-            option = typer.Option(help=docs.get(f.name, ""))
-            params.append(
-                inspect.Parameter(
-                    f.name,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    annotation=Annotated[hints[f.name], option],
-                    default=getattr(default, f.name),
-                )
+        cls = p.annotation
+        inner = _fields(cls, cls() if p.default is inspect.Parameter.empty else p.default)
+        nested[p.name] = (cls, [g.field.name for g in inner])
+        params += [
+            inspect.Parameter(
+                g.field.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[g.type, typer.Option(help=g.help)],
+                default=g.default,
             )
+            for g in inner
+        ]
     if not nested:
         return params, fn
 
