@@ -31,6 +31,7 @@ import torch
 from llamanas.evaluation.evaluate import (
     loglikelihoods,
     model_max_length,
+    per_question,
     prepare,
     results_from_loglikelihoods,
 )
@@ -112,14 +113,6 @@ def focus_space(cfg: SubnetConfig, arch, path: Path) -> Path:
     return path
 
 
-def per_doc_correct(prepared, lls: np.ndarray) -> np.ndarray:
-    """1/0 per document: does the highest loglikelihood choice match the gold one (lm-eval ``acc``)."""
-    offsets = prepared.request_offsets
-    gold = np.concatenate([t.gold for t in prepared.tasks])
-    pred = np.array([int(np.argmax(lls[offsets[k] : offsets[k + 1]])) for k in range(len(offsets) - 1)])
-    return (pred == gold).astype(float)
-
-
 def evaluate_supernet(supernet: SuperNet, prepared, subnets: dict[str, SubnetConfig], task: str) -> dict:
     model = supernet.model.eval()
     rows = {}
@@ -128,7 +121,7 @@ def evaluate_supernet(supernet: SuperNet, prepared, subnets: dict[str, SubnetCon
         with torch.no_grad(), supernet.subnet(cfg):
             lls = loglikelihoods(model, prepared)
         r = results_from_loglikelihoods(prepared, lls)[task]
-        correct = per_doc_correct(prepared, lls)
+        correct = per_question(prepared, lls)[task]
         assert abs(correct.mean() - r.metrics["acc"]) < 1e-9, "per-document scores disagree with acc"
         rows[name] = {
             "acc": r.metrics["acc"],

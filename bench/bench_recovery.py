@@ -32,8 +32,8 @@ The calibration text is the one ordering uses (the Alpaca demo data when found; 
 
 Accuracy: ARC-Easy validation (all 570 questions; ``--limit`` cuts to a seeded subset) and PIQA validation
 (a seeded subset of ``--piqa-limit`` = 400), lm-eval ``acc``. Per-question correctness is not in
-``TaskResult``; it is recomputed from the evaluator's loglikelihoods (bench_instatune's
-``per_doc_correct``, checked against ``acc``), so differences are paired.
+``TaskResult``; it is recomputed from the evaluator's loglikelihoods (``evaluate.per_question``,
+checked against ``acc``), so differences are paired.
 
 Table columns:
   score / method / size  importance score, recovery method, requested size (fraction of parameters);
@@ -70,6 +70,7 @@ from llamanas.errors import LlamanasError
 from llamanas.evaluation.evaluate import (
     loglikelihoods,
     model_max_length,
+    per_question,
     prepare,
     results_from_loglikelihoods,
 )
@@ -85,7 +86,7 @@ from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_instatune import WIDTH_ONLY_SPACE, fixed_subnets, paired, per_doc_correct  # noqa: E402
+from bench_instatune import WIDTH_ONLY_SPACE, fixed_subnets, paired  # noqa: E402
 
 TASKS = ("arc_easy", "piqa")
 METHODS = ("none", "bias", "repair", "repair-w")
@@ -159,7 +160,7 @@ def evaluate_model(model, prepared: dict) -> dict:
     for task, prep in prepared.items():
         lls = loglikelihoods(model, prep)
         r = results_from_loglikelihoods(prep, lls)[task]
-        correct = per_doc_correct(prep, lls)
+        correct = per_question(prep, lls)[task]
         assert abs(correct.mean() - r.metrics["acc"]) < 1e-9, "per-question scores disagree with acc"
         out[task] = {
             "acc": r.metrics["acc"],

@@ -61,6 +61,8 @@ def test_bad_settings_fail_before_loading():
         CompressArgs(target="fast")
     with pytest.raises(LlamanasError, match="--minutes must be > 0; got -2"):
         CompressArgs(minutes=-2)
+    with pytest.raises(LlamanasError, match="--pick-tolerance must be >= 0; got -1"):
+        CompressArgs(pick_tolerance=-1)
     r = CliRunner().invoke(app, ["compress", "--target", "1.5", "--out", "unused"])
     assert r.exit_code != 0 and "--target must be a fraction" in str(r.exception)
 
@@ -145,12 +147,19 @@ def test_compress_end_to_end_resumes_and_refuses(tiny_bpe, tmp_path, monkeypatch
     arch = Arch.from_hf(load_config(str(tiny_bpe)))
     pick = state["stages"]["pick"]
     assert pick["params"] <= 0.85 * arch.num_params()
-    # the pick is the best of the candidates on the confirmation questions, which the selection never saw
+    # the pick is made on the confirmation questions, which the selection never saw: the largest candidate
+    # within the tolerance of the most accurate one there
     cands = pick["candidates"]
     assert (
         len(cands) >= 2 and str(pick["id"]) in cands and all(c["confirm"] is not None for c in cands.values())
     )
-    assert pick["confirm_accuracy"] == max(c["confirm"] for c in cands.values())
+    assert cands[str(pick["most_accurate"])]["confirm"] == max(c["confirm"] for c in cands.values())
+    close = [c for c in cands.values() if c["gap"][0] >= -pick["tolerance"] * c["gap"][1] - 1e-12]
+    assert cands[str(pick["id"])] in close and pick["params"] == max(c["params"] for c in close)
+    assert (
+        pick["tolerance"] == args.pick_tolerance
+        and pick["confirm_accuracy"] == cands[str(pick["id"])]["confirm"]
+    )
     small = AutoModelForCausalLM.from_pretrained(out / "model")
     stored = state["stages"]["extract"]["params"]
     assert sum(p.numel() for p in small.parameters()) == stored
@@ -222,3 +231,25 @@ def test_a_speed_target_searches_on_llama_cpp_speed(tiny_bpe, tmp_path, monkeypa
     assert pick["target"]["constraint"] == "throughput>=50" and pick["target"]["value"] >= 50
     text = card.read_text()
     assert "throughput>=50" in text and "not measured: --timing-rounds 0" in text
+
+
+def test_card_says_why_a_less_accurate_candidate_was_kept():
+    from llamanas.pipeline.card import _chosen_on
+
+    pick = {
+        "id": 2,
+        "select_accuracy": 0.5,
+        "confirm_accuracy": 0.4575,
+        "most_accurate": 12,
+        "tolerance": 2.0,
+        "candidates": {
+            "2": {"params": 120_801_600, "confirm": 0.4575, "gap": [-0.0325, 0.0215]},
+            "12": {"params": 108_415_296, "confirm": 0.49, "gap": [0.0, 0.0]},
+        },
+    }
+    text = _chosen_on(pick, CompressArgs(), {"split": "validation"})
+    assert "re-scored on 400 further validation questions per task (0.458; selection 0.500)" in text
+    assert "the largest within 2 paired standard errors of the most accurate" in text
+    assert "(#12: 108,415,296 parameters, 0.490; this one -3.2 ± 2.1 points)" in text
+    pick["most_accurate"] = 2
+    assert _chosen_on(pick, CompressArgs(), {"split": "validation"}).endswith(", the most accurate there")

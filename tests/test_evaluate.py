@@ -229,6 +229,10 @@ def test_metrics_on_known_loglikelihoods():
     assert r.stderr["acc"] == pytest.approx(se) and r.stderr["acc_norm"] == pytest.approx(se)
     assert r.metrics["gold_nll"] == pytest.approx((1 + 2 + 6) / 3)
     assert r.chance == pytest.approx(1 / 3)
+    # per question, in document order: what a paired comparison needs; its mean is the metric
+    per_q = E.per_question(_prepared_for([req], [3, 3, 3]), lls)
+    assert per_q["t"].tolist() == [1, 0, 0]
+    assert E.per_question(_prepared_for([req], [3, 3, 3]), lls, "acc_norm")["t"].tolist() == [1, 1, 0]
 
 
 def test_mc2_metric_matches_lm_eval():

@@ -416,7 +416,10 @@ def _stderr(x: np.ndarray) -> float:
     return float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
-def _task_result(req: TaskRequests, prepared: Prepared, lls: np.ndarray) -> TaskResult:
+def _per_doc(
+    req: TaskRequests, prepared: Prepared, lls: np.ndarray
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    """lm-eval's per-document metric values of one task (and each document's chance score)."""
     offs = prepared.request_offsets
     per_doc: dict[str, list[float]] = {m: [] for m in (*req.metrics, "gold_nll")}
     chance = []
@@ -437,8 +440,19 @@ def _task_result(req: TaskRequests, prepared: Prepared, lls: np.ndarray) -> Task
                 per_doc["acc_norm"].append(float(np.argmax(ll / req.choice_chars[k]) == gold))
             chance.append(1.0 / len(ll))
         per_doc["gold_nll"].append(float(-ll[gold]))
+    return {m: np.asarray(v) for m, v in per_doc.items()}, chance
+
+
+def per_question(prepared: Prepared, lls: np.ndarray, metric: str = "acc") -> dict[str, np.ndarray]:
+    """Each task's ``metric`` per question, in document order: what a paired comparison of two models on the
+    same questions needs (their ``TaskResult.metrics[metric]`` is its mean)."""
+    return {req.task: _per_doc(req, prepared, lls)[0][metric] for req in prepared.tasks}
+
+
+def _task_result(req: TaskRequests, prepared: Prepared, lls: np.ndarray) -> TaskResult:
+    per_doc, chance = _per_doc(req, prepared, lls)
     metrics = {m: float(np.mean(v)) for m, v in per_doc.items()}
-    stderr = {m: _stderr(np.asarray(v)) for m, v in per_doc.items()}
+    stderr = {m: _stderr(v) for m, v in per_doc.items()}
     if req.mc2:  # lm-eval calls it "acc"; "mc2" is the name people look for
         metrics["mc2"], stderr["mc2"] = metrics["acc"], stderr["acc"]
     return TaskResult(

@@ -14,6 +14,7 @@ from llamanas.config import check_above, check_at_least, from_dict_strict, resum
 from llamanas.errors import LlamanasError
 from llamanas.evaluation.questions import Questions
 from llamanas.evaluation.tasks import get_task, resolve_tasks
+from llamanas.pipeline.pick import PICK_TOLERANCE
 from llamanas.search import objectives as objmod
 from llamanas.search.warm_start import WARM_START_WINDOWS
 
@@ -46,6 +47,9 @@ class CompressArgs:
     the selection questions, plus the warm start's seeds that meet the target (0: pick on the selection)."""
     confirm_limit: int = 400
     """Validation questions per task the candidates are re-scored on, after the selection ones (disjoint)."""
+    pick_tolerance: float = PICK_TOLERANCE
+    """The pick: the largest candidate within this many paired standard errors of the most accurate one on
+    the confirmation questions (0: the most accurate; see pipeline/pick.py for how it was chosen)."""
     report_limit: int = 500
     """Questions per task the model card reports on: disjoint from the selection ones (the test split where
     the task has one with answers, else the rest of the validation split)."""
@@ -85,6 +89,7 @@ class CompressArgs:
             ("--report-limit", self.report_limit, 1),
             ("--confirm", self.confirm, 0),
             ("--confirm-limit", self.confirm_limit, 1),
+            ("--pick-tolerance", self.pick_tolerance, 0),
             ("--timing-rounds", self.timing_rounds, 0),
             ("--warm-start-windows", self.warm_start_windows, 1),
         )

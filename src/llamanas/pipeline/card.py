@@ -45,13 +45,24 @@ def _mib(n: int | None) -> str:
 
 
 def _chosen_on(pick: dict, args, sel: dict) -> str:
-    """Which questions the pick was made on: the selection ones, or the confirmation of the candidates."""
+    """Which questions the pick was made on, and by which rule: the selection ones, or the confirmation of the
+    candidates (the largest within the tolerance of the most accurate)."""
     if pick.get("confirm_accuracy") is None:
         return f"on the selection questions ({pick['select_accuracy']:.3f})"
-    return (
+    text = (
         f"among {len(pick['candidates'])} candidates re-scored on {args.confirm_limit} further "
         f"{sel['split'] or 'default-split'} questions per task ({pick['confirm_accuracy']:.3f}; selection "
         f"{pick['select_accuracy']:.3f})"
+    )
+    most = pick.get("most_accurate")
+    if most is None or most == pick["id"]:
+        return text + ", the most accurate there"
+    gap, se = pick["candidates"][str(pick["id"])]["gap"]
+    best = pick["candidates"][str(most)]
+    return (
+        text + f", the largest within {pick['tolerance']:g} paired standard errors of the most accurate "
+        f"(#{most}: {best['params']:,} parameters, {best['confirm']:.3f}; this one {100 * gap:+.1f} ± "
+        f"{100 * se:.1f} points)"
     )
 
 

@@ -6,7 +6,8 @@ under a temporary name and renamed, so a killed run never leaves a half-written 
 1. plan      the recipe (``recipe.choose_recipe``), the selection and report questions, the memory check
 2. search    LINAS on the selection questions, constrained to the target (``search.run.search``)
 3. pick      the best few that meet the target on the selection questions, and the warm start's seeds,
-             re-scored on further validation questions: the most accurate there
+             re-scored on further validation questions: the largest not clearly less accurate there
+             than the most accurate (``pipeline.pick``)
 4. extract   the HF checkpoint (``DIR/model``), least-squares repaired where the recipe says so
 5. gguf      ``DIR/model-<type>.gguf`` for each of the recipe's types, and the base model's for timing
 6. evaluate  base and compressed model on the report questions, disjoint from the other two sets
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,7 +35,14 @@ from llamanas.deploy.gguf import TYPES, export_gguf
 from llamanas.deploy.gguf_tokenizer import tokenizer_source_for
 from llamanas.deploy.speed import build_latency_table_for
 from llamanas.errors import LlamanasError, unknown
-from llamanas.evaluation.evaluate import evaluate
+from llamanas.evaluation.evaluate import (
+    auto_batch_tokens,
+    evaluate,
+    loglikelihoods,
+    model_max_length,
+    per_question,
+    prepare,
+)
 from llamanas.evaluation.questions import Questions
 from llamanas.evidence.report import report
 from llamanas.model.arch import Arch
@@ -49,10 +56,10 @@ from llamanas.pipeline.args import (
     task_leaves,
 )
 from llamanas.pipeline.card import write_card
+from llamanas.pipeline.pick import Scored, candidates, choose, paired_gap
 from llamanas.pipeline.recipe import Recipe, choose_recipe
 from llamanas.pipeline.timing import time_abab
 from llamanas.search.args import SearchArgs
-from llamanas.search.files import RunFiles
 from llamanas.search.run import load_run, search
 from llamanas.search.store import write_json
 from llamanas.supernet.elastic import load_supernet
@@ -186,31 +193,39 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
     t = stage(3, "pick")
     if not state.done("pick"):
         view = load_run(run_dir)
-        candidates = _candidates(view, run_dir, recipe, args.confirm)
-        if not candidates:
+        found = candidates(view, run_dir, recipe, args.confirm)
+        if not found:
             raise LlamanasError(
                 f"No sub-network meeting --target {args.target!r} was found in {len(view.evaluated)} evaluations; "
                 "raise --evaluations or relax --target."
             )
-        scores = {}
-        if len(candidates) > 1:
+        scored: dict[int, Scored] = {}
+        if len(found) > 1:
             confirm = confirm_questions(args)
-            say(
-                f"  re-scoring {len(candidates)} candidates on {confirm.limit} more validation questions per task"
-            )
+            say(f"  re-scoring {len(found)} candidates on {confirm.limit} more validation questions per task")
             supernet, tokenizer = load_supernet(
                 args.model, importance=recipe.importance, dtype=plan["dtype"], device=args.device
             )
-            for e in candidates:
+            prepared = prepare(
+                tokenizer,
+                list(args.tasks),
+                confirm,
+                batch_tokens=auto_batch_tokens(supernet.model),
+                max_length=model_max_length(supernet.model, tokenizer),
+            )
+            for e in found:
                 with supernet.subnet(e.config):
-                    res = evaluate(supernet.model, tokenizer, list(args.tasks), confirm, progress=False)
-                scores[e.seq] = statistics.mean(res[t].metrics["acc"] for t in task_leaves(args))
-                say(f"  #{e.seq}: {e.config.num_params(arch):,} parameters, selection {e.values['accuracy']:.3f}, "
-                    f"confirmation {scores[e.seq]:.3f}")  # fmt: skip
+                    per_q = per_question(prepared, loglikelihoods(supernet.model, prepared))
+                scored[e.seq] = Scored(e.config.num_params(arch), {t: per_q[t] for t in task_leaves(args)})
+                say(f"  #{e.seq}: {scored[e.seq].params:,} parameters, selection {e.values['accuracy']:.3f}, "
+                    f"confirmation {scored[e.seq].accuracy:.3f}")  # fmt: skip
             del supernet
-        best = max(
-            candidates, key=lambda e: (scores.get(e.seq, e.values["accuracy"]), -e.config.num_params(arch))
-        )
+            chosen = choose(scored, args.pick_tolerance)
+            most = choose(scored, 0.0)
+        else:
+            chosen = most = found[0].seq
+        best = next(e for e in found if e.seq == chosen)
+        gaps = {s: paired_gap(scored[most], c) for s, c in scored.items()}
         state.finish(
             "pick",
             {
@@ -218,10 +233,17 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
                 "config": best.config.to_dict(),
                 "params": best.config.num_params(arch),
                 "select_accuracy": best.values["accuracy"],
-                "confirm_accuracy": scores.get(best.seq),
+                "confirm_accuracy": scored[chosen].accuracy if scored else None,
+                "most_accurate": most,
+                "tolerance": args.pick_tolerance,
                 "candidates": {
-                    str(e.seq): {"select": e.values["accuracy"], "confirm": scores.get(e.seq)}
-                    for e in candidates
+                    str(e.seq): {
+                        "params": e.config.num_params(arch),
+                        "select": e.values["accuracy"],
+                        "confirm": scored[e.seq].accuracy if scored else None,
+                        "gap": list(gaps[e.seq]) if scored else None,
+                    }
+                    for e in found
                 },
                 "target": {
                     "constraint": constraint.text,
@@ -326,18 +348,6 @@ def compress(args: CompressArgs, progress: Progress | None = None) -> Path:
         "card", {"path": card.name, "total_seconds": round(time.time() - t_start, 1)}, time.time() - t
     )
     return card
-
-
-def _candidates(view, run_dir: Path, recipe: Recipe, n: int) -> list:
-    """The sub-networks worth re-scoring: the ``n`` most accurate evaluations that meet the target on the
-    selection questions, and the warm start's seeds that meet it (their prior is measured, not sampled)."""
-    rows = [e.values for e in view.evaluated]
-    feasible = [e for e, ok in zip(view.evaluated, view.goals.feasible(rows), strict=True) if ok]
-    out = sorted(feasible, key=lambda e: (-e.values["accuracy"], e.seq))[: max(1, n)]
-    seeds = RunFiles(run_dir).warm_start(recipe.warm_start) or {}
-    seeded = [SubnetConfig.from_dict(d) for configs in seeds.values() for d in configs]
-    chosen = {e.seq for e in out}
-    return out + ([e for e in feasible if e.config in seeded and e.seq not in chosen] if n else [])
 
 
 def _say_recipe(say, args: CompressArgs, recipe: Recipe, select: Questions, plan: dict) -> None:
