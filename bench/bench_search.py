@@ -35,7 +35,7 @@ from llamanas.search.args import SearchArgs
 from llamanas.search.run import resolve_space, search
 from llamanas.search.workers import SupernetSpec
 
-ALGORITHMS = ("random", "nsga2", "linas")
+ALGORITHMS = ("random", "nsga2", "linas", "linas+screen")  # columns: an algorithm, "+screen" its proxy screen
 
 
 class SharedSpec:
@@ -51,14 +51,17 @@ class SharedSpec:
         return self.evaluator
 
 
-def search_args(a: argparse.Namespace, algorithm: str, seed: int) -> SearchArgs:
+def search_args(a: argparse.Namespace, column: str, seed: int) -> SearchArgs:
+    algorithm, _, screen = column.partition("+")
     return SearchArgs(
         model=a.model,
         tasks=(a.task,),
         objectives=("gold_nll", "params"),
         algorithm=algorithm,
         evaluations=a.evaluations,
-        out=str(a.out / f"{algorithm}-seed{seed}"),
+        proxy_windows=a.proxy_windows,
+        screen=a.screen if screen else 0,
+        out=str(a.out / f"{column}-seed{seed}"),
         split="validation",
         limit=a.limit,
         population=a.population,
@@ -114,8 +117,8 @@ def plot(a: argparse.Namespace, traces: dict[str, list[list[float]]], path: Path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = {"random": "tab:gray", "nsga2": "tab:blue", "linas": "tab:red"}
-    for alg in ALGORITHMS:
+    colors = {"random": "tab:gray", "nsga2": "tab:blue", "linas": "tab:red", "linas+screen": "tab:green"}
+    for alg in traces:
         T = np.array(traces[alg])
         x = np.arange(1, T.shape[1] + 1)
         ax.plot(x, T.mean(axis=0), color=colors[alg], label=f"{alg} (mean of {len(T)} seeds)")
@@ -144,6 +147,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--inner-generations", type=int, default=1000)
     ap.add_argument("--predictor", default="auto")
+    ap.add_argument(
+        "--proxy-windows",
+        type=int,
+        default=0,
+        help="KL proxy windows recorded by every run (the screen needs them)",
+    )
+    ap.add_argument(
+        "--screen", type=int, default=3, help="linas+screen: candidates screened per real evaluation"
+    )
+    ap.add_argument("--columns", nargs="+", default=list(ALGORITHMS[:3]), choices=ALGORITHMS)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_search"))
     ap.add_argument("--png", type=Path, default=Path("docs/bench_search.png"))
     ap.add_argument("--plan", action="store_true", help="time a few evaluations and exit")
@@ -161,10 +174,11 @@ def main() -> None:
         return
 
     a.out.mkdir(parents=True, exist_ok=True)
-    traces: dict[str, list[list[float]]] = {alg: [] for alg in ALGORITHMS}
+    columns = a.columns
+    traces: dict[str, list[list[float]]] = {alg: [] for alg in columns}
     runs = []
     for seed in a.seeds:
-        for alg in ALGORITHMS:
+        for alg in columns:
             t = time.time()
             r = search(search_args(a, alg, seed), shared, space)
             trace = [hv for _, hv, _ in r.hypervolume]
@@ -181,7 +195,7 @@ def main() -> None:
                 )
             )
             print(
-                f"{alg:6s} seed {seed}: hv {trace[-1]:.4f}, front {len(r.front)}, "
+                f"{alg:12s} seed {seed}: hv {trace[-1]:.4f}, front {len(r.front)}, "
                 f"{r.computed} evaluated now, {time.time() - t:.0f}s",
                 flush=True,
             )
@@ -189,9 +203,9 @@ def main() -> None:
     rows = []
     for i, seed in enumerate(a.seeds):
         target = traces["nsga2"][i][-1]
-        need = {alg: evaluations_to_reach(traces[alg][i], target) for alg in ALGORITHMS}
+        need = {alg: evaluations_to_reach(traces[alg][i], target) for alg in columns}
         rows.append(
-            {"seed": seed, "nsga2_final_hv": target, **{f"{alg}_evals": need[alg] for alg in ALGORITHMS}}
+            {"seed": seed, "nsga2_final_hv": target, **{f"{alg}_evals": need[alg] for alg in columns}}
         )
     plot(a, traces, a.png)
     summary = {
@@ -204,15 +218,12 @@ def main() -> None:
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
 
     print(f"\nEvaluations needed to reach NSGA-II's final hypervolume ({a.evaluations} evaluations):\n")
-    print("| seed | nsga2 final HV | random | nsga2 | linas | linas / budget |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| seed | nsga2 final HV | " + " | ".join(columns) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
     for r in rows:
-        fmt = {alg: (str(r[f"{alg}_evals"]) if r[f"{alg}_evals"] else "not reached") for alg in ALGORITHMS}
-        frac = f"{r['linas_evals'] / a.evaluations:.2f}" if r["linas_evals"] else "-"
-        print(
-            f"| {r['seed']} | {r['nsga2_final_hv']:.4f} | {fmt['random']} | {fmt['nsga2']} | {fmt['linas']} | {frac} |"
-        )
-    finals = {alg: np.mean([t[-1] for t in traces[alg]]) for alg in ALGORITHMS}
+        fmt = [str(r[f"{alg}_evals"]) if r[f"{alg}_evals"] else "not reached" for alg in columns]
+        print(f"| {r['seed']} | {r['nsga2_final_hv']:.4f} | " + " | ".join(fmt) + " |")
+    finals = {alg: np.mean([t[-1] for t in traces[alg]]) for alg in columns}
     print("\nmean final hypervolume: " + ", ".join(f"{alg} {v:.4f}" for alg, v in finals.items()))
     print(f"wrote {a.png} and {a.out / 'summary.json'}")
 

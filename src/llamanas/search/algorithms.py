@@ -31,6 +31,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from sklearn import config_context
 
 from llamanas.errors import LlamanasError, unknown
+from llamanas.evaluation.proxy import PROXY_INPUTS
 from llamanas.search import objectives as objmod
 from llamanas.search.counts import Counts
 from llamanas.search.predictors import Encoder, Predictor, kendall_tau, mape
@@ -73,6 +74,8 @@ class Context:
     batches: BatchCache | None = None
     warm: list[SubnetConfig] = field(default_factory=list)
     """Warm-start configs (``warm_start``): in the first population after the anchors, before random ones."""
+    proxy: Callable[[list[SubnetConfig]], list[dict[str, float]]] | None = None
+    """The cheap proxy of configs not evaluated (``evaluation.proxy``); None when the run records none."""
 
     def analytic_ok(self, cfg: SubnetConfig) -> bool:
         cs = self.goals.analytic_constraints
@@ -216,6 +219,9 @@ class LINAS:
     """NSGA-II generations on the predictors per loop."""
     inner_population: int | None = None
     """NSGA-II population on the predictors (default max(50, 2 x population))."""
+    screen: int = 0
+    """Proxy screen: each loop scores screen x population candidates with the cheap proxy and spends the
+    real evaluations on the best of them by predictors that take the proxy as an input (0: no screen)."""
 
     def run(self, ctx: Context) -> None:
         _run_linas(self, ctx)
@@ -268,7 +274,7 @@ def propose_linas(algo: LINAS, ctx: Context, loop: int, batch_size: int) -> dict
         for o in goals.measured
     }
 
-    def values(X):
+    def values(X, cfgs=None):
         out = dict(ctx.counts(X))
         if predictors:
             F = encoder(X)
@@ -292,15 +298,66 @@ def propose_linas(algo: LINAS, ctx: Context, loop: int, batch_size: int) -> dict
             verbose=False,
         )
         Xc = np.asarray(res.pop.get("X"), dtype=int)
-        chosen = select_batch(ctx, Xc, values(Xc), batch_size)
+        screened: dict = {}
+        if algo.screen and ctx.proxy is not None and goals.measured:
+            chosen, values, predictors, screened = _screen(algo, ctx, encoder, Xc, values, batch_size)
+        else:
+            chosen = select_batch(ctx, Xc, values(Xc), batch_size)
         if len(chosen) < batch_size:
             chosen += ctx.sample_new(rng, batch_size - len(chosen), exclude={c.key() for c in chosen})
-        predicted = values(np.array([space.encode(c) for c in chosen]).reshape(len(chosen), -1))
+        predicted = values(np.array([space.encode(c) for c in chosen]).reshape(len(chosen), -1), chosen)
     return {
         "configs": [c.to_dict() for c in chosen],
         "predicted": {o.name: [float(v) for v in predicted[o.name]] for o in goals.measured},
         "predictors": {name: p.summary() for name, p in predictors.items()},
+        **screened,
     }
+
+
+def _screen(
+    algo: LINAS, ctx: Context, encoder: Encoder, Xc: np.ndarray, base_values: Callable, batch_size: int
+):
+    """The proxy screen: the ``screen x batch`` best candidates by the config-only predictors (in
+    ``select_batch`` order) get the cheap proxy; predictors refitted with the proxy as an input rank them
+    again, and ``select_batch`` takes the batch from them. Returns (batch, values function of the screened
+    configs, the proxy-aware predictors, a record for the batch payload)."""
+    space, goals, hist = ctx.space, ctx.goals, ctx.traj.history
+    pool = select_batch(ctx, Xc, base_values(Xc), algo.screen * batch_size)
+    if not pool:
+        return [], base_values, {}, {}
+    proxied = {c.key(): p for c, p in zip(pool, ctx.proxy(pool), strict=True)}
+    missing = [e.seq for e in hist if not all(k in e.measured for k in PROXY_INPUTS)]
+    if missing:
+        raise LlamanasError(f"Proxy screen: evaluations {missing[:5]} carry no proxy values {PROXY_INPUTS}.")
+
+    def features(X: np.ndarray, proxy_rows: list[dict]) -> np.ndarray:
+        return np.column_stack([encoder(X), [[r[k] for k in PROXY_INPUTS] for r in proxy_rows]])
+
+    F = features(np.array([e.x for e in hist]), [e.measured for e in hist])
+    predictors = {
+        o.name: Predictor(algo.predictor, seed=algo.seed).fit(F, [e.values[o.name] for e in hist])
+        for o in goals.measured
+    }
+
+    def values(X: np.ndarray, cfgs: list[SubnetConfig] | None = None) -> dict:
+        cfgs = cfgs if cfgs is not None else [space.decode(x) for x in X]
+        out = dict(ctx.counts(X))
+        rows = [proxied.get(c.key()) for c in cfgs]
+        known = np.array([r is not None for r in rows])
+        fallback = base_values(X[~known]) if (~known).any() else {}  # random fillers: no proxy
+        for name, p in predictors.items():
+            v = np.zeros(len(cfgs))
+            if known.any():
+                v[known] = p.predict(features(X[known], [r for r in rows if r is not None]))
+            if (~known).any():
+                v[~known] = fallback[name]
+            out[name] = v
+        return out
+
+    Xp = np.array([space.encode(c) for c in pool])
+    chosen = select_batch(ctx, Xp, values(Xp, pool), batch_size)
+    record = {"screened": len(pool), "proxy": [proxied[c.key()] for c in chosen]}
+    return chosen, values, predictors, record
 
 
 def _rank_order(goals: Goals, rows: list[dict[str, float]]) -> list[int]:

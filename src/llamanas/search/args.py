@@ -101,6 +101,13 @@ class SearchArgs:
     warm_start_windows: int = WARM_START_WINDOWS
     """Calibration windows (128 tokens each) the warm start measures on: the sensitivity seeds cost one pass
     over them per (layer, width choice), about 5 minutes for 16 on the default model's width-only space."""
+    proxy_windows: int = 0
+    """Record the cheap proxy with every evaluation: the KL divergence of the sub-network's next-token
+    distribution from the full network's on this many calibration windows of 128 tokens (0: none)."""
+    screen: int = 0
+    """LINAS proxy screen: each loop scores SCREEN x population candidates with the proxy and evaluates the
+    best of them for real, ranked by predictors that take the proxy as an input (0: off; needs
+    --proxy-windows)."""
 
     def __post_init__(self):
         for name in TUPLE_FIELDS:
@@ -127,6 +134,9 @@ class SearchArgs:
             d.pop("warm_start")
         if d["warm_start_windows"] == WARM_START_WINDOWS:  # likewise
             d.pop("warm_start_windows")
+        for k in ("proxy_windows", "screen"):  # likewise
+            if not d[k]:
+                d.pop(k)
         return d
 
     def check(self) -> None:
@@ -143,7 +153,15 @@ class SearchArgs:
             ("--inner-generations", self.inner_generations, 1),
             ("--seq-len", self.seq_len, 1),
             ("--warm-start-windows", self.warm_start_windows, 1),
+            ("--proxy-windows", self.proxy_windows, 0),
+            ("--screen", self.screen, 0),
         )
+        if self.screen and not self.proxy_windows:
+            raise LlamanasError(
+                f"--screen {self.screen} ranks candidates by the proxy: set --proxy-windows too (4 is enough)."
+            )
+        if self.screen and self.algorithm != "linas":
+            raise LlamanasError(f"--screen is a LINAS option; --algorithm is {self.algorithm!r}.")
         if self.limit is not None and self.limit < 1:
             raise LlamanasError(f"--limit must be >= 1; got {self.limit}.")
         if self.inner_population is not None and self.inner_population < 4:
@@ -180,6 +198,7 @@ class SearchArgs:
             runtime=self.runtime if latency_table else "hf",
             latency_table=latency_table,
             compensate=self.compensate,
+            proxy_windows=self.proxy_windows,
         )
 
     @property

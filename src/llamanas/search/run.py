@@ -249,6 +249,7 @@ def search(
                 quality=lambda loop, name, row: store.put_quality(run_id, loop, name, row),
                 batches=BatchCache(store, run_id),
                 warm=warm_start_seeds(args, pool),
+                proxy=pool.proxy if settings.proxy_windows else None,
             )
             args.algorithm_object().run(ctx)
             on_batch()

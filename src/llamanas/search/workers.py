@@ -29,6 +29,7 @@ from llamanas.config import from_dict_strict
 from llamanas.errors import LlamanasError
 from llamanas.evaluation.evaluate import model_max_length, prepare, score
 from llamanas.evaluation.measure import measure
+from llamanas.evaluation.proxy import KLProxy
 from llamanas.evaluation.questions import Questions
 from llamanas.evaluation.tasks import GROUPS
 from llamanas.model.load import fingerprint
@@ -55,6 +56,7 @@ class EvalSettings(Questions):
     runtime: str = "hf"  # "llamacpp": latency/throughput come from the latency table below, not timing
     latency_table: str | None = None  # digest of that table (search.latency.LatencyTable.digest)
     compensate: bool = False  # bias compensation on the slices (changes values, not the weights)
+    proxy_windows: int = 0  # calibration windows of the KL proxy recorded with every evaluation (0: none)
 
     def __post_init__(self):
         super().__post_init__()
@@ -83,6 +85,8 @@ class EvalSettings(Questions):
             d.pop("compensate")
         if not self.offset:  # keys of stores made before offsets
             d.pop("offset")
+        if not self.proxy_windows:  # keys of stores made before the proxy
+            d.pop("proxy_windows")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -155,6 +159,11 @@ class SupernetEvaluator:
             supernet.set_compensation(supernet.compensation)
         self.supernet, self.tokenizer = supernet, tokenizer
         self._fingerprint = fingerprint(supernet.model)
+        self.kl_proxy = (
+            KLProxy.from_text(supernet, tokenizer, s.proxy_windows, spec.calibration)
+            if s.proxy_windows
+            else None
+        )
         self.prepared = None
         if s.tasks:
             self.prepared = prepare(
@@ -191,6 +200,12 @@ class SupernetEvaluator:
             self.supernet, self.tokenizer, names, self.spec.calibration, self.spec.warm_start_windows
         )
 
+    def proxy(self, cfg: SubnetConfig) -> dict[str, float]:
+        """The cheap proxy's values (``evaluation.proxy``), as recorded with a real evaluation."""
+        if self.kl_proxy is None:
+            raise LlamanasError("This evaluator has no proxy: its settings have proxy_windows 0.")
+        return self.kl_proxy(cfg)
+
     def _time(self, cfg: SubnetConfig) -> dict[str, float]:
         s = self.spec.settings
         m = measure(self.supernet, cfg, s.seq_len, True, s.prefill_tokens, s.gen_tokens, repeats=s.repeats)
@@ -213,6 +228,8 @@ class SupernetEvaluator:
                     values[f"chance:{t}"] = float(r.chance)
             split = ",".join(sorted({results[t].split for t in tasks}))
             n_items = int(sum(results[t].n for t in tasks))
+        if self.kl_proxy is not None:
+            values.update(self.kl_proxy(cfg))
         if self.spec.settings.timing:
             values.update(self._time(cfg))
         return Outcome(values, split, n_items, started, time.time() - started)
@@ -256,6 +273,14 @@ def _warm_start(evaluator: Evaluator, names: tuple[str, ...]) -> dict:
     return evaluator.warm_start(names)
 
 
+def _proxy(evaluator: Evaluator, cfg: SubnetConfig) -> dict[str, float]:
+    if not hasattr(evaluator, "proxy"):
+        raise LlamanasError(
+            f"The proxy screen needs the super-network's evaluator; {type(evaluator).__name__} has none."
+        )
+    return evaluator.proxy(cfg)
+
+
 class LocalPool:
     """Evaluates in this process, one config at a time (``--workers 1``; Ray is not imported)."""
 
@@ -278,6 +303,9 @@ class LocalPool:
 
     def warm_start(self, names: tuple[str, ...]) -> dict:
         return _warm_start(self.evaluator, names)
+
+    def proxy(self, cfgs: list[SubnetConfig]) -> list[dict[str, float]]:
+        return [_proxy(self.evaluator, c) for c in cfgs]
 
     def imap_unordered(self, cfgs: list[SubnetConfig]) -> Iterator[tuple[int, Outcome]]:
         for i, cfg in enumerate(cfgs):
@@ -304,6 +332,9 @@ class _Actor:
 
     def warm_start(self, names: tuple[str, ...]) -> dict:
         return _warm_start(self.evaluator, names)
+
+    def proxy(self, cfg: dict) -> dict[str, float]:
+        return _proxy(self.evaluator, SubnetConfig.from_dict(cfg))
 
 
 class RayPool:
@@ -356,6 +387,11 @@ class RayPool:
 
     def warm_start(self, names: tuple[str, ...]) -> dict:
         return self.ray.get(self.actors[0].warm_start.remote(names))
+
+    def proxy(self, cfgs: list[SubnetConfig]) -> list[dict[str, float]]:
+        """The proxy for each config, spread over the actors (round robin), in order."""
+        n = len(self.actors)
+        return self.ray.get([self.actors[i % n].proxy.remote(c.to_dict()) for i, c in enumerate(cfgs)])
 
     def imap_unordered(self, cfgs: list[SubnetConfig]) -> Iterator[tuple[int, Outcome]]:
         ray = self.ray
