@@ -22,7 +22,6 @@ from llamanas.supernet.importance import calibration_batches, calibration_texts
 from llamanas.supernet.slicing import subnet_model
 from llamanas.supernet.subnet import SubnetConfig
 
-PROXY_KEYS = ("kl", "calib_nll")
 PROXY_INPUTS = ("kl",)  # what the search's proxy screen feeds its predictors
 PROXY_SEED = 1  # window starts: not the ordering's or the warm start's windows (seed 0)
 

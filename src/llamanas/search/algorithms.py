@@ -274,7 +274,7 @@ def propose_linas(algo: LINAS, ctx: Context, loop: int, batch_size: int) -> dict
         for o in goals.measured
     }
 
-    def values(X, cfgs=None):
+    def values(X):
         out = dict(ctx.counts(X))
         if predictors:
             F = encoder(X)
@@ -300,12 +300,14 @@ def propose_linas(algo: LINAS, ctx: Context, loop: int, batch_size: int) -> dict
         Xc = np.asarray(res.pop.get("X"), dtype=int)
         screened: dict = {}
         if algo.screen and ctx.proxy is not None and goals.measured:
-            chosen, values, predictors, screened = _screen(algo, ctx, encoder, Xc, values, batch_size)
+            chosen, values, predictors, screened = _screen(
+                algo, ctx, encoder, features, Xc, values, batch_size
+            )
         else:
             chosen = select_batch(ctx, Xc, values(Xc), batch_size)
         if len(chosen) < batch_size:
             chosen += ctx.sample_new(rng, batch_size - len(chosen), exclude={c.key() for c in chosen})
-        predicted = values(np.array([space.encode(c) for c in chosen]).reshape(len(chosen), -1), chosen)
+        predicted = values(np.array([space.encode(c) for c in chosen]).reshape(len(chosen), -1))
     return {
         "configs": [c.to_dict() for c in chosen],
         "predicted": {o.name: [float(v) for v in predicted[o.name]] for o in goals.measured},
@@ -315,47 +317,52 @@ def propose_linas(algo: LINAS, ctx: Context, loop: int, batch_size: int) -> dict
 
 
 def _screen(
-    algo: LINAS, ctx: Context, encoder: Encoder, Xc: np.ndarray, base_values: Callable, batch_size: int
+    algo: LINAS,
+    ctx: Context,
+    encoder: Encoder,
+    history_features: np.ndarray,
+    Xc: np.ndarray,
+    base_values: Callable,
+    batch_size: int,
 ):
     """The proxy screen: the ``screen x batch`` best candidates by the config-only predictors (in
     ``select_batch`` order) get the cheap proxy; predictors refitted with the proxy as an input rank them
     again, and ``select_batch`` takes the batch from them. Returns (batch, values function of the screened
     configs, the proxy-aware predictors, a record for the batch payload)."""
     space, goals, hist = ctx.space, ctx.goals, ctx.traj.history
+    missing = [e.seq for e in hist if not all(k in e.measured for k in PROXY_INPUTS)]
+    if missing:
+        raise LlamanasError(f"Proxy screen: evaluations {missing[:5]} carry no proxy values {PROXY_INPUTS}.")
     pool = select_batch(ctx, Xc, base_values(Xc), algo.screen * batch_size)
     if not pool:
         return [], base_values, {}, {}
     proxied = {c.key(): p for c, p in zip(pool, ctx.proxy(pool), strict=True)}
-    missing = [e.seq for e in hist if not all(k in e.measured for k in PROXY_INPUTS)]
-    if missing:
-        raise LlamanasError(f"Proxy screen: evaluations {missing[:5]} carry no proxy values {PROXY_INPUTS}.")
 
-    def features(X: np.ndarray, proxy_rows: list[dict]) -> np.ndarray:
-        return np.column_stack([encoder(X), [[r[k] for k in PROXY_INPUTS] for r in proxy_rows]])
+    def with_proxy(encoded: np.ndarray, proxy_rows: list[dict]) -> np.ndarray:
+        return np.column_stack([encoded, [[r[k] for k in PROXY_INPUTS] for r in proxy_rows]])
 
-    F = features(np.array([e.x for e in hist]), [e.measured for e in hist])
+    F = with_proxy(history_features, [e.measured for e in hist])
     predictors = {
         o.name: Predictor(algo.predictor, seed=algo.seed).fit(F, [e.values[o.name] for e in hist])
         for o in goals.measured
     }
 
-    def values(X: np.ndarray, cfgs: list[SubnetConfig] | None = None) -> dict:
-        cfgs = cfgs if cfgs is not None else [space.decode(x) for x in X]
+    def values(X: np.ndarray) -> dict:
         out = dict(ctx.counts(X))
-        rows = [proxied.get(c.key()) for c in cfgs]
+        rows = [proxied.get(space.decode(x).key()) for x in X]
         known = np.array([r is not None for r in rows])
         fallback = base_values(X[~known]) if (~known).any() else {}  # random fillers: no proxy
         for name, p in predictors.items():
-            v = np.zeros(len(cfgs))
+            v = np.zeros(len(X))
             if known.any():
-                v[known] = p.predict(features(X[known], [r for r in rows if r is not None]))
+                v[known] = p.predict(with_proxy(encoder(X[known]), [r for r in rows if r is not None]))
             if (~known).any():
                 v[~known] = fallback[name]
             out[name] = v
         return out
 
     Xp = np.array([space.encode(c) for c in pool])
-    chosen = select_batch(ctx, Xp, values(Xp, pool), batch_size)
+    chosen = select_batch(ctx, Xp, values(Xp), batch_size)
     record = {"screened": len(pool), "proxy": [proxied[c.key()] for c in chosen]}
     return chosen, values, predictors, record
 
