@@ -32,10 +32,24 @@ import numpy as np
 import torch
 
 from llamanas.search.args import SearchArgs
+from llamanas.search.files import RunFiles
 from llamanas.search.run import resolve_space, search
 from llamanas.search.workers import SupernetSpec
 
-ALGORITHMS = ("random", "nsga2", "linas", "linas+screen")  # columns: an algorithm, "+screen" its proxy screen
+# Columns: an algorithm, then LINAS's optional pieces: +screen (the proxy screen), +halving (multi-fidelity),
+# +warm (sensitivity and attention warm starts); "linas+all" is LINAS with every piece.
+PIECES = ("screen", "halving", "warm")
+ALGORITHMS = (
+    "random",
+    "nsga2",
+    "linas",
+    "linas+screen",
+    "linas+halving",
+    "linas+warm",
+    "linas+warm+halving",
+    "linas+all",
+)
+WARM_STARTS = ("sensitivity", "attention")
 
 
 class SharedSpec:
@@ -52,7 +66,8 @@ class SharedSpec:
 
 
 def search_args(a: argparse.Namespace, column: str, seed: int) -> SearchArgs:
-    algorithm, _, screen = column.partition("+")
+    algorithm, *pieces = column.split("+")
+    pieces = PIECES if pieces == ["all"] else pieces
     return SearchArgs(
         model=a.model,
         tasks=(a.task,),
@@ -60,7 +75,10 @@ def search_args(a: argparse.Namespace, column: str, seed: int) -> SearchArgs:
         algorithm=algorithm,
         evaluations=a.evaluations,
         proxy_windows=a.proxy_windows,
-        screen=a.screen if screen else 0,
+        screen=a.screen if "screen" in pieces else 0,
+        halving=a.halving if "halving" in pieces else 0,
+        warm_start=WARM_STARTS if "warm" in pieces else (),
+        warm_start_windows=a.warm_windows,
         out=str(a.out / f"{column}-seed{seed}"),
         split="validation",
         limit=a.limit,
@@ -81,6 +99,40 @@ def evaluations_to_reach(trace: list[float], target: float) -> int | None:
     return None
 
 
+def cost_to_reach(trace: list[float], cost: list[int], target: float) -> int | None:
+    """Questions spent when the hypervolume first reaches target (None: never)."""
+    n = evaluations_to_reach(trace, target)
+    return None if n is None else cost[n - 1]
+
+
+def hv_at_cost(trace: list[float], cost: list[int], budget: int) -> float:
+    """Hypervolume after the last evaluation that fits within ``budget`` questions."""
+    fit = [hv for hv, c in zip(trace, cost, strict=True) if c <= budget]
+    return fit[-1] if fit else 0.0
+
+
+def prepare_warm_start(a: argparse.Namespace, shared: SharedSpec, columns: list[str]) -> float:
+    """Compute the warm-start seeds once and put them in every warm run's folder (each would compute the
+    same ones: they depend on the super-network and the calibration text only). Returns the seconds spent."""
+    warm = [c for c in columns if "warm" in c or c.endswith("+all")]
+    if not warm:
+        return 0.0
+    path = a.out / "warm_start.json"
+    t = time.time()
+    if path.is_file():
+        seeds = json.loads(path.read_text())
+    else:
+        seeds = shared.build().warm_start(WARM_STARTS)
+        path.write_text(json.dumps(seeds))
+    for seed in a.seeds:
+        for c in warm:
+            files = RunFiles(search_args(a, c, seed).run_dir)
+            files.dir.mkdir(parents=True, exist_ok=True)
+            if files.warm_start(WARM_STARTS) is None:
+                files.write_warm_start(seeds)
+    return time.time() - t
+
+
 def plan(a: argparse.Namespace, shared: SharedSpec, space) -> None:
     """Time a few evaluations and project the cost of the full benchmark."""
     t = time.time()
@@ -94,7 +146,7 @@ def plan(a: argparse.Namespace, shared: SharedSpec, space) -> None:
         ev.evaluate(cfg)
         secs.append(time.time() - t)
     per = float(np.mean(secs[1:]))  # random sub-networks, like the search's
-    seeds, algs, pop = len(a.seeds), len(ALGORITHMS), a.population
+    seeds, algs, pop = len(a.seeds), len(a.columns), a.population
     evals = seeds * (algs * a.evaluations - (algs - 1) * pop)
     loops = seeds * max(0, (a.evaluations - pop) // pop)
     inner = 10.0 * a.inner_generations / 1000  # ~10 s per 1000 generations on 2 cores (30-layer space)
@@ -117,7 +169,7 @@ def plot(a: argparse.Namespace, traces: dict[str, list[list[float]]], path: Path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = {"random": "tab:gray", "nsga2": "tab:blue", "linas": "tab:red", "linas+screen": "tab:green"}
+    colors = dict(zip(ALGORITHMS, plt.get_cmap("tab10").colors, strict=False))
     for alg in traces:
         T = np.array(traces[alg])
         x = np.arange(1, T.shape[1] + 1)
@@ -156,6 +208,10 @@ def main() -> None:
     ap.add_argument(
         "--screen", type=int, default=3, help="linas+screen: candidates screened per real evaluation"
     )
+    ap.add_argument("--halving", type=int, default=3, help="+halving: candidates per real evaluation")
+    ap.add_argument(
+        "--warm-windows", type=int, default=8, help="+warm: calibration windows of the warm start"
+    )
     ap.add_argument("--columns", nargs="+", default=list(ALGORITHMS[:3]), choices=ALGORITHMS)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_search"))
     ap.add_argument("--png", type=Path, default=Path("docs/bench_search.png"))
@@ -176,6 +232,10 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     columns = a.columns
     traces: dict[str, list[list[float]]] = {alg: [] for alg in columns}
+    costs: dict[str, list[list[int]]] = {alg: [] for alg in columns}
+    warm_seconds = prepare_warm_start(a, shared, columns)
+    if warm_seconds:
+        print(f"warm-start seeds: {warm_seconds:.0f}s (once, shared by the warm runs)", flush=True)
     runs = []
     for seed in a.seeds:
         for alg in columns:
@@ -183,6 +243,7 @@ def main() -> None:
             r = search(search_args(a, alg, seed), shared, space)
             trace = [hv for _, hv, _ in r.hypervolume]
             traces[alg].append(trace)
+            costs[alg].append(r.questions)
             runs.append(
                 dict(
                     algorithm=alg,
@@ -191,6 +252,7 @@ def main() -> None:
                     computed_now=r.computed,
                     seconds=round(time.time() - t, 1),
                     final_hv=trace[-1],
+                    questions=r.questions[-1],
                     front=len(r.front),
                 )
             )
@@ -204,8 +266,19 @@ def main() -> None:
     for i, seed in enumerate(a.seeds):
         target = traces["nsga2"][i][-1]
         need = {alg: evaluations_to_reach(traces[alg][i], target) for alg in columns}
+        asked = {alg: cost_to_reach(traces[alg][i], costs[alg][i], target) for alg in columns}
+        budget = costs["nsga2"][i][-1]  # NSGA-II's questions: every column's at equal cost
         rows.append(
-            {"seed": seed, "nsga2_final_hv": target, **{f"{alg}_evals": need[alg] for alg in columns}}
+            {
+                "seed": seed,
+                "nsga2_final_hv": target,
+                **{f"{alg}_evals": need[alg] for alg in columns},
+                **{f"{alg}_questions": asked[alg] for alg in columns},
+                **{
+                    f"{alg}_hv_at_nsga2_questions": hv_at_cost(traces[alg][i], costs[alg][i], budget)
+                    for alg in columns
+                },
+            }
         )
     plot(a, traces, a.png)
     summary = {
@@ -214,6 +287,8 @@ def main() -> None:
         "runs": runs,
         "to_reach_nsga2_final": rows,
         "traces": traces,
+        "questions": costs,
+        "warm_start_seconds": warm_seconds,
     }
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
 
@@ -223,8 +298,22 @@ def main() -> None:
     for r in rows:
         fmt = [str(r[f"{alg}_evals"]) if r[f"{alg}_evals"] else "not reached" for alg in columns]
         print(f"| {r['seed']} | {r['nsga2_final_hv']:.4f} | " + " | ".join(fmt) + " |")
+    print("\nQuestions (in full evaluations' worth) needed to reach it:\n")
+    print("| seed | " + " | ".join(columns) + " |")
+    print("| --- | " + " | ".join("---" for _ in columns) + " |")
+    for r in rows:
+        fmt = [
+            f"{r[f'{alg}_questions'] / a.limit:.1f}" if r[f"{alg}_questions"] else "not reached"
+            for alg in columns
+        ]
+        print(f"| {r['seed']} | " + " | ".join(fmt) + " |")
     finals = {alg: np.mean([t[-1] for t in traces[alg]]) for alg in columns}
     print("\nmean final hypervolume: " + ", ".join(f"{alg} {v:.4f}" for alg, v in finals.items()))
+    at_cost = {alg: np.mean([r[f"{alg}_hv_at_nsga2_questions"] for r in rows]) for alg in columns}
+    print(
+        "mean hypervolume at NSGA-II's questions: "
+        + ", ".join(f"{alg} {v:.4f}" for alg, v in at_cost.items())
+    )
     print(f"wrote {a.png} and {a.out / 'summary.json'}")
 
 

@@ -141,9 +141,10 @@ def search(args: SearchArgs):
         console.print(
             f"The --minutes {args.minutes:g} time budget stopped the search before --evaluations {evaluations}."
         )
+    questions = f"; {result.questions[-1]} questions scored, low rungs included" if args.halving else ""
     console.print(
         f"{result.evaluations} evaluations ({result.computed} run now, {result.evaluations - result.computed} "
-        f"from the store), front {len(result.front)}, hypervolume {hv:.4f}, {result.seconds:.0f}s; wrote "
+        f"from the store{questions}), front {len(result.front)}, hypervolume {hv:.4f}, {result.seconds:.0f}s; wrote "
         f"{out_dir}/front.json, front.csv, hypervolume.csv, predictors.csv, run.json"
     )
 

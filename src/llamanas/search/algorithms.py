@@ -76,6 +76,9 @@ class Context:
     """Warm-start configs (``warm_start``): in the first population after the anchors, before random ones."""
     proxy: Callable[[list[SubnetConfig]], list[dict[str, float]]] | None = None
     """The cheap proxy of configs not evaluated (``evaluation.proxy``); None when the run records none."""
+    rung: Callable[[list[SubnetConfig]], list[dict[str, float]]] | None = None
+    """Objective values on a low-fidelity rung (the first questions only: ``Trajectory.rung``); None when
+    the run is not multi-fidelity."""
 
     def analytic_ok(self, cfg: SubnetConfig) -> bool:
         cs = self.goals.analytic_constraints
@@ -222,6 +225,10 @@ class LINAS:
     screen: int = 0
     """Proxy screen: each loop scores screen x population candidates with the cheap proxy and spends the
     real evaluations on the best of them by predictors that take the proxy as an input (0: no screen)."""
+    halving: int = 0
+    """Multi-fidelity (successive halving, one low rung): each loop proposes halving x population
+    candidates, scores them on the low rung (``Context.rung``: 1/halving of the questions) and evaluates
+    only the best population of them on all questions (0: off)."""
 
     def run(self, ctx: Context) -> None:
         _run_linas(self, ctx)
@@ -231,22 +238,26 @@ def _run_linas(algo: LINAS, ctx: Context) -> None:
     traj, goals = ctx.traj, ctx.goals
     traj.evaluate(ctx.initial(algo.population, algo.seed))
     ctx.on_batch()
+    halving = algo.halving if algo.halving > 1 and ctx.rung is not None and goals.measured else 1
     loop = 0
     while traj.remaining > 0:
         loop += 1
         batch_size = min(algo.population, traj.remaining)
         payload = ctx.batches.get(loop, traj.history) if ctx.batches else None
         if payload is None:
-            payload = propose_linas(algo, ctx, loop, batch_size)
+            payload = propose_linas(algo, ctx, loop, halving * batch_size)
             if ctx.batches:
                 ctx.batches.put(loop, traj.history, payload)
-        chosen = [SubnetConfig.from_dict(d) for d in payload["configs"]][:batch_size]
+        candidates = [SubnetConfig.from_dict(d) for d in payload["configs"]]
+        picked = promote(ctx, candidates, payload["predicted"], batch_size) if halving > 1 else None
+        idx = picked if picked is not None else list(range(min(batch_size, len(candidates))))
+        chosen = [candidates[i] for i in idx]
         if not chosen:
             break
         evaluated = traj.evaluate(chosen)
         for o in goals.measured:
             true = [e.values[o.name] for e in evaluated]
-            pred = payload["predicted"][o.name][: len(evaluated)]
+            pred = [payload["predicted"][o.name][i] for i in idx][: len(evaluated)]
             row = {
                 "loop": loop,
                 "objective": o.name,
@@ -257,6 +268,34 @@ def _run_linas(algo: LINAS, ctx: Context) -> None:
             }
             ctx.quality(loop, o.name, row)
         ctx.on_batch()
+
+
+def promote(
+    ctx: Context, candidates: list[SubnetConfig], predicted: dict[str, list[float]], k: int
+) -> list[int]:
+    """Successive halving's promotion: score every candidate on the low rung and return the indices of the
+    k to evaluate on all questions, chosen by ``select_batch`` on their low-rung values.
+
+    A low rung asks other (fewer) questions, so its values are shifted onto the full evaluations' scale
+    first: by the mean full-minus-low difference of the configs evaluated on both (every earlier promoted
+    one), or, before there are two, by the mean predicted-minus-low difference of the candidates.
+    """
+    if not candidates:
+        return []
+    space, goals, traj = ctx.space, ctx.goals, ctx.traj
+    low = ctx.rung(candidates)
+    X = np.array([space.encode(c) for c in candidates])
+    values = dict(ctx.counts(X))
+    both = [e for e in traj.history if e.config.key() in traj.rung_values]
+    for o in goals.measured:
+        v = np.array([r[o.name] for r in low], dtype=float)
+        if len(both) >= 2:
+            shift = np.mean([e.values[o.name] - traj.rung_values[e.config.key()][o.name] for e in both])
+        else:
+            shift = float(np.mean(np.asarray(predicted[o.name], dtype=float) - v))
+        values[o.name] = v + shift
+    chosen = {c.key(): i for i, c in enumerate(candidates)}
+    return [chosen[c.key()] for c in select_batch(ctx, X, values, k)]
 
 
 def propose_linas(algo: LINAS, ctx: Context, loop: int, batch_size: int) -> dict:

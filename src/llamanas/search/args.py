@@ -108,6 +108,10 @@ class SearchArgs:
     """LINAS proxy screen: each loop scores SCREEN x population candidates with the proxy and evaluates the
     best of them for real, ranked by predictors that take the proxy as an input (0: off; needs
     --proxy-windows)."""
+    halving: int = 0
+    """LINAS multi-fidelity (successive halving): each loop scores HALVING x population proposals on the first
+    1/HALVING of the --limit questions and evaluates only the best population of them on all; the front
+    stays on all questions (0: off; needs --limit)."""
 
     def __post_init__(self):
         for name in TUPLE_FIELDS:
@@ -134,7 +138,7 @@ class SearchArgs:
             d.pop("warm_start")
         if d["warm_start_windows"] == WARM_START_WINDOWS:  # likewise
             d.pop("warm_start_windows")
-        for k in ("proxy_windows", "screen"):  # likewise
+        for k in ("proxy_windows", "screen", "halving"):  # likewise
             if not d[k]:
                 d.pop(k)
         return d
@@ -155,6 +159,7 @@ class SearchArgs:
             ("--warm-start-windows", self.warm_start_windows, 1),
             ("--proxy-windows", self.proxy_windows, 0),
             ("--screen", self.screen, 0),
+            ("--halving", self.halving, 0),
         )
         if self.screen and not self.proxy_windows:
             raise LlamanasError(
@@ -164,6 +169,16 @@ class SearchArgs:
             raise LlamanasError(f"--screen is a LINAS option; --algorithm is {self.algorithm!r}.")
         if self.limit is not None and self.limit < 1:
             raise LlamanasError(f"--limit must be >= 1; got {self.limit}.")
+        if self.halving:
+            if self.algorithm != "linas":
+                raise LlamanasError(f"--halving is a LINAS option; --algorithm is {self.algorithm!r}.")
+            if self.halving < 2:
+                raise LlamanasError(f"--halving must be 0 (off) or >= 2; got {self.halving}.")
+            if self.limit is None or self.low_limit < 1:
+                raise LlamanasError(
+                    f"--halving {self.halving} scores candidates on 1/{self.halving} of the --limit questions: "
+                    f"set --limit to at least {self.halving} (got {self.limit})."
+                )
         if self.inner_population is not None and self.inner_population < 4:
             raise LlamanasError(f"--inner-population must be >= 4; got {self.inner_population}.")
         if self.dtype != "auto" and self.dtype not in DTYPE_BYTES:
@@ -200,6 +215,11 @@ class SearchArgs:
             compensate=self.compensate,
             proxy_windows=self.proxy_windows,
         )
+
+    @property
+    def low_limit(self) -> int:
+        """Questions per task on the --halving low rung (0 without one)."""
+        return (self.limit or 0) // self.halving if self.halving else 0
 
     @property
     def questions(self) -> Questions:

@@ -55,6 +55,8 @@ class SearchResult:
     evaluations: int  # in the trajectory
     computed: int  # evaluated by this process (the rest came from the store)
     seconds: float
+    questions: list[int] = dataclasses.field(default_factory=list)
+    """Questions scored by the run after each evaluation (a --halving run's low rungs included)."""
 
 
 def resolve_space(args: SearchArgs) -> SearchSpace:
@@ -250,6 +252,7 @@ def search(
                 batches=BatchCache(store, run_id),
                 warm=warm_start_seeds(args, pool),
                 proxy=pool.proxy if settings.proxy_windows else None,
+                rung=(lambda cfgs: traj.rung(cfgs, args.low_limit)) if args.halving else None,
             )
             args.algorithm_object().run(ctx)
             on_batch()
@@ -260,6 +263,7 @@ def search(
                 len(traj.history),
                 traj.computed,
                 time.time() - t0,
+                traj.spent,
             )
         finally:
             pool.close()

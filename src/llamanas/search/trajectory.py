@@ -3,11 +3,14 @@
 Resuming is replay: every batch is a deterministic function of the seed and the evaluations before it,
 so a restarted run recomputes its batches and finds the configs it already evaluated in the store (the
 store commits each evaluation as it finishes). ``Trajectory.evaluate`` spends the budget, never evaluates
-a config twice, and checks the replay against the stored history.
+a config twice, and checks the replay against the stored history. ``Trajectory.rung`` scores configs on
+the first questions only (a multi-fidelity search's low rung): stored under those questions' settings, kept
+out of the history and the budget, but counted in the questions the run has spent (``spent``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +67,9 @@ class Trajectory:
         self.keys: set[str] = set()
         self.canon: set[bytes] = set()  # canonical vectors of every evaluated config
         self.computed = 0  # evaluations run by this process
+        self.questions = 0  # questions scored so far, low rungs included (store hits count too)
+        self.spent: list[int] = []  # self.questions after each evaluation of the history
+        self.rung_values: dict[str, dict[str, float]] = {}  # low-rung objective values by config key
         self.live = _LiveFront(goals)
 
     @property
@@ -118,21 +124,45 @@ class Trajectory:
             out.append(ev)
             self.history.append(ev)
             self.keys.add(keys[i])
+            self.questions += records[i].n_items or 0
+            self.spent.append(self.questions)
         self.canon.update(canonical_keys(self.counts, np.array([e.x for e in out]).reshape(len(out), -1)))
         return out
 
-    def _record(self, cfg: SubnetConfig, outcome: Outcome) -> Record:
+    def rung(self, cfgs: list[SubnetConfig], limit: int) -> list[dict[str, float]]:
+        """Objective values of ``cfgs`` on the first ``limit`` questions of each task (a low-fidelity rung),
+        in order, through the store; not part of the history or the evaluation budget."""
+        settings = dataclasses.replace(self.settings, limit=limit, proxy_windows=0, timing=False)
+        settings_hash = settings.hash()
+        keys = [c.key() for c in cfgs]
+        records = self.store.get_many(self.fingerprint, settings_hash, keys)
+        todo = [i for i, k in enumerate(keys) if k not in records]
+        if todo:
+            for j, outcome in self.pool.imap_unordered([cfgs[i] for i in todo], limit=limit):
+                rec = self._record(cfgs[todo[j]], outcome, settings)
+                self.store.put(rec)
+                records[keys[todo[j]]] = rec
+        out = []
+        for k in keys:
+            if k not in self.rung_values:  # proposed again in a later loop: paid for once
+                self.questions += records[k].n_items or 0
+            self.rung_values[k] = self.goals.values(records[k].measured)
+            out.append(self.rung_values[k])
+        return out
+
+    def _record(self, cfg: SubnetConfig, outcome: Outcome, settings: EvalSettings | None = None) -> Record:
+        settings = settings or self.settings
         measured = {k: float(v) for k, v in outcome.values.items()}
         measured.update(self.counts.of(cfg))  # exact sizes, identical to the extracted checkpoint's
         return Record(
             config=cfg,
             measured=measured,
             fingerprint=self.fingerprint,
-            settings_hash=self.settings_hash,
-            settings=self.settings.to_dict(),
+            settings_hash=settings.hash(),
+            settings=settings.to_dict(),
             split=outcome.split,
             n_items=outcome.n_items,
-            seed=self.settings.seed,
+            seed=settings.seed,
             started=outcome.started,
             seconds=outcome.seconds,
             worker=outcome.worker,

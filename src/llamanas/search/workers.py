@@ -110,7 +110,8 @@ class Evaluator(Protocol):
         """(low, high) per value key whose range is not known in advance (hypervolume bounds)."""
 
     def evaluate(self, cfg: SubnetConfig) -> Outcome:
-        """Measure one sub-network."""
+        """Measure one sub-network (an evaluator that supports a multi-fidelity search also takes
+        ``limit``: score only the first LIMIT questions of its seeded subset)."""
 
 
 class EvaluatorSpec(Protocol):
@@ -164,14 +165,24 @@ class SupernetEvaluator:
             if s.proxy_windows
             else None
         )
-        self.prepared = None
-        if s.tasks:
-            self.prepared = prepare(
-                tokenizer,
-                list(s.tasks),
-                s.questions(),
-                max_length=model_max_length(supernet.model, tokenizer),
-            )
+        self.prepared = self._prepare(s.questions()) if s.tasks else None
+        self._rungs: dict[int, object] = {}  # low-fidelity question subsets by limit, prepared when asked
+
+    def _prepare(self, questions: Questions):
+        return prepare(
+            self.tokenizer,
+            list(self.spec.settings.tasks),
+            questions,
+            max_length=model_max_length(self.supernet.model, self.tokenizer),
+        )
+
+    def _prepared_for(self, limit: int | None):
+        """The full questions, or the first ``limit`` of them (nested: the same seed's order, cut shorter)."""
+        if limit is None or self.prepared is None:
+            return self.prepared
+        if limit not in self._rungs:
+            self._rungs[limit] = self._prepare(self.spec.settings.questions().override(limit=limit))
+        return self._rungs[limit]
 
     def fingerprint(self) -> str:
         return self._fingerprint
@@ -211,13 +222,16 @@ class SupernetEvaluator:
         m = measure(self.supernet, cfg, s.seq_len, True, s.prefill_tokens, s.gen_tokens, repeats=s.repeats)
         return {"latency": float(m.latency_ms), "throughput": float(m.throughput_tok_s)}
 
-    def evaluate(self, cfg: SubnetConfig) -> Outcome:
+    def evaluate(self, cfg: SubnetConfig, limit: int | None = None) -> Outcome:
+        """All measured values; with ``limit`` (a multi-fidelity rung) only the task scores on the first
+        ``limit`` questions: no proxy, no timing."""
         started = time.time()
         values: dict[str, float] = {}
         split, n_items = None, None
-        if self.prepared is not None:
+        prepared = self._prepared_for(limit)
+        if prepared is not None:
             with subnet_model(self.supernet, cfg) as model:
-                results = score(model, self.prepared)
+                results = score(model, prepared)
             tasks = self.spec.settings.tasks
             for t in tasks:
                 r = results[t]
@@ -228,9 +242,9 @@ class SupernetEvaluator:
                     values[f"chance:{t}"] = float(r.chance)
             split = ",".join(sorted({results[t].split for t in tasks}))
             n_items = int(sum(results[t].n for t in tasks))
-        if self.kl_proxy is not None:
+        if self.kl_proxy is not None and limit is None:
             values.update(self.kl_proxy(cfg))
-        if self.spec.settings.timing:
+        if self.spec.settings.timing and limit is None:
             values.update(self._time(cfg))
         return Outcome(values, split, n_items, started, time.time() - started)
 
@@ -273,6 +287,11 @@ def _warm_start(evaluator: Evaluator, names: tuple[str, ...]) -> dict:
     return evaluator.warm_start(names)
 
 
+def _evaluate(evaluator: Evaluator, cfg: SubnetConfig, limit: int | None) -> Outcome:
+    """The full evaluation, or a low-fidelity rung where the evaluator takes one (``limit``)."""
+    return evaluator.evaluate(cfg) if limit is None else evaluator.evaluate(cfg, limit=limit)
+
+
 def _proxy(evaluator: Evaluator, cfg: SubnetConfig) -> dict[str, float]:
     if not hasattr(evaluator, "proxy"):
         raise LlamanasError(
@@ -307,9 +326,12 @@ class LocalPool:
     def proxy(self, cfgs: list[SubnetConfig]) -> list[dict[str, float]]:
         return [_proxy(self.evaluator, c) for c in cfgs]
 
-    def imap_unordered(self, cfgs: list[SubnetConfig]) -> Iterator[tuple[int, Outcome]]:
+    def imap_unordered(
+        self, cfgs: list[SubnetConfig], limit: int | None = None
+    ) -> Iterator[tuple[int, Outcome]]:
+        """Outcomes in order; ``limit``: a low-fidelity rung (``SupernetEvaluator.evaluate``)."""
         for i, cfg in enumerate(cfgs):
-            yield i, self.evaluator.evaluate(cfg)
+            yield i, _evaluate(self.evaluator, cfg, limit)
 
     def close(self) -> None:
         self._evaluator = None
@@ -327,8 +349,8 @@ class _Actor:
     def reference(self) -> dict:
         return self.evaluator.reference()
 
-    def evaluate(self, cfg: dict) -> Outcome:
-        return self.evaluator.evaluate(SubnetConfig.from_dict(cfg))
+    def evaluate(self, cfg: dict, limit: int | None = None) -> Outcome:
+        return _evaluate(self.evaluator, SubnetConfig.from_dict(cfg), limit)
 
     def warm_start(self, names: tuple[str, ...]) -> dict:
         return _warm_start(self.evaluator, names)
@@ -393,7 +415,9 @@ class RayPool:
         n = len(self.actors)
         return self.ray.get([self.actors[i % n].proxy.remote(c.to_dict()) for i, c in enumerate(cfgs)])
 
-    def imap_unordered(self, cfgs: list[SubnetConfig]) -> Iterator[tuple[int, Outcome]]:
+    def imap_unordered(
+        self, cfgs: list[SubnetConfig], limit: int | None = None
+    ) -> Iterator[tuple[int, Outcome]]:
         ray = self.ray
         queue = list(enumerate(cfgs))
         free = list(self.actors)
@@ -402,7 +426,7 @@ class RayPool:
             while free and queue:
                 actor = free.pop(0)
                 i, cfg = queue.pop(0)
-                pending[actor.evaluate.remote(cfg.to_dict())] = (i, actor)
+                pending[actor.evaluate.remote(cfg.to_dict(), limit)] = (i, actor)
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 i, actor = pending.pop(ref)
