@@ -264,8 +264,10 @@ def test_cli_baselines_options_are_the_args_fields(monkeypatch, tmp_path):
 
     seen = []
 
-    def fake_run(args):
+    def fake_run(args, progress=None):
         seen.append(args)
+        progress(0, 2, "base full model")  # the command's progress bar takes the calls
+        progress(2, 2, "done")
         q = args.questions.to_dict()
         return baselines.BaselineRun(
             args.model, None, list(args.tasks), **q, sizes=[], full_params=1, block_influence={}, rows=[]
@@ -430,3 +432,50 @@ def test_run_baselines_checks_the_importance_name_first(monkeypatch):
     monkeypatch.setattr(baselines, "load_supernet", lambda *a, **k: pytest.fail("loaded before the check"))
     with pytest.raises(LlamanasError, match="Unknown importance score 'grad'"):
         run_baselines(BaselineArgs(model="base-model", tasks=("taskA",), sizes=(0.9,), importance="grad"))
+
+
+def test_baselines_report_progress_and_resume_after_an_interruption(tmp_path, monkeypatch):
+    """Each baseline is announced with how many are done and how many there are; an interrupted run's
+    finished rows are kept and re-used by the same command, and forgotten once baselines.json is written."""
+    monkeypatch.setattr(
+        baselines,
+        "load_supernet",
+        lambda name, **kw: (SuperNet(tiny_model("llama", layers=4)), tiny_tokenizer()),
+    )
+    calls = []
+
+    def evaluate_fn(model, tokenizer, tasks, questions):
+        if len(calls) == crash_at[0]:
+            raise KeyboardInterrupt
+        depth = len(model.get_decoder().layers)
+        calls.append(depth)
+        return {t: FakeResult({"acc": 0.25 + 0.05 * depth}, {"acc": 0.01}) for t in tasks}
+
+    monkeypatch.setattr(baselines, "evaluate", evaluate_fn)
+    args = BaselineArgs(
+        tasks=("taskA",), sizes=(0.9, 0.75), methods=("depth", "width"), out=str(tmp_path / "out")
+    )
+    crash_at = [3]
+    heard = []
+    with pytest.raises(KeyboardInterrupt):
+        run_baselines(args, lambda done, total, label: heard.append((done, total, label)))
+    assert heard == [
+        (0, 5, "base full model"),
+        (1, 5, "base depth at 90%"),
+        (2, 5, "base width at 90%"),
+        (3, 5, "base depth at 75%"),
+    ]
+    assert (tmp_path / "out" / baselines.PARTIAL_FILE).is_file()
+    crash_at = [None]
+    heard.clear()
+    run = run_baselines(args, lambda done, total, label: heard.append((done, total, label)))
+    assert len(calls) == 5  # three rows re-used, two evaluated now
+    assert heard[-1] == (5, 5, "done") and len(heard) == 6
+    assert [r.results["taskA"]["metrics"]["acc"] for r in run.rows] == pytest.approx(
+        [0.25 + 0.05 * d for d in (4, 3, 4, 2, 4)]
+    )
+    assert not (tmp_path / "out" / baselines.PARTIAL_FILE).exists()
+    # other settings never re-use another run's rows
+    crash_at = [None]
+    run_baselines(BaselineArgs(**{**args.__dict__, "sizes": (0.9,)}))
+    assert len(calls) == 5 + 3

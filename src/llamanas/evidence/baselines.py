@@ -25,6 +25,7 @@ pruned model, as LLM-Pruner's recovery does; source ``recovered``).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -249,14 +250,75 @@ class BaselineRun:
         return cls(**d)
 
 
+# Called before each baseline is evaluated: (baselines done, baselines in all, what comes next).
+ProgressFn = Callable[[int, int, str], None]
+
+PARTIAL_FILE = "baselines.partial.jsonl"
+
+
+class PartialRows:
+    """The rows an interrupted run finished, kept in OUT/baselines.partial.jsonl (a line per row, the first
+    line the settings' digest) and re-used by the next run with the same settings; removed once
+    baselines.json is written. Without an output folder nothing is kept."""
+
+    def __init__(self, out: str | None, settings: dict):
+        self.path = Path(out) / PARTIAL_FILE if out else None
+        self.digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
+        self.rows: dict[tuple, BaselineResult] = {}
+        if self.path is None:
+            return
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        if lines and _json_or_none(lines[0]) == {"settings": self.digest}:
+            for line in lines[1:]:
+                d = _json_or_none(line)
+                if d is None:  # a line cut short by the interruption
+                    break
+                row = BaselineResult(**d)
+                self.rows[(row.source, row.method, row.target)] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w") as f:  # other settings' rows are dropped; this run's are written again
+            f.write(json.dumps({"settings": self.digest}) + "\n")
+            f.writelines(json.dumps(r.to_dict()) + "\n" for r in self.rows.values())
+
+    def get(self, source: str, method: str, target: float | None) -> BaselineResult | None:
+        return self.rows.get((source, method, target))
+
+    def put(self, row: BaselineResult) -> None:
+        self.rows[(row.source, row.method, row.target)] = row
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row.to_dict()) + "\n")
+
+    def finish(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _label(source: str, spec: BaselineSpec) -> str:
+    """What the progress line says of a baseline: 'base width at 80%', 'supernet full model'."""
+    return f"{source} full model" if spec.method == "base" else f"{source} {spec.method} at {spec.target:.0%}"
+
+
+def _json_or_none(line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
 def evaluate_specs(
     supernet,
     tokenizer,
     specs: Sequence[BaselineSpec],
     tasks: Sequence[str],
     questions: Questions,
+    partial: PartialRows | None = None,
+    step: Callable[[str], None] | None = None,
 ) -> list[BaselineResult]:
-    """Evaluate each spec's sub-network in place on the super-network (no weights copied)."""
+    """Evaluate each spec's sub-network in place on the super-network (no weights copied); a row ``partial``
+    already holds is re-used, a new one added to it. ``step(label)`` is called before each evaluated spec."""
     rows = []
     for spec in specs:
         if spec.config is None:
@@ -264,9 +326,16 @@ def evaluate_specs(
                 BaselineResult(spec.method, spec.source, spec.target, None, None, None, note=spec.note)
             )
             continue
-        with supernet.subnet(spec.config):
-            results = evaluate(supernet.model, tokenizer, list(tasks), questions)
-        rows.append(BaselineResult.evaluated(spec, supernet.arch, results))
+        if step:
+            step(_label(spec.source, spec))
+        row = partial.get(spec.source, spec.method, spec.target) if partial else None
+        if row is None:
+            with supernet.subnet(spec.config):
+                results = evaluate(supernet.model, tokenizer, list(tasks), questions)
+            row = BaselineResult.evaluated(spec, supernet.arch, results)
+            if partial:
+                partial.put(row)
+        rows.append(row)
     return rows
 
 
@@ -284,14 +353,25 @@ def evaluate_checkpoint(
     return BaselineResult.evaluated(spec, arch, results, source="recovered")
 
 
-def run_baselines(args: BaselineArgs) -> BaselineRun:
+def run_baselines(args: BaselineArgs, progress: ProgressFn | None = None) -> BaselineRun:
     """Build and evaluate the baselines on ``args.model`` (and on ``args.supernet`` when given; ``recover``
     also fine-tunes each pruned model with the super-network's budget, in ``args.out/recovered``).
 
     Each model is loaded by ``load_supernet``, which orders the channels by importance (as the width
     baseline needs) with the ``importance`` score; ``compensate`` switches bias compensation on for every
-    baseline.
+    baseline. Rows finished by an interrupted run with the same settings are re-used (``PartialRows``);
+    ``progress`` hears of each baseline before it is evaluated.
     """
+    settings = {k: v for k, v in asdict(args).items() if k not in ("out", "device")}
+    partial = PartialRows(args.out, settings)
+    done, total = 0, 0
+
+    def step(label: str) -> None:
+        nonlocal done
+        if progress:
+            progress(done, total, label)
+        done += 1
+
     tasks = list(args.tasks)
     tune_args = training_budget(args.supernet) if args.recover else None
 
@@ -336,13 +416,19 @@ def run_baselines(args: BaselineArgs) -> BaselineRun:
         specs = baseline_configs(
             supernet.arch, args.sizes, bi, args.methods, source, args.width_multiple, sens, attn_bi
         )
-        rows += evaluate_specs(supernet, tokenizer, specs, tasks, args.questions)
+        if not total:  # every source has the same baselines; recover adds one per evaluated baseline
+            n = sum(s.config is not None for s in specs)
+            total = n * len(sources) + (n if tune_args is not None else 0)
+        rows += evaluate_specs(supernet, tokenizer, specs, tasks, args.questions, partial, step)
         if source == "base" and tune_args is not None:
             recovered = Path(args.out) / "recovered"
             for spec in (s for s in specs if s.config is not None):
+                step(_label("recovered", spec))
                 tuned = recover_baseline(supernet, tokenizer, spec, tune_args, recovered)
                 rows.append(evaluate_checkpoint(tuned, spec, supernet.arch, load, tasks, args.questions))
         del supernet
+    if progress:
+        progress(done, total, "done")
     run = BaselineRun(
         model=args.model,
         supernet=args.supernet,
@@ -359,6 +445,7 @@ def run_baselines(args: BaselineArgs) -> BaselineRun:
     )
     if args.out is not None:
         write_baselines(run, args.out)
+        partial.finish()
     return run
 
 
