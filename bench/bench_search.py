@@ -13,6 +13,11 @@ random initial population (the same for the three algorithms of a seed) is evalu
 counts all evaluations in its own trajectory (honest budgets). The hypervolume uses fixed bounds: params
 between the smallest and largest sub-network, gold_nll between 0 and a uniform guess over the vocabulary.
 
+Columns (``--columns``): random, nsga2, linas, and LINAS with its optional pieces: +screen (the KL proxy
+screen), +halving (multi-fidelity: candidates scored on the first 1/K of the questions, the best promoted),
++warm (sensitivity and attention warm starts, computed once and shared), +all. Costs are also counted in
+questions scored (low rungs included), and each column's hypervolume is read at NSGA-II's question budget.
+
 Reported: hypervolume against real evaluations (mean and range over seeds, PNG into docs/), and how many
 real evaluations each algorithm needs to reach the hypervolume NSGA-II reaches with the full budget (per
 seed). Goal: LINAS needs at most a third of NSGA-II's evaluations.
