@@ -119,7 +119,7 @@ def hv_at_cost(trace: list[float], cost: list[int], budget: int) -> float:
 def prepare_warm_start(a: argparse.Namespace, shared: SharedSpec, columns: list[str]) -> float:
     """Compute the warm-start seeds once and put them in every warm run's folder (each would compute the
     same ones: they depend on the super-network and the calibration text only). Returns the seconds spent."""
-    warm = [c for c in columns if "warm" in c or c.endswith("+all")]
+    warm = [c for c in columns if search_args(a, c, a.seeds[0]).warm_start]
     if not warm:
         return 0.0
     path = a.out / "warm_start.json"

@@ -8,11 +8,18 @@ The mark sits on the field itself, so the list cannot drift from the dataclass.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Any
 
 from llamanas.errors import LlamanasError
 
 _RESUMABLE = "resumable"
+
+
+def digest(d: dict) -> str:
+    """A short stable key of JSON-able settings (sorted keys): what keys stores and resumable files."""
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def resumable(default: Any) -> Any:

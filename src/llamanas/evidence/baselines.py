@@ -25,12 +25,12 @@ pruned model, as LLM-Pruner's recovery does; source ``recovered``).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from llamanas.config import digest
 from llamanas.deploy.extract import extract
 from llamanas.errors import LlamanasError
 from llamanas.evaluation.evaluate import evaluate
@@ -263,9 +263,7 @@ class PartialRows:
 
     def __init__(self, out: str | None, settings: dict):
         self.path = Path(out) / PARTIAL_FILE if out else None
-        self.digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[
-            :16
-        ]
+        self.digest = digest(settings)
         self.rows: dict[tuple, BaselineResult] = {}
         if self.path is None:
             return

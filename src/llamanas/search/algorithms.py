@@ -249,8 +249,10 @@ def _run_linas(algo: LINAS, ctx: Context) -> None:
             if ctx.batches:
                 ctx.batches.put(loop, traj.history, payload)
         candidates = [SubnetConfig.from_dict(d) for d in payload["configs"]]
-        picked = promote(ctx, candidates, payload["predicted"], batch_size) if halving > 1 else None
-        idx = picked if picked is not None else list(range(min(batch_size, len(candidates))))
+        if halving > 1:
+            idx = promote(ctx, candidates, payload["predicted"], batch_size)
+        else:
+            idx = list(range(min(batch_size, len(candidates))))
         chosen = [candidates[i] for i in idx]
         if not chosen:
             break

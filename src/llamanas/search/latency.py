@@ -26,7 +26,6 @@ settings) keys the stored results of a search that uses it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import nnls
 
+from llamanas import config
 from llamanas.errors import LlamanasError
 from llamanas.search.predictors import Encoder, Predictor, kendall_tau, mape
 from llamanas.search.store import write_json
@@ -189,7 +189,7 @@ class LatencyTable:
     def digest(self) -> str:
         """Identity of the values this table gives (costs and timing settings), for the results store."""
         d = {"fixed": self.fixed, "cells": self.cells, "timing": self.timing}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return config.digest(d)
 
     def to_dict(self) -> dict:
         return {

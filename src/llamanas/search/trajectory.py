@@ -139,7 +139,7 @@ class Trajectory:
         todo = [i for i, k in enumerate(keys) if k not in records]
         if todo:
             for j, outcome in self.pool.imap_unordered([cfgs[i] for i in todo], limit=limit):
-                rec = self._record(cfgs[todo[j]], outcome, settings)
+                rec = self._record(cfgs[todo[j]], outcome, settings, settings_hash)
                 self.store.put(rec)
                 records[keys[todo[j]]] = rec
         out = []
@@ -150,15 +150,23 @@ class Trajectory:
             out.append(self.rung_values[k])
         return out
 
-    def _record(self, cfg: SubnetConfig, outcome: Outcome, settings: EvalSettings | None = None) -> Record:
-        settings = settings or self.settings
+    def _record(
+        self,
+        cfg: SubnetConfig,
+        outcome: Outcome,
+        settings: EvalSettings | None = None,
+        settings_hash: str | None = None,
+    ) -> Record:
+        """The store's record of an outcome under the run's settings, or a low rung's (with its hash)."""
+        if settings is None:
+            settings, settings_hash = self.settings, self.settings_hash
         measured = {k: float(v) for k, v in outcome.values.items()}
         measured.update(self.counts.of(cfg))  # exact sizes, identical to the extracted checkpoint's
         return Record(
             config=cfg,
             measured=measured,
             fingerprint=self.fingerprint,
-            settings_hash=settings.hash(),
+            settings_hash=settings_hash,
             settings=settings.to_dict(),
             split=outcome.split,
             n_items=outcome.n_items,

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import socket
@@ -25,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from llamanas.config import from_dict_strict
+from llamanas.config import digest, from_dict_strict
 from llamanas.errors import LlamanasError
 from llamanas.evaluation.evaluate import model_max_length, prepare, score
 from llamanas.evaluation.measure import measure
@@ -87,7 +85,7 @@ class EvalSettings(Questions):
             d.pop("offset")
         if not self.proxy_windows:  # keys of stores made before the proxy
             d.pop("proxy_windows")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return digest(d)
 
 
 @dataclass
