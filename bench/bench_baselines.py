@@ -48,10 +48,10 @@ from llamanas.supernet.elastic import load_supernet
 WIDTH_ONLY_SPACE = Path(__file__).with_name("instatune_space.yaml")
 # Front name -> (search settings, load_supernet settings) that differ from the plain run.
 FRONTS = {
-    "plain": ({}, {}),
+    "plain": ({"warm_start": ()}, {}),  # cold, as measured before warm starts were the default
     "warm": ({"warm_start": ("sensitivity",)}, {}),
     "wanda+bias": (
-        {"importance": "wanda", "compensate": True},
+        {"importance": "wanda", "compensate": True, "warm_start": ()},
         {"importance": "wanda", "compensate": True},
     ),
 }

@@ -93,6 +93,7 @@ def args_for(tmp_path, algorithm="linas", name=None, **kw):
         population=6,
         inner_generations=40,
         predictor="ridge",
+        warm_start=(),  # the synthetic evaluator has no warm start
         out=str(Path(tmp_path) / (name or algorithm)),
     )
     base.update(kw)

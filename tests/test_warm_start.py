@@ -127,3 +127,26 @@ def test_warm_start_needs_an_evaluator_that_makes_seeds(tmp_path):
         )
     with pytest.raises(LlamanasError, match="Unknown warm start 'blocks'"):
         search(args_for(tmp_path, "random", evaluations=6, warm_start=("blocks",)), SyntheticSpec(), SPACE)
+
+
+def test_sensitivity_is_the_default_and_a_cold_run_folder_resumes_cold(tmp_path):
+    """The default changed from cold to sensitivity: the command that made a cold run still resumes it."""
+    from dataclasses import replace
+
+    from llamanas.search.args import SearchArgs
+    from llamanas.search.run import adopt_run_settings
+    from llamanas.search.warm_start import DEFAULT_WARM_START
+
+    assert SearchArgs().warm_start == DEFAULT_WARM_START == ("sensitivity",)
+    assert SearchArgs(warm_start=("none",)).warm_start == ()
+    cold = args_for(tmp_path, "linas", name="old", evaluations=12)  # warm_start=(): a run made before
+    search(cold, SyntheticSpec(), SPACE)
+    today = replace(cold, warm_start=DEFAULT_WARM_START, evaluations=18)  # the same command, today's default
+    assert adopt_run_settings(today).warm_start == ()
+    longer = search(today, SyntheticSpec(), SPACE)  # no warm start asked of an evaluator that has none
+    assert longer.evaluations == 18 and not (longer.run_dir / WARM_START_FILE).exists()
+    # A warm start named on the command line is not overridden: the store refuses the other settings.
+    with pytest.raises(LlamanasError, match="different settings"):
+        search(replace(today, warm_start=("attention",)), SyntheticSpec(), SPACE)
+    # A new folder takes today's default.
+    assert adopt_run_settings(replace(today, out=str(tmp_path / "new"))).warm_start == DEFAULT_WARM_START

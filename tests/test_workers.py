@@ -127,6 +127,7 @@ def tiny_args(tmp_path, name, **kw):
         population=4,
         inner_generations=30,
         predictor="ridge",
+        warm_start=(),
         out=str(tmp_path / name),
     )
     return SearchArgs(**{**base, **kw})
@@ -215,6 +216,10 @@ def test_search_cli_with_real_evaluator(tiny_dir, tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert info["settings"]["split"] == "validation" and info["settings"]["limit"] == 6
     assert info["settings"]["seed"] == 3 and info["args"]["seed"] == 0  # subset seed apart from search seed
+    # The default warm start: sensitivity seeds made on the tiny model, saved, and in the first population.
+    seeds = json.loads((out / "warm_start.json").read_text())
+    assert info["args"]["warm_start"] == ["sensitivity"] and list(seeds) == ["sensitivity"]
+    assert SubnetConfig.from_dict(seeds["sensitivity"][0]) in [e.config for e in view.evaluated[:3]]
     # The gold-NLL hypervolume bound is a uniform guess over the vocabulary: ln(128) per gold token.
     lo, hi = info["bounds"]["gold_nll"]
     assert (

@@ -24,7 +24,7 @@ from llamanas.search.algorithms import ALGORITHMS
 from llamanas.search.args import SearchArgs
 from llamanas.search.objectives import RUNTIMES
 from llamanas.search.predictors import KINDS as PREDICTORS
-from llamanas.search.run import load_run
+from llamanas.search.run import adopt_run_settings, load_run
 from llamanas.search.run import search as search_fn
 from llamanas.search.warm_start import WARM_STARTS
 from llamanas.supernet.importance import IMPORTANCES
@@ -100,7 +100,7 @@ OBJECTIVES_HELP = (
         "predictor": Flag(help=f"Choices: {', '.join(PREDICTORS)}."),
         "importance": Flag(help=f"Choices: {', '.join(IMPORTANCES)}."),
         "runtime": Flag(help=f"Choices: {', '.join(RUNTIMES)}."),
-        "warm_start": Flag(help=f"Choices: {', '.join(WARM_STARTS)}."),
+        "warm_start": Flag(help=f"Choices: {', '.join(WARM_STARTS)}, none."),
         "constraints": Flag("--constraint", repeat=True, help="Units K, M, B, %; repeatable."),
         "workers": Flag(help="Parallel workers; > 1 starts a local Ray with one actor per worker."),
         "ray_address": Flag(help="Join this Ray cluster: one worker per GPU there."),
@@ -127,6 +127,12 @@ def search(args: SearchArgs):
             bar.start()
         bar.update(task, completed=traj.live.done, front=len(traj.live.points), hv=traj.live.hv)
 
+    kept = adopt_run_settings(args)
+    if kept.warm_start != args.warm_start:
+        console.print(
+            f"Resuming {out_dir} with its own warm start ({', '.join(kept.warm_start) or 'none'}); "
+            "use a new --out for today's default."
+        )
     console.print(f"Loading {args.model} (workers: {args.ray_address or args.workers}) ...")
     try:
         result = search_fn(args, progress=update, latency_table_builder=_latency_table_builder)

@@ -17,7 +17,7 @@ from llamanas.search import objectives as objmod
 from llamanas.search.algorithms import ALGORITHMS, Algorithm, make_algorithm
 from llamanas.search.objectives import Constraint, Objective
 from llamanas.search.predictors import KINDS as PREDICTORS
-from llamanas.search.warm_start import WARM_START_WINDOWS, check_warm_start
+from llamanas.search.warm_start import DEFAULT_WARM_START, WARM_START_WINDOWS, check_warm_start
 from llamanas.search.workers import EvalSettings
 from llamanas.supernet.importance import check_importance
 
@@ -93,11 +93,12 @@ class SearchArgs:
     latency_table: str | None = None
     """Latency table (JSON, from a llama.cpp calibration) used with --runtime llamacpp; its content is
     copied into the run folder and keys the stored results."""
-    warm_start: tuple[str, ...] = ()
+    warm_start: tuple[str, ...] = DEFAULT_WARM_START
     """Seed the first population (after the largest and smallest) with sub-networks chosen by importance
     instead of random ones: sensitivity (per-layer widths allocated by calibration loss at 90..50% of the
     parameters) and/or attention (the least influential attention blocks skipped; a space that skips
-    attention). Computed once on the calibration text and saved in the run folder."""
+    attention); none: a cold start. Computed once on the calibration text and saved in the run folder. A run
+    folder made with another warm start resumes with its own when this is left at the default."""
     warm_start_windows: int = WARM_START_WINDOWS
     """Calibration windows (128 tokens each) the warm start measures on: the sensitivity seeds cost one pass
     over them per (layer, width choice), about 5 minutes for 16 on the default model's width-only space."""
@@ -117,6 +118,8 @@ class SearchArgs:
         for name in TUPLE_FIELDS:
             v = getattr(self, name)
             object.__setattr__(self, name, (v,) if isinstance(v, str) else tuple(v))
+        if self.warm_start == ("none",):
+            object.__setattr__(self, "warm_start", ())
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -173,6 +173,27 @@ def open_run(
     return run_id
 
 
+# Options whose default changed after runs had been made with the old one (warm_start: () until 2026-12-06). A
+# run folder resumes with its own value where the option is left at today's default, so the command that made
+# it still resumes it; the store keys stay as they were.
+RUN_KEEPS = ("warm_start",)
+
+
+def adopt_run_settings(args: SearchArgs) -> SearchArgs:
+    """``args`` with the run folder's own value of each ``RUN_KEEPS`` option that is left at its default."""
+    files = RunFiles(args.run_dir)
+    if not files.has_info():
+        return args
+    stored = files.info()["args"]
+    defaults = {f.name: f.default for f in dataclasses.fields(SearchArgs)}
+    keep = {
+        k: tuple(stored.get(k) or ())
+        for k in RUN_KEEPS
+        if getattr(args, k) == defaults[k] and tuple(stored.get(k) or ()) != defaults[k]
+    }
+    return dataclasses.replace(args, **keep) if keep else args
+
+
 def warm_start_seeds(args: SearchArgs, pool) -> list[SubnetConfig]:
     """The ``--warm-start`` configs: read back from the run folder, or made by the evaluator and saved."""
     if not args.warm_start:
@@ -201,7 +222,7 @@ def search(
     t0 = time.time()
     deadline = clock() + 60 * args.minutes if args.minutes else None
     args.check()
-    args = resolve_dtype(args, custom_evaluator=evaluator is not None)
+    args = resolve_dtype(adopt_run_settings(args), custom_evaluator=evaluator is not None)
     space = space or resolve_space(args)
     table = resolve_latency_table(args, space, latency_table_builder)
     objectives, constraints, counts = prepare_goals(args, space, table)
