@@ -100,7 +100,7 @@ def main() -> None:
         ap.error(f"unknown front(s) {sorted(set(fronts) - set(FRONTS))}; choose from {', '.join(FRONTS)}")
     methods = [m for m in args.methods.split(",") if m]
     offset = 0 if args.overlap else args.search_limit  # table questions after the search's ones
-    space = None if args.space == "default" else args.space
+    space = "full" if args.space == "default" else args.space
     tasks = [t for t in args.tasks.split(",") if t]
     sizes = [float(s) for s in args.sizes.split(",")]
     t0 = time.time()

@@ -185,7 +185,7 @@ def part_b(args, st: Store, supernet):
     runs = {"no_blocks": Path(args.params_run), "blocks": args.out / "search_blocks"}
     if not (runs["no_blocks"] / "front.json").is_file():
         raise SystemExit(f"{runs['no_blocks']}: no front.json (run bench/bench_deploy.py first).")
-    search(SearchArgs(**COMMON, objectives=("accuracy", "params"), out=str(runs["blocks"])))
+    search(SearchArgs(**COMMON, objectives=("accuracy", "params"), space="full", out=str(runs["blocks"])))
     fronts = st.d.setdefault("fronts", {})
     for name, run in runs.items():
         view = load_run(run)

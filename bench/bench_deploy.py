@@ -61,7 +61,7 @@ def main() -> None:
             SearchArgs(
                 model="default", tasks=("arc_easy",), objectives=("accuracy", "params"), algorithm="linas",
                 evaluations=30, population=8, limit=100, inner_generations=300, out=str(run_dir),
-                warm_start=(),  # measured cold, before warm starts were the default
+                warm_start=(), space="full",  # measured cold in the full space, before those defaults
             )
         )  # fmt: skip
     supernet, tok = load_supernet("default")

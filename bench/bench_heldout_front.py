@@ -56,7 +56,7 @@ from bench_recovery import evaluate_model  # noqa: E402
 # Front name -> (space file or None for the default space, warm start).
 FRONTS = {
     "width": (str(WIDTH_ONLY_SPACE), ("sensitivity",)),
-    "blocks": (None, ("sensitivity", "attention")),
+    "blocks": ("full", ("sensitivity", "attention")),
 }
 CONFIRM = 4  # compress's default --confirm
 

@@ -84,6 +84,7 @@ def search_args(a: argparse.Namespace, column: str, seed: int) -> SearchArgs:
         halving=a.halving if "halving" in pieces else 0,
         warm_start=WARM_STARTS if "warm" in pieces else (),
         warm_start_windows=a.warm_windows,
+        space=a.space,
         out=str(a.out / f"{column}-seed{seed}"),
         split="validation",
         limit=a.limit,
@@ -216,6 +217,11 @@ def main() -> None:
     ap.add_argument("--halving", type=int, default=3, help="+halving: candidates per real evaluation")
     ap.add_argument(
         "--warm-windows", type=int, default=8, help="+warm: calibration windows of the warm start"
+    )
+    ap.add_argument(
+        "--space",
+        default="full",
+        help="Search space (file or name); full: the space every column was measured in",
     )
     ap.add_argument("--columns", nargs="+", default=list(ALGORITHMS[:3]), choices=ALGORITHMS)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_search"))

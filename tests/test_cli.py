@@ -30,7 +30,12 @@ def run(*args):
 def test_space_prints_table_and_samples(tiny_dir):
     r = run("space", "--model", tiny_dir)
     assert r.exit_code == 0, r.output
-    assert "sub-networks" in r.output and "per_layer" in r.output
+    assert "sub-networks" in r.output and "per_layer" in r.output and "(width)" in r.output
+    full = run("space", "--model", tiny_dir, "--space", "full", "--json")
+    assert (
+        json.loads(full.stdout)["min_depth"]
+        < json.loads(run("space", "--model", tiny_dir, "--json").stdout)["min_depth"]
+    )
     r = run("space", "--model", tiny_dir, "--sample", 3, "--seed", 5)
     lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
     assert len(lines) == 3 and all(set(x) == {"layers", "mlp", "kv_groups"} for x in lines)

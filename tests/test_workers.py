@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from typer.testing import CliRunner
 from llamanas.cli.app import app
 from llamanas.errors import LlamanasError
 from llamanas.evaluation.questions import Questions
+from llamanas.model.arch import Arch
+from llamanas.model.load import load_config
 from llamanas.search.args import SearchArgs
 from llamanas.search.run import load_run, search
 from llamanas.search.workers import EvalSettings, LocalPool, Outcome, SupernetSpec, make_pool
@@ -373,3 +376,29 @@ def test_ray_workers_equal_sequential(tmp_path):
     with Store(par.run_dir / "results.sqlite") as s:
         used = {r.worker for _, r in s.run_records(1)}
     assert len(used) == 2  # both actors evaluated
+
+
+def test_search_defaults_to_the_width_space_and_an_old_run_resumes_in_its_own(tiny_dir, tmp_path):
+    """--space unset: width-only for a new run (no layer or block drops); a run folder made in the full space
+    (the default before) resumes there, with the same store key."""
+    from llamanas.search.run import resolve_space
+
+    arch = Arch.from_hf(load_config(str(tiny_dir)))
+
+    def counts_only(name, **kw):
+        return SearchArgs(
+            model=str(tiny_dir), objectives=("params", "macs"), algorithm="random", evaluations=4,
+            population=4, out=str(tmp_path / name), **kw,
+        )  # fmt: skip
+
+    space = resolve_space(counts_only("new"))
+    assert space == SearchSpace.from_file("width", arch) and space.min_depth == arch.num_layers
+    assert all(0 not in ms for ms in space.mlp_choices) and all(0 not in ks for ks in space.kv_choices)
+    assert SearchSpace.from_file("full", arch) == SearchSpace.from_arch(arch) != space
+    old = counts_only("old")
+    search(replace(old, space="full"))  # as the run was made before: the full space
+    assert resolve_space(old) == SearchSpace.from_arch(arch)
+    r = search(replace(old, evaluations=6))  # the same command without --space resumes it
+    assert r.evaluations == 6 and r.computed == 2
+    with pytest.raises(LlamanasError, match=r"a space by name is one of: width, full"):
+        SearchSpace.from_file("narrow", arch)

@@ -53,7 +53,7 @@ from llamanas.model.arch import Arch
 from llamanas.model.device import dtype_name
 from llamanas.model.load import load_config, resolve
 from llamanas.supernet.slicing import subnet_model
-from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.space import DEFAULT_SEARCH_SPACE, SearchSpace
 
 
 @app.command()
@@ -66,9 +66,13 @@ def space(
     seed: Annotated[int, typer.Option(help="Seed for --sample.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the space as JSON.")] = False,
 ):
-    """Print the search space of a model (dimensions, choices, number of sub-networks), or sample from it."""
+    """Print the search space of a model (dimensions, choices, number of sub-networks), or sample from it.
+
+    Without --space: the space `llamanas search` takes by default (width: every layer kept); --space full
+    shows the one with layer and block drops as well."""
     arch = Arch.from_hf(load_config(model))
-    sp = SearchSpace.from_file(space, arch) if space else SearchSpace.from_arch(arch)
+    space = space or DEFAULT_SEARCH_SPACE
+    sp = SearchSpace.from_file(space, arch)
     if sample < 0:
         raise LlamanasError(f"--sample must be >= 0; got {sample}.")
     if sample:
@@ -79,7 +83,7 @@ def space(
     if as_json:
         print(json.dumps(sp.to_dict()))
         return
-    out.print(key_value_table(f"Search space of {model}", space_rows(sp)))
+    out.print(key_value_table(f"Search space of {model} ({space})", space_rows(sp)))
 
 
 @command(app, "eval")

@@ -237,7 +237,11 @@ SUBNET_HELP = "Sub-network config: JSON file, inline JSON, or RUN_DIR:ID of a se
 SubnetOpt = Annotated[str | None, typer.Option("--subnet", help=f"{SUBNET_HELP} Default: the full network.")]
 SpaceOpt = Annotated[
     str | None,
-    typer.Option("--space", help="YAML/JSON file that narrows the search space (see docs/search_space.md)."),
+    typer.Option(
+        "--space",
+        help="YAML/JSON file that narrows the search space (see docs/search_space.md), or a space by name: "
+        "width (every layer kept, MLP 50-100%, 2-3 of 3 KV groups) or full (layer and block drops as well).",
+    ),
 ]
 TasksOpt = Annotated[
     str, typer.Option(help="Comma-separated tasks, e.g. arc_easy,piqa. See `llamanas tasks`.")

@@ -13,14 +13,14 @@ import numpy as np
 
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
-from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.space import WIDTH_FRACTIONS, SearchSpace, width_only
 
 # The width-only space of bench/instatune_space.yaml: every layer kept, MLPs at 50/75/100%, 2 or 3 of 3 KV
 # groups (as fractions here, so it applies to any model). Dropping whole layers or attention/MLP blocks made
 # every front worse on the default model: 30-evaluation fronts of the block space are dominated by the
 # width-only space's (docs/benchmarks.md, "Two LINAS fronts: with and without the block genes"), and its
 # most accurate members at 80/70% scored near chance on held-out questions (issue 29's table).
-NARROW = {"mlp": (0.5, 0.75, 1.0), "kv": (2 / 3, 1.0)}
+NARROW = WIDTH_FRACTIONS
 # Least-squares repair at extraction, measured on held-out ARC-Easy test questions against the same
 # sub-networks sliced: +2.7 ± 1.2 points on the uniform-width 80% sub-network, +6.6 ± 1.4 at 70%, but
 # -3.7 ± 1.2 on the sensitivity-allocated 80% sub-network that compress picked (-3.0 ± 1.7 on ARC-Easy
@@ -61,30 +61,17 @@ class Recipe:
         return cls(**{**d, "warm_start": tuple(d["warm_start"]), "gguf_types": tuple(d["gguf_types"])})
 
 
-def width_space(arch: Arch, fractions: dict) -> dict:
-    """A space file's keys for a width-only space: every layer kept, no block skipped."""
-    kv = sorted({max(1, round(f * arch.num_kv_heads)) for f in fractions["kv"]})
-    return {
-        "mode": "per_layer",
-        "min_depth": arch.num_layers,
-        "mlp_choices": list(fractions["mlp"]),
-        "kv_groups": kv,
-        "skip_attention": False,
-        "skip_mlp": False,
-    }
-
-
 def smallest_fraction(arch: Arch, fractions: dict) -> float:
-    """The parameter fraction of the smallest sub-network of ``width_space(arch, fractions)``."""
-    space = SearchSpace.from_dict(width_space(arch, fractions), arch)
+    """The parameter fraction of the smallest sub-network of ``width_only(arch, fractions)``."""
+    space = SearchSpace.from_dict(width_only(arch, fractions), arch)
     return space.smallest().num_params(arch) / space.largest().num_params(arch)
 
 
 def reachable_share(arch: Arch, fractions: dict, target: float, n: int = 400) -> float:
-    """The share of random sub-networks of ``width_space(arch, fractions)`` within ``target`` of the
+    """The share of random sub-networks of ``width_only(arch, fractions)`` within ``target`` of the
     parameters: the search starts from random ones, so a space where almost none fit cannot be searched
     (70% sits in the narrow space's corner on the default model: none of 3,200 random samples fit)."""
-    space = SearchSpace.from_dict(width_space(arch, fractions), arch)
+    space = SearchSpace.from_dict(width_only(arch, fractions), arch)
     full = space.largest().num_params(arch)
     rng = np.random.default_rng(0)
     return sum(space.sample(rng).num_params(arch) <= target * full for _ in range(n)) / n
@@ -100,7 +87,7 @@ def choose_recipe(target: float | None, arch: Arch) -> Recipe:
     return Recipe(
         importance="rms",
         warm_start=("sensitivity",),
-        space=width_space(arch, NARROW if narrow else WIDE),
+        space=width_only(arch, NARROW if narrow else WIDE),
         repair=REPAIR,
         gguf_types=("q8_0", "f16"),
         finetune=False,

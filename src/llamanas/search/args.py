@@ -61,7 +61,9 @@ class SearchArgs:
     constraints: tuple[str, ...] = ()
     """E.g. 'params<=100M', 'accuracy>=0.4'."""
     space: str | None = None
-    """Search-space file; its content (not its path) is stored in run.json."""
+    """Search-space file, or a space by name: width (every layer kept, MLP 50-100%, 2-3 of 3 KV groups) or full
+    (layer and block drops as well). Unset: a fine-tuned super-network's own space, else width; a run folder
+    resumes in its own. Its content (not its name or path) is stored in run.json."""
     workers: int = resumable(1)
     ray_address: str | None = resumable(None)
     predictor: str = "auto"

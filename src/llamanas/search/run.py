@@ -34,7 +34,7 @@ from llamanas.search.trajectory import Evaluated, Trajectory, clock
 from llamanas.search.warm_start import interleave
 from llamanas.search.workers import EvalSettings, EvaluatorSpec, SupernetSpec, make_pool
 from llamanas.supernet.elastic import read_supernet_meta
-from llamanas.supernet.space import SearchSpace
+from llamanas.supernet.space import DEFAULT_SEARCH_SPACE, SearchSpace
 from llamanas.supernet.subnet import SubnetConfig
 
 # Builds a latency table for a run (deploy.speed.build_latency_table_for): (args, space, out path) ->
@@ -60,12 +60,20 @@ class SearchResult:
 
 
 def resolve_space(args: SearchArgs) -> SearchSpace:
-    """The space the super-network would use (space file > saved super-network space > default)."""
+    """The space of the search: --space > the run folder's own (a run made before the default was width
+    resumes in its space) > a saved super-network's > ``DEFAULT_SEARCH_SPACE``."""
     arch = Arch.from_hf(load_config(args.model))
     if args.space:
         return SearchSpace.from_file(args.space, arch)
+    files = RunFiles(args.run_dir)
+    if files.has_info():
+        return SearchSpace.from_saved(files.info()["space"])
     meta = read_supernet_meta(resolve(args.model))
-    return SearchSpace.from_saved(meta["space"]) if "space" in meta else SearchSpace.from_arch(arch)
+    return (
+        SearchSpace.from_saved(meta["space"])
+        if "space" in meta
+        else SearchSpace.from_file(DEFAULT_SEARCH_SPACE, arch)
+    )
 
 
 def resolve_dtype(args: SearchArgs, custom_evaluator: bool) -> SearchArgs:

@@ -59,8 +59,8 @@ def warm_start_configs(
     check_warm_start(names)
     if "attention" in names and not skippable_attention(supernet.space):  # before any calibration pass
         raise LlamanasError(
-            "--warm-start attention skips attention blocks, and this search space skips none: use the default "
-            "space or allow skip_attention in the space file."
+            "--warm-start attention skips attention blocks, and this search space skips none: use --space full "
+            "or allow skip_attention in the space file."
         )
     device = next(supernet.model.parameters()).device
     batches = [

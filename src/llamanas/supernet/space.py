@@ -27,6 +27,32 @@ from llamanas.supernet.space_file import depth_options, layer_choices, read_spac
 from llamanas.supernet.subnet import BITS, SubnetConfig
 
 MODES = ("per_layer", "first_n")
+# The width-only space as fractions of the model's own sizes: every layer kept, MLPs at 50/75/100%, 2 or 3 of 3
+# KV groups (bench/instatune_space.yaml on the default model). Dropping layers or attention/MLP blocks made
+# every measured front worse on the default model (docs/benchmarks.md, "Two LINAS fronts" and "Warm-started
+# fronts against every baseline"), so ``search`` and ``compress`` start from this space.
+WIDTH_FRACTIONS = {"mlp": (0.5, 0.75, 1.0), "kv": (2 / 3, 1.0)}
+
+
+def width_only(arch: Arch, fractions: dict = WIDTH_FRACTIONS) -> dict:
+    """A space file's keys for a width-only space: every layer kept, no block skipped."""
+    kv = sorted({max(1, round(f * arch.num_kv_heads)) for f in fractions["kv"]})
+    return {
+        "mode": "per_layer",
+        "min_depth": arch.num_layers,
+        "mlp_choices": list(fractions["mlp"]),
+        "kv_groups": kv,
+        "skip_attention": False,
+        "skip_mlp": False,
+    }
+
+
+# ``--space NAME`` instead of a file: spaces derived from the model (as space-file keys).
+NAMED_SPACES = {
+    "width": width_only,
+    "full": lambda arch: {},  # ``from_arch``: layer drops and attention/MLP block skips as well
+}
+DEFAULT_SEARCH_SPACE = "width"  # what ``search`` and ``space`` use without --space (see WIDTH_FRACTIONS)
 
 # Why a search space keeps attention in the first kept layer: llama.cpp takes the head size from the first
 # layer of a GGUF file, so a sub-network without it there could not be deployed (deploy/gguf.py); it also
@@ -135,6 +161,9 @@ class SearchSpace:
 
     @classmethod
     def from_file(cls, path: str | Path, arch: Arch) -> SearchSpace:
+        """A space file, or a name of ``NAMED_SPACES`` (width, full)."""
+        if str(path) in NAMED_SPACES:
+            return cls.from_dict(NAMED_SPACES[str(path)](arch), arch)
         d = read_space_file(path)
         try:
             return cls.from_dict(d, arch)

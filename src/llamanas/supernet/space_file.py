@@ -34,7 +34,9 @@ def read_space_file(path: str | Path) -> dict:
     """The file's top-level mapping (YAML for .yaml/.yml, else JSON), or one clear error."""
     p = Path(path)
     if not p.is_file():
-        raise LlamanasError(f"Search-space file {str(path)!r} does not exist.")
+        raise LlamanasError(
+            f"Search-space file {str(path)!r} does not exist (a space by name is one of: width, full)."
+        )
     text = p.read_text()
     try:
         d = (yaml.safe_load(text) or {}) if p.suffix in (".yaml", ".yml") else json.loads(text)
