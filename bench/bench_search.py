@@ -15,7 +15,7 @@ between the smallest and largest sub-network, gold_nll between 0 and a uniform g
 
 Columns (``--columns``): random, nsga2, linas, and LINAS with its optional pieces: +screen (the KL proxy
 screen), +halving (multi-fidelity: candidates scored on the first 1/K of the questions, the best promoted),
-+warm (sensitivity and attention warm starts, computed once and shared), +all. Costs are also counted in
++warm (``--warm``: sensitivity and attention warm starts, computed once and shared), +all. Costs are also counted in
 questions scored (low rungs included), and each column's hypervolume is read at NSGA-II's question budget.
 
 Reported: hypervolume against real evaluations (mean and range over seeds, PNG into docs/), and how many
@@ -54,7 +54,6 @@ ALGORITHMS = (
     "linas+warm+halving",
     "linas+all",
 )
-WARM_STARTS = ("sensitivity", "attention")
 
 
 class SharedSpec:
@@ -82,7 +81,7 @@ def search_args(a: argparse.Namespace, column: str, seed: int) -> SearchArgs:
         proxy_windows=a.proxy_windows,
         screen=a.screen if "screen" in pieces else 0,
         halving=a.halving if "halving" in pieces else 0,
-        warm_start=WARM_STARTS if "warm" in pieces else (),
+        warm_start=tuple(a.warm.split(",")) if "warm" in pieces else (),
         warm_start_windows=a.warm_windows,
         space=a.space,
         out=str(a.out / f"{column}-seed{seed}"),
@@ -128,13 +127,13 @@ def prepare_warm_start(a: argparse.Namespace, shared: SharedSpec, columns: list[
     if path.is_file():
         seeds = json.loads(path.read_text())
     else:
-        seeds = shared.build().warm_start(WARM_STARTS)
+        seeds = shared.build().warm_start(tuple(a.warm.split(",")))
         path.write_text(json.dumps(seeds))
     for seed in a.seeds:
         for c in warm:
             files = RunFiles(search_args(a, c, seed).run_dir)
             files.dir.mkdir(parents=True, exist_ok=True)
-            if files.warm_start(WARM_STARTS) is None:
+            if files.warm_start(tuple(a.warm.split(","))) is None:
                 files.write_warm_start(seeds)
     return time.time() - t
 
@@ -217,6 +216,11 @@ def main() -> None:
     ap.add_argument("--halving", type=int, default=3, help="+halving: candidates per real evaluation")
     ap.add_argument(
         "--warm-windows", type=int, default=8, help="+warm: calibration windows of the warm start"
+    )
+    ap.add_argument(
+        "--warm",
+        default="sensitivity,attention",
+        help="+warm: the warm starts (sensitivity alone in a space that skips no attention, e.g. width)",
     )
     ap.add_argument(
         "--space",
