@@ -112,6 +112,9 @@ def random_configs(n: int, seed: int = 0):
 NONUNIFORM = SubnetConfig((0, 2, 3), (96, 32, 64), (2, 1, 2))  # layer 1 skipped
 # Layer 1 without MLP (the zero stand-in), layer 2 without attention.
 BLOCKS = SubnetConfig((0, 1, 2, 3), (96, 0, 64, 32), (2, 2, 0, 1))
+# A narrower residual stream (hidden size): uniform (llama) and per-layer (deci).
+NARROW = SubnetConfig((0, 1, 3), (64, 64, 64), (1, 1, 1), hidden=HIDDEN - 32)
+NARROW_DECI = SubnetConfig((0, 2, 3), (96, 32, 64), (2, 1, 2), hidden=HIDDEN - 32)
 
 
 def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -279,7 +282,9 @@ PROMPT = [256, 104, 101, 108, 108, 111, 32, 259, 33, 10, 200, 7, 150, 99, 42, 3]
 
 @needs_llamacpp
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
-@pytest.mark.parametrize("cfg", [None, NONUNIFORM, BLOCKS, *random_configs(2, seed=5)], ids=str)
+@pytest.mark.parametrize(
+    "cfg", [None, NONUNIFORM, BLOCKS, NARROW, NARROW_DECI, *random_configs(2, seed=5)], ids=str
+)
 def test_llamacpp_matches_hf_f32(tok_dir, tmp_path, family, cfg):
     from llamanas.deploy.llamacpp import LlamaCpp
 

@@ -91,7 +91,9 @@ def _load(
     device: str = "auto",
     importance: str = "rms",
     compensate: bool = False,
+    cfg: SubnetConfig | None = None,
 ):
+    """The super-network of ``model``; its residual stream ordered too when ``cfg`` narrows it (``hidden``)."""
     with console.status(f"Loading {model}" + (" and ordering channels by importance" if order else "")):
         return load_supernet(
             model,
@@ -102,6 +104,7 @@ def _load(
             say=console.print,
             importance=importance,
             compensate=compensate,
+            residual=cfg is not None and cfg.hidden is not None,
         )
 
 

@@ -97,8 +97,9 @@ def extract(
         _check_gguf_type(gguf, "--gguf")
     cfg = _subnet(subnet, model)
     supernet, tokenizer = _load(
-        model, order=not no_order, dtype=dtype, device=device, importance=importance, compensate=compensate
-    )
+        model, order=not no_order, dtype=dtype, device=device, importance=importance, compensate=compensate,
+        cfg=cfg,
+    )  # fmt: skip
     meta = {
         "source_model": model,
         "ordered": not no_order,
@@ -152,7 +153,7 @@ def export(
     _check_gguf_type(type_)
     _check_gguf_out(out_path, overwrite)
     cfg = _subnet(subnet, model)
-    supernet, tok = _load(model, order=not no_order, dtype=dtype, device=device)
+    supernet, tok = _load(model, order=not no_order, dtype=dtype, device=device, cfg=cfg)
     res = _export_gguf(model, supernet, tok, cfg, out_path, type_, overwrite, tokenizer_source=tokenizer)
     console.print(f"wrote {res.summary()}; {cfg.num_params(supernet.arch):,} params")
 

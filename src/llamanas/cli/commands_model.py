@@ -130,6 +130,7 @@ def eval_(
         device=device,
         importance=importance,
         compensate=compensate and subnet is not None,
+        cfg=cfg,
     )
     used_dtype = dtype_name(next(supernet.model.parameters()).dtype)
     with subnet_model(supernet, cfg) as m:

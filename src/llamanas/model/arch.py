@@ -46,10 +46,11 @@ class Arch:
             mlp_bias=bool(getattr(config, "mlp_bias", False)),
         )
 
-    def layer_params(self, mlp: int, kv_groups: int) -> int:
-        """Parameters of one decoder layer with ``mlp`` MLP channels and ``kv_groups`` KV groups; 0 of
-        either is a skipped block, which has no weights and no RMSNorm of its own."""
-        h, hd, rep = self.hidden_size, self.head_dim, self.heads_per_group
+    def layer_params(self, mlp: int, kv_groups: int, hidden: int | None = None) -> int:
+        """Parameters of one decoder layer with ``mlp`` MLP channels and ``kv_groups`` KV groups on a
+        residual stream of ``hidden`` channels (None: the model's); 0 of either is a skipped block, which has
+        no weights and no RMSNorm of its own."""
+        h, hd, rep = hidden or self.hidden_size, self.head_dim, self.heads_per_group
         q, kv = kv_groups * rep * hd, kv_groups * hd
         attn = h * q + 2 * h * kv + q * h + (q + 2 * kv if self.attention_bias else 0)
         mlp_params = 3 * h * mlp + (2 * mlp + h if self.mlp_bias and mlp else 0)
@@ -59,10 +60,12 @@ class Arch:
         """KV-cache bytes one layer with ``kv_groups`` KV groups stores per token (keys and values)."""
         return 2 * kv_groups * self.head_dim * dtype_bytes
 
-    def fixed_params(self, embeddings: bool = True) -> int:
-        """Parameters outside the decoder layers: the final norm, and the embeddings (with an untied head)."""
-        emb = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-        return self.hidden_size + (emb if embeddings else 0)
+    def fixed_params(self, embeddings: bool = True, hidden: int | None = None) -> int:
+        """Parameters outside the decoder layers: the final norm, and the embeddings (with an untied head),
+        on a residual stream of ``hidden`` channels (None: the model's)."""
+        h = hidden or self.hidden_size
+        emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return h + (emb if embeddings else 0)
 
     def num_params(self) -> int:
         """Parameters of the whole model, from its config alone (nothing loaded)."""

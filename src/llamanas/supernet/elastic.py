@@ -34,6 +34,7 @@ from llamanas.supernet.importance import (
     calibration_texts,
     check_importance,
     order_model,
+    order_residual,
 )
 from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig
@@ -71,6 +72,38 @@ class ElasticLinear(nn.Linear):
         return linear(x, w, b)  # F.linear; float32 compute for 16-bit weights on the CPU
 
 
+class ElasticEmbedding(nn.Embedding):
+    """An ``nn.Embedding`` that returns only the first ``active_dim`` channels (the residual stream's)."""
+
+    active_dim: int | None = None
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        w = self.weight if self.active_dim is None else self.weight[:, : self.active_dim]
+        return nn.functional.embedding(input_ids, w, self.padding_idx, self.max_norm)
+
+
+def _narrow_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
+    # LlamaRMSNorm's forward (Mistral's and Qwen2's are the same) over the first x.shape[-1] channels.
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+    return self.weight[: x.shape[-1]] * x.to(dtype)
+
+
+@functools.cache
+def _narrow_class(cls: type) -> type:
+    return type(f"Narrow{cls.__name__}", (cls,), {"forward": _narrow_norm_forward, "llamanas_narrow": True})
+
+
+def narrow_norm(module: nn.Module, narrow: bool) -> None:
+    """Switch an RMSNorm to normalise over (and scale) only the channels it is given, or back, in place."""
+    is_narrow = getattr(type(module), "llamanas_narrow", False)
+    if narrow and not is_narrow:
+        module.__class__ = _narrow_class(type(module))
+    elif not narrow and is_narrow:
+        module.__class__ = type(module).__bases__[0]
+
+
 @functools.cache
 def _skipped_class(cls: type, attention: bool) -> type:
     # The forward of the extracted model's pass-through modules, on the super-network's own module.
@@ -106,6 +139,15 @@ class SuperNet:
             for lin in self.family.linears_of(layer).values():
                 if not isinstance(lin, ElasticLinear):
                     ElasticLinear.convert(lin)
+        # The residual stream's ends: the input embeddings, the final norm and the LM head.
+        self._embed = model.get_input_embeddings()
+        if not isinstance(self._embed, ElasticEmbedding):
+            self._embed.__class__ = ElasticEmbedding
+            self._embed.active_dim = None
+        self._head = model.get_output_embeddings()
+        if not isinstance(self._head, ElasticLinear):
+            ElasticLinear.convert(self._head)
+        self._final_norm = model.get_decoder().norm
         self.active: SubnetConfig = SubnetConfig.full(self.arch)
         self.ordered_by: str | None = None  # the importance score the channels were ordered by, if known
         self.compensation: Compensation | None = None
@@ -149,9 +191,15 @@ class SuperNet:
             )
         check_attention_skippable(self._layer_types, cfg.kv_groups)
         a, family, comp = self.arch, self.family, self.compensation
+        h = None if cfg.width(a) == a.hidden_size else cfg.hidden  # the residual stream's slice
+        if h is not None and comp is not None:
+            raise LlamanasError(
+                "Bias compensation does not support a narrower residual stream ('hidden') yet; load the "
+                "super-network without --compensate."
+            )
         (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols
         # bits are None or all 16 here, so the architecture alone says whether this is the full network.
-        full = SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups) == SubnetConfig.full(a)
+        full = SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups) == SubnetConfig.full(a) and h is None
         kept, attn_pos = [], 0
         for i, m, g in zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True):
             layer = self._all_layers[i]
@@ -160,10 +208,12 @@ class SuperNet:
             kv = None if g == a.num_kv_heads else g * a.head_dim
             rows, cols = family.rows_and_cols(q, kv, None if m == a.intermediate_size else m)
             for name, lin in family.linears_of(layer).items():
-                if name in rows:
-                    lin.active_out = rows[name]
-                else:
-                    lin.active_in = cols[name]
+                if name in rows:  # reads the residual stream
+                    lin.active_out, lin.active_in = rows[name], h
+                else:  # writes it
+                    lin.active_in, lin.active_out = cols[name], h
+            for norm in (family.attention_norm, family.mlp_norm):
+                narrow_norm(getattr(layer, norm), h is not None)
             if comp is not None:  # the removed channels' mean contribution, None at full width
                 linears = family.linears_of(layer)
                 down, o = linears[mlp_out], linears[attn_out]
@@ -181,6 +231,8 @@ class SuperNet:
             layer = self._all_layers[i]
             skip_block(getattr(layer, family.attention), False, attention=True)
             skip_block(getattr(layer, family.mlp), False, attention=False)
+        self._embed.active_dim = self._head.active_in = h
+        narrow_norm(self._final_norm, h is not None)
         decoder = self.model.get_decoder()
         decoder.layers = self._all_layers if full else nn.ModuleList(kept)
         if self._layer_types is not None:
@@ -261,6 +313,7 @@ def load_supernet(
     say=None,
     importance: str = "rms",
     compensate: bool = False,
+    residual: bool = False,
 ):
     """(SuperNet, tokenizer) for a model name, ordered by importance unless it already is.
 
@@ -269,7 +322,8 @@ def load_supernet(
     and ``say`` are ``load_model``'s (placement and the memory check before loading). ``importance`` is
     the score a model not yet ordered is ordered by (``importance.IMPORTANCES``); ``compensate`` switches
     bias compensation on: the folder's saved one (``Compensation.save``), else measured on the
-    calibration text after ordering.
+    calibration text after ordering. ``residual`` also orders the residual stream's channels
+    (``importance.order_residual``), which a sub-network with a narrower ``hidden`` needs.
     """
     check_importance(importance)  # fail before loading
     model, tokenizer = load_model(name, dtype=dtype, device=device, work=work, say=say)
@@ -285,6 +339,8 @@ def load_supernet(
     if order and ordered_by is None:
         order_model(model, tokenizer, calibration, importance=importance)
         ordered_by = importance
+    if order and residual:
+        order_residual(model, calibration_batches(tokenizer, calibration_texts(calibration)))
     supernet = SuperNet(model, space)
     supernet.ordered_by = ordered_by
     if compensate:

@@ -302,3 +302,67 @@ def order_model(
 
 def save_ordering(ordering: Ordering, path: str | Path) -> None:
     Path(path).write_text(json.dumps(ordering.to_dict()))
+
+
+# --- the residual stream ---------------------------------------------------------------------------
+
+
+def _norms(model) -> list[torch.nn.Module]:
+    """Every RMSNorm on the residual stream: each layer's two, then the final one."""
+    family = family_of(model.config)
+    layers = model.get_decoder().layers
+    per_layer = [getattr(layer, n) for layer in layers for n in (family.attention_norm, family.mlp_norm)]
+    return [*per_layer, model.get_decoder().norm]
+
+
+def residual_scores(model, batches: list[torch.Tensor]) -> torch.Tensor:
+    """Per residual channel: the mean magnitude of every RMSNorm's output over calibration tokens, summed over
+    the norms (Minitron's embedding-channel score: activations after the LayerNorms, aggregated over layers,
+    so a channel that any block reads strongly ranks high)."""
+    arch = Arch.from_hf(model.config)
+    total = torch.zeros(arch.hidden_size, dtype=torch.float64)
+    tokens = [0]
+
+    def hook(module, args, out):
+        total.add_(out.detach().double().abs().reshape(-1, out.shape[-1]).sum(0).cpu())
+
+    handles = [n.register_forward_hook(hook) for n in _norms(model)]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for ids in calibration_progress(batches, "residual importance"):
+                model(input_ids=ids.to(device), use_cache=False)
+                tokens[0] += ids.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    if tokens[0] == 0:
+        raise LlamanasError("Residual-channel importance needs calibration text; got none.")
+    return total / tokens[0]
+
+
+def order_residual(model, batches: list[torch.Tensor]) -> list[int]:
+    """Permute the residual stream's channels from most to least important (``residual_scores``), in place,
+    so a sub-network's ``hidden`` keeps the first channels. Every matrix that reads or writes the stream,
+    the embeddings, every RMSNorm and the LM head are permuted together: RMSNorm is indifferent to channel
+    order, so the full network computes the same function (up to float summation order). Tied embeddings
+    stay tied (one tensor). Returns the permutation (new position -> old channel)."""
+    perm = torch.sort(-residual_scores(model, batches), stable=True).indices
+    family = family_of(model.config)
+    with torch.no_grad():
+        embed = model.get_input_embeddings().weight
+        embed.copy_(embed[:, perm.to(embed.device)])
+        head = model.get_output_embeddings().weight
+        if head.data_ptr() != embed.data_ptr():
+            head.copy_(head[:, perm.to(head.device)])
+        for norm in _norms(model):
+            norm.weight.copy_(norm.weight[perm.to(norm.weight.device)])
+        rows = family.attention_rows + family.mlp_rows  # read the stream: its channels are their inputs
+        for layer in model.get_decoder().layers:
+            for name, lin in family.linears_of(layer).items():
+                idx = perm.to(lin.weight.device)
+                if name in rows:
+                    _permute_cols(lin, idx)
+                else:
+                    _permute_rows(lin, idx)
+    return perm.tolist()

@@ -353,11 +353,16 @@ def model_bytes(model) -> int:
 
 
 def layer_bytes(
-    arch: Arch, mlp: int, kv_groups: int, bits: int = 16, group_size: int = DEFAULT_GROUP_SIZE
+    arch: Arch,
+    mlp: int,
+    kv_groups: int,
+    bits: int = 16,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    hidden: int | None = None,
 ) -> int:
     """Stored bytes of one decoder layer: its seven linears at ``bits``, biases and norms at 16 bits (a
-    skipped block, size 0, has none)."""
-    h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
+    skipped block, size 0, has none), on a residual stream of ``hidden`` channels (None: the model's)."""
+    h, hd, rep = hidden or arch.hidden_size, arch.head_dim, arch.heads_per_group
     q, kv = kv_groups * rep * hd, kv_groups * hd
     shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, mlp), (h, mlp), (mlp, h)]  # (in, out)
     total = sum(linear_bytes(i, o, bits, group_size) for i, o in shapes)
@@ -368,11 +373,10 @@ def layer_bytes(
     return total + KEEP_BYTES * h * ((kv_groups > 0) + (mlp > 0))  # each kept block's RMSNorm
 
 
-def fixed_bytes(arch: Arch) -> int:
+def fixed_bytes(arch: Arch, hidden: int | None = None) -> int:
     """Stored bytes outside the decoder layers: embeddings (and an untied head) and the final norm."""
-    return KEEP_BYTES * (
-        arch.hidden_size + arch.vocab_size * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
-    )
+    h = hidden or arch.hidden_size
+    return KEEP_BYTES * (h + arch.vocab_size * h * (1 if arch.tie_word_embeddings else 2))
 
 
 def policy_bytes(
@@ -389,4 +393,5 @@ def policy_bytes(
         layer_bits = cfg.bits or [16] * cfg.depth
     bits = _check_bits(layer_bits, cfg.depth)
     layers = zip(cfg.mlp, cfg.kv_groups, bits, strict=True)
-    return fixed_bytes(arch) + sum(layer_bytes(arch, m, g, b, group_size) for m, g, b in layers)
+    h = cfg.hidden
+    return fixed_bytes(arch, h) + sum(layer_bytes(arch, m, g, b, group_size, h) for m, g, b in layers)

@@ -55,10 +55,15 @@ def iter_sliced(
     prefix = "model.layers."
     overrides = overrides or {}
     biased = output_biased(model, cfg, compensation)
+    h = cfg.width(arch)  # the residual stream: the embeddings' and LM head's columns, every norm's channels
+    if h < arch.hidden_size and (biased or overrides):
+        raise LlamanasError(
+            "Bias compensation and least-squares repair do not support a narrower residual stream ('hidden') yet."
+        )
     sd = model.state_dict()
     for name, t in sd.items():
         if not name.startswith(prefix):
-            yield name, t.detach()
+            yield name, (t[..., :h] if t.ndim == 2 else t[:h]).detach()
     (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols
     for pos, (i, m, g) in enumerate(zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True)):
         rows, cols = family.rows_and_cols(g * rep * hd, g * hd, m)
@@ -91,11 +96,16 @@ def iter_sliced(
             module = rest.split(".")[-2] if rest.count(".") >= 1 else ""
             if module in rows:
                 t = t[: rows[module]]
-            elif module in cols and rest.endswith("weight"):
-                t = t[:, : cols[module]]
-            elif rest in extra:
-                b = extra.pop(rest)
-                t = t if b is None else t + b
+                t = t[:, :h] if t.ndim == 2 else t  # reads the residual stream
+            elif module in cols:
+                t = t[:h]  # writes the residual stream (weight rows, bias)
+                if rest.endswith("weight"):
+                    t = t[:, : cols[module]]
+                if rest in extra:
+                    b = extra.pop(rest)
+                    t = t if b is None else t + b
+            elif t.ndim == 1:  # the blocks' RMSNorms
+                t = t[:h]
             out = f"{prefix}{pos}.{rest}"
             yield out, overrides.get(out, t).detach()
         for rest, b in extra.items():
@@ -139,6 +149,7 @@ def subnet_config_dict(hf_config, cfg: SubnetConfig, output_bias: bool = False) 
     if isinstance(d.get("layer_types"), list):
         d["layer_types"] = [d["layer_types"][i] for i in cfg.layers]
     d["head_dim"] = arch.head_dim
+    d["hidden_size"] = cfg.width(arch)
     if cfg.is_uniform() and not output_bias:
         plain = dict(d, intermediate_size=cfg.mlp[0])
         plain["num_key_value_heads"] = cfg.kv_groups[0]

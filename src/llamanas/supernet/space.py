@@ -190,6 +190,11 @@ class SearchSpace:
     def validate(self, cfg: SubnetConfig) -> SubnetConfig:
         """Raise a clear error if ``cfg`` is not in this space."""
         cfg.check(self.arch)
+        if cfg.width(self.arch) != self.arch.hidden_size:
+            raise LlamanasError(
+                f"Sub-network has hidden {cfg.hidden}; search spaces have no hidden-size choice yet (eval, "
+                "measure, extract and export take such a config)."
+            )
         if cfg.depth < self.min_depth:
             raise LlamanasError(
                 f"Sub-network keeps {cfg.depth} layers; this space needs at least {self.min_depth}."

@@ -24,13 +24,16 @@ class SubnetConfig:
     """One sub-network: kept layer indices (ascending) and, per kept layer, MLP size and KV groups.
 
     ``bits`` (optional, one per kept layer: 16, 8 or 4) is the weight precision of the layer's linears in
-    a joint architecture + precision search; ``None`` means not quantized.
+    a joint architecture + precision search; ``None`` means not quantized. ``hidden`` (optional) is the
+    width of the residual stream every layer reads and writes, the embeddings and the LM head included: the
+    first ``hidden`` channels in importance order (``importance.order_residual``); ``None`` keeps all.
     """
 
     layers: tuple[int, ...]
     mlp: tuple[int, ...]
     kv_groups: tuple[int, ...]
     bits: tuple[int, ...] | None = None
+    hidden: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -58,6 +61,10 @@ class SubnetConfig:
                 "A sub-network must keep at least one attention block (kv_groups > 0 in some layer); "
                 "without one no token sees another."
             )
+        if self.hidden is not None:
+            object.__setattr__(self, "hidden", int(self.hidden))
+            if self.hidden < 1:
+                raise LlamanasError(f"'hidden' must be a positive number of channels; got {self.hidden}.")
         if self.bits is not None:
             object.__setattr__(self, "bits", tuple(int(b) for b in self.bits))
             if len(self.bits) != len(self.layers):
@@ -84,6 +91,8 @@ class SubnetConfig:
             raise LlamanasError(
                 f"Layer {self.layers[-1]} does not exist: the model has {arch.num_layers} layers (0..{arch.num_layers - 1})."
             )
+        if self.hidden is not None and self.hidden > arch.hidden_size:
+            raise LlamanasError(f"hidden {self.hidden} exceeds the model's hidden size {arch.hidden_size}.")
         for i, m, g in zip(self.layers, self.mlp, self.kv_groups, strict=True):
             if m > arch.intermediate_size:
                 raise LlamanasError(
@@ -110,8 +119,13 @@ class SubnetConfig:
 
     def num_params(self, arch: Arch, embeddings: bool = True) -> int:
         """Parameters of the sub-network (the same count its extracted checkpoint has)."""
-        layers = sum(arch.layer_params(m, g) for m, g in zip(self.mlp, self.kv_groups, strict=True))
-        return layers + arch.fixed_params(embeddings)
+        h = self.hidden
+        layers = sum(arch.layer_params(m, g, h) for m, g in zip(self.mlp, self.kv_groups, strict=True))
+        return layers + arch.fixed_params(embeddings, h)
+
+    def width(self, arch: Arch) -> int:
+        """The residual stream's channels (``hidden``, or the model's)."""
+        return self.hidden or arch.hidden_size
 
     def kv_bytes(self, arch: Arch, dtype_bytes: int = 2) -> int:
         """KV-cache bytes per token of context (16-bit cache by default): what long context costs."""
@@ -123,8 +137,9 @@ class SubnetConfig:
         Linear layers (decoder and LM head) plus attention scores and weighted sums; a token attends on
         average to (seq_len + 1) / 2 positions.
         """
-        macs = arch.vocab_size * arch.hidden_size  # LM head
-        macs += sum(layer_macs(arch, m, g, seq_len) for m, g in zip(self.mlp, self.kv_groups, strict=True))
+        h = self.width(arch)
+        macs = arch.vocab_size * h  # LM head
+        macs += sum(layer_macs(arch, m, g, seq_len, h) for m, g in zip(self.mlp, self.kv_groups, strict=True))
         return int(round(macs))
 
     # --- serialisation -------------------------------------------------------------------------
@@ -132,6 +147,8 @@ class SubnetConfig:
         d = {"layers": list(self.layers), "mlp": list(self.mlp), "kv_groups": list(self.kv_groups)}
         if self.bits is not None:
             d["bits"] = list(self.bits)
+        if self.hidden is not None:
+            d["hidden"] = self.hidden
         return d
 
     @classmethod
@@ -139,17 +156,22 @@ class SubnetConfig:
         if not isinstance(d, dict):
             raise LlamanasError(f"A sub-network config must be a JSON object; got {type(d).__name__}.")
         required = {"layers", "mlp", "kv_groups"}
-        extra = set(d) - required - {"bits"}
+        optional = {"bits", "hidden"}
+        extra = set(d) - required - optional
         if extra:
             raise LlamanasError(
-                f"Unknown sub-network config keys {sorted(extra)}; allowed: {sorted(required | {'bits'})}."
+                f"Unknown sub-network config keys {sorted(extra)}; allowed: {sorted(required | optional)}."
             )
         missing = required - set(d)
         if missing:
             raise LlamanasError(f"Sub-network config is missing {sorted(missing)}.")
         bits = d.get("bits")
         return cls(
-            tuple(d["layers"]), tuple(d["mlp"]), tuple(d["kv_groups"]), None if bits is None else tuple(bits)
+            tuple(d["layers"]),
+            tuple(d["mlp"]),
+            tuple(d["kv_groups"]),
+            None if bits is None else tuple(bits),
+            d.get("hidden"),
         )
 
     def to_json(self) -> str:
@@ -177,9 +199,9 @@ class SubnetConfig:
         return self.to_json()
 
 
-def layer_macs(arch: Arch, mlp: int, kv_groups: int, seq_len: int = 128) -> float:
+def layer_macs(arch: Arch, mlp: int, kv_groups: int, seq_len: int = 128, hidden: int | None = None) -> float:
     """Multiply-accumulates per token of one decoder layer (``SubnetConfig.macs_per_token``)."""
-    h, hd, rep = arch.hidden_size, arch.head_dim, arch.heads_per_group
+    h, hd, rep = hidden or arch.hidden_size, arch.head_dim, arch.heads_per_group
     q, kv = kv_groups * rep * hd, kv_groups * hd
     ctx = (seq_len + 1) / 2
     return h * q + 2 * h * kv + q * h + 3 * h * mlp + 2 * ctx * q  # QK^T and AV for every query head
