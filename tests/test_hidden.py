@@ -105,7 +105,7 @@ def test_narrow_subnet_bytes_and_int8_and_space_refusal(ids):
         < policy_bytes(sn.arch, SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups, cfg.bits))
     )
     assert torch.isfinite(small(ids).logits).all()
-    with pytest.raises(LlamanasError, match="no hidden-size choice yet"):
+    with pytest.raises(LlamanasError, match=r"hidden 48 is not a choice of this space; allowed: \[64\]"):
         sn.space.encode(SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups, hidden=48))
 
 
@@ -132,3 +132,68 @@ def test_cli_extract_and_measure_a_narrow_subnet(tiny_dir, tmp_path, ids):
     )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["params"] == SubnetConfig.from_json(sub).num_params(sn.arch)
+
+
+def test_hidden_gene_encodes_counts_and_samples():
+    import numpy as np
+
+    from llamanas.model.arch import Arch
+    from llamanas.search.counts import Counts
+    from llamanas.search.predictors import Encoder
+    from llamanas.supernet.precision import policy_bytes
+    from llamanas.supernet.space import SearchSpace
+
+    arch = Arch.from_hf(tiny_model("qwen2").config)
+    plain = SearchSpace.from_dict({"bits": [4, 8, 16]}, arch)
+    space = SearchSpace.from_dict({"hidden_choices": [0.5, 0.75], "bits": [4, 8, 16]}, arch)
+    assert space.hidden_choices == (32, 48, 64) and space.size() == 3 * plain.size()
+    assert "hidden_choices" not in plain.to_dict() and SearchSpace.from_saved(space.to_dict()) == space
+    assert space.variable_names[-1] == "hidden" and space.largest().hidden is None
+    assert space.smallest().hidden == 32
+    counts, rng = Counts(space), np.random.default_rng(0)
+    cfgs = [space.sample(rng) for _ in range(40)]
+    assert {c.hidden for c in cfgs} == {None, 32, 48}
+    X = np.stack([space.encode(c) for c in cfgs])
+    assert [space.decode(x) for x in X] == cfgs
+    got = counts(X)
+    for i, c in enumerate(cfgs):
+        assert got["params"][i] == c.num_params(arch) and got["macs"][i] == c.macs_per_token(arch)
+        assert got["bytes"][i] == policy_bytes(arch, c)
+    lo, hi = counts.range("params")  # a bound where attention can be skipped; exact without
+    assert lo <= space.smallest().num_params(arch) and hi == space.largest().num_params(arch)
+    narrow = SearchSpace.from_dict({"hidden_choices": [0.5], "skip_attention": False}, arch)
+    assert Counts(narrow).range("params")[0] == narrow.smallest().num_params(arch)
+    features = Encoder(space)(X)
+    assert Encoder(space).names[-1] == "hidden_frac"
+    assert sorted(set(features[:, -1])) == [0.5, 0.75, 1.0]
+    with pytest.raises(LlamanasError, match="hidden_choices: size 80 exceeds"):
+        SearchSpace.from_dict({"hidden_choices": [80]}, arch)
+
+
+def test_search_with_a_hidden_gene_on_the_tiny_model(tiny_dir, tmp_path):
+    """A search over a space with hidden choices runs on the residual-ordered super-network, and its
+    members keep their hidden width through the store and `llamanas space`."""
+    from typer.testing import CliRunner
+
+    from llamanas.cli.app import app
+    from llamanas.model.arch import Arch
+    from llamanas.model.load import load_config
+    from llamanas.search.args import SearchArgs
+    from llamanas.search.run import load_run, search
+
+    space_file = tmp_path / "hidden.yaml"
+    space_file.write_text(
+        "min_depth: 4\nmlp_choices: [0.5, 1.0]\nkv_groups: [1, 2]\nhidden_choices: [0.5, 0.75]\n"
+    )
+    r = CliRunner().invoke(app, ["space", "--model", str(tiny_dir), "--space", str(space_file)])
+    assert r.exit_code == 0 and "hidden size" in r.output and "32, 48, 64" in r.output
+    args = SearchArgs(
+        model=str(tiny_dir), objectives=("params", "macs"), algorithm="linas", evaluations=8, population=4,
+        inner_generations=10, predictor="ridge", space=str(space_file), out=str(tmp_path / "run"),
+    )  # fmt: skip
+    res = search(args)
+    view = load_run(res.run_dir)
+    assert len(view.evaluated) == 8 and view.info["space"]["hidden_choices"] == [32, 48, 64]
+    assert any(e.config.hidden == 32 for e in view.evaluated)  # the smallest member is narrow
+    arch = Arch.from_hf(load_config(str(tiny_dir)))
+    assert all(e.values["params"] == e.config.num_params(arch) for e in view.evaluated)

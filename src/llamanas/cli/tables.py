@@ -143,6 +143,10 @@ def space_rows(space: SearchSpace) -> dict[str, str]:
     )
     if space.bits_choices:
         rows["weight bits"] = ", ".join(map(str, sorted({b for bs in space.bits_choices for b in bs})))
+    if space.hidden_choices:
+        rows["hidden size"] = (
+            f"{', '.join(map(str, space.hidden_choices))} (of {a.hidden_size}; the residual stream)"
+        )
     size = space.size()
     rows["variables"] = str(len(space.variable_names))
     rows["sub-networks"] = f"{size:.3e}" if size > 10**6 else str(size)

@@ -18,7 +18,8 @@ class Counts:
     """Params, bytes and MACs per token of configs given as integer vectors (rows of X), exactly.
 
     Both are a constant (embeddings, LM head, final norm) plus a per-kept-layer cost that depends on the
-    layer's MLP and KV choice, so one table lookup per layer does it; ``keep`` gives the kept layers.
+    layer's MLP and KV choice, so one table lookup per layer does it; ``keep`` gives the kept layers. In a
+    space with hidden choices every table and constant has one more axis first: the residual width.
     Bytes are ``params x dtype_bytes``, except in a space with precision genes (``bits``), where they are
     the stored bytes at each layer's precision (``quantize.policy_bytes``: 16-bit where not quantized).
 
@@ -36,41 +37,50 @@ class Counts:
         self.speed_base: dict[str, float] = {}
         self.speed_tables: dict[str, np.ndarray] = {}
         if latency_table is not None:
+            if space.hidden_choices:
+                raise LlamanasError(
+                    "Latency tables do not cover a search space with hidden choices yet; search on params, "
+                    "bytes or MACs, or leave hidden_choices out."
+                )
             self.speed_base, self.speed_tables = latency_table.layer_costs(space)
         a = space.arch
+        self.hidden = tuple(space.hidden_choices or (a.hidden_size,))
+        nh = len(self.hidden)
         self.n_layers = a.num_layers
         self.mlp_max = np.array([len(m) - 1 for m in space.mlp_choices])
         self.kv_max = np.array([len(k) - 1 for k in space.kv_choices])
         cm, ck = int(self.mlp_max.max()) + 1, int(self.kv_max.max()) + 1
-        # table[name][layer, mlp index, kv index] = that layer's cost; unused cells stay 0.
-        self.tables = {n: np.zeros((a.num_layers, cm, ck)) for n in ("params", "macs", "kv_bytes")}
+        # table[name][hidden index, layer, mlp index, kv index] = that layer's cost; unused cells stay 0.
+        self.tables = {n: np.zeros((nh, a.num_layers, cm, ck)) for n in ("params", "macs", "kv_bytes")}
         # ok[layer, mlp index, kv index]: a cell a kept layer can be in (not both blocks skipped).
         self.ok = np.zeros((a.num_layers, cm, ck), dtype=bool)
         # A (0, 0) cell (both blocks skipped) costs 0: such a layer is not kept (``space.kept``).
-        for i in range(a.num_layers):
-            for j, m in enumerate(space.mlp_choices[i]):
-                for k, g in enumerate(space.kv_choices[i]):
-                    self.ok[i, j, k] = m > 0 or g > 0
-                    self.tables["params"][i, j, k] = a.layer_params(m, g)
-                    self.tables["macs"][i, j, k] = layer_macs(a, m, g, seq_len)
-                    self.tables["kv_bytes"][i, j, k] = a.kv_bytes_per_token(g)
-        # The constant part: embeddings (+ untied head) and the final norm; the LM head's MACs.
+        for hi, h in enumerate(self.hidden):
+            for i in range(a.num_layers):
+                for j, m in enumerate(space.mlp_choices[i]):
+                    for k, g in enumerate(space.kv_choices[i]):
+                        self.ok[i, j, k] = m > 0 or g > 0
+                        self.tables["params"][hi, i, j, k] = a.layer_params(m, g, h)
+                        self.tables["macs"][hi, i, j, k] = layer_macs(a, m, g, seq_len, h)
+                        self.tables["kv_bytes"][hi, i, j, k] = a.kv_bytes_per_token(g)
+        # The constant part per width: embeddings (+ untied head) and the final norm; the LM head's MACs.
         self.base = {
-            "params": float(a.fixed_params()),
-            "macs": float(a.vocab_size * a.hidden_size),
-            "kv_bytes": 0.0,
+            "params": np.array([a.fixed_params(True, h) for h in self.hidden], dtype=float),
+            "macs": np.array([a.vocab_size * h for h in self.hidden], dtype=float),
+            "kv_bytes": np.zeros(nh),
         }
         # bytes[layer, mlp index, kv index, bits index]; one bits slot when the space has no precision genes.
         self.bits_max = np.array([len(b) - 1 for b in space.bits_choices], dtype=int)
         if space.bits_choices:
             cb = int(self.bits_max.max()) + 1
-            self.tables["bytes"] = np.zeros((a.num_layers, cm, ck, cb))
-            for i in range(a.num_layers):
-                for j, m in enumerate(space.mlp_choices[i]):
-                    for k, g in enumerate(space.kv_choices[i]):
-                        for b, bits in enumerate(space.bits_choices[i]):
-                            self.tables["bytes"][i, j, k, b] = layer_bytes(a, m, g, bits)
-            self.base["bytes"] = float(fixed_bytes(a))
+            self.tables["bytes"] = np.zeros((nh, a.num_layers, cm, ck, cb))
+            for hi, h in enumerate(self.hidden):
+                for i in range(a.num_layers):
+                    for j, m in enumerate(space.mlp_choices[i]):
+                        for k, g in enumerate(space.kv_choices[i]):
+                            for b, bits in enumerate(space.bits_choices[i]):
+                                self.tables["bytes"][hi, i, j, k, b] = layer_bytes(a, m, g, bits, hidden=h)
+            self.base["bytes"] = np.array([fixed_bytes(a, h) for h in self.hidden], dtype=float)
         else:
             self.tables["bytes"] = (self.tables["params"] * dtype_bytes)[..., None]
             self.base["bytes"] = self.base["params"] * dtype_bytes
@@ -85,6 +95,13 @@ class Counts:
         genes = self.space.split_genes(np.atleast_2d(X))
         return genes["mlp"], genes["kv"]
 
+    def hidden_index(self, X: np.ndarray) -> np.ndarray:
+        """(n,) index of each row's residual width in ``self.hidden`` (all 0 without a hidden gene)."""
+        X = np.atleast_2d(X)
+        if not self.space.hidden_choices:
+            return np.zeros(X.shape[0], dtype=int)
+        return self.space.split_genes(X)["hidden"][:, 0]
+
     def bits(self, X: np.ndarray) -> np.ndarray:
         """(n, layers) precision choice index (all 0 in a space without precision genes)."""
         X = np.atleast_2d(X)
@@ -95,14 +112,15 @@ class Counts:
     def __call__(self, X: np.ndarray) -> dict[str, np.ndarray]:
         keep = self.keep(X)
         mi, ki = self.widths(X)
+        hi = self.hidden_index(X)
         layer = np.arange(self.n_layers)[None, :]
         out = {}
         for name in ("params", "macs", "kv_bytes"):
-            per_layer = self.tables[name][layer, mi, ki]
-            out[name] = self.base[name] + (per_layer * keep).sum(axis=1)
+            per_layer = self.tables[name][hi[:, None], layer, mi, ki]
+            out[name] = self.base[name][hi] + (per_layer * keep).sum(axis=1)
         bi = self.bits(X)
-        per_layer = self.tables["bytes"][layer, mi, ki, bi]
-        out["bytes"] = self.base["bytes"] + (per_layer * keep).sum(axis=1)
+        per_layer = self.tables["bytes"][hi[:, None], layer, mi, ki, bi]
+        out["bytes"] = self.base["bytes"][hi] + (per_layer * keep).sum(axis=1)
         if self.latency_table is not None:
             ms = {
                 t: self.speed_base[t] + (table[layer, mi, ki, bi] * keep).sum(axis=1)
@@ -142,10 +160,14 @@ class Counts:
                     f"{name!r} is computed only with a latency table (--runtime llamacpp --latency-table)."
                 )
             raise unknown("count", name, self.NAMES)
-        table = self.tables[name]
-        lo_cost = np.array([self._valid(table, i).min() for i in range(self.n_layers)])
-        hi_cost = np.array([self._valid(table, i).max() for i in range(self.n_layers)])
-        return self._extremes(self.base[name], lo_cost, hi_cost)
+        lows, highs = [], []
+        for h, table in enumerate(self.tables[name]):  # each residual width: its cheapest and dearest
+            lo_cost = np.array([self._valid(table, i).min() for i in range(self.n_layers)])
+            hi_cost = np.array([self._valid(table, i).max() for i in range(self.n_layers)])
+            lo, hi = self._extremes(float(self.base[name][h]), lo_cost, hi_cost)
+            lows.append(lo)
+            highs.append(hi)
+        return min(lows), max(highs)
 
     def _speed_range(self, name: str) -> tuple[float, float]:
         """Range of ``latency`` (prefill ms) or ``throughput`` (1000 / decode ms) under the latency table:

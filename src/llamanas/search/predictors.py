@@ -77,6 +77,8 @@ class Encoder:
         names += ["attention_frac", "mlp_block_frac", "kv_bytes_frac"]
         if self.bits_frac is not None:
             names += [f"bits_frac.{i}" for i in range(n)] + ["bytes_frac", "mean_bits_frac"]
+        if space.hidden_choices:
+            names.append("hidden_frac")  # the residual stream's width
         self.names = tuple(names)
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
@@ -117,6 +119,9 @@ class Encoder:
             bits = self.bits_frac[layer, self.counts.bits(X)] * keep
             bytes_frac = _frac(counts["bytes"], self.ranges["bytes"])
             cols += [bits, np.stack([bytes_frac, bits.sum(axis=1) / np.maximum(depth, 1)], axis=1)]
+        if self.space.hidden_choices:
+            widths = np.array(self.counts.hidden) / self.space.arch.hidden_size
+            cols.append(widths[self.counts.hidden_index(X)][:, None])
         return np.concatenate(cols, axis=1).astype(float)
 
 

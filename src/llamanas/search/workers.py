@@ -152,6 +152,7 @@ class SupernetEvaluator:
             device=device or spec.device,
             importance=spec.importance,
             compensate=s.compensate,
+            residual=bool(spec.space.get("hidden_choices")),  # a hidden gene slices the ordered stream
         )
         supernet.space = SearchSpace.from_saved(spec.space)
         if supernet.compensation is not None:  # biases for the driver's space's widths

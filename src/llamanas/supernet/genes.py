@@ -27,12 +27,14 @@ class Genes:
     mlp_choices: tuple[tuple[int, ...], ...]
     kv_choices: tuple[tuple[int, ...], ...]
     bits_choices: tuple[tuple[int, ...], ...]
+    hidden_choices: tuple[int, ...] = ()  # ascending, the full width last; () = no hidden gene
 
     @cached_property
     def layout(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
         """The gene vector, group by group: (group, each gene's largest choice index). A ``depth`` gene
         (first_n) or one ``keep`` gene per layer (per_layer), then one ``mlp`` and one ``kv`` gene per layer,
-        then one ``bits`` gene per layer in a space with precision genes."""
+        then one ``bits`` gene per layer in a space with precision genes, then one global ``hidden`` gene (the
+        residual stream's width) in a space with hidden choices."""
         n = self.num_layers
         head = ("depth", (len(self.depth_choices) - 1,)) if self.mode == "first_n" else ("keep", (1,) * n)
         groups = [
@@ -42,13 +44,16 @@ class Genes:
         ]
         if self.bits_choices:
             groups.append(("bits", tuple(len(b) - 1 for b in self.bits_choices)))
+        if self.hidden_choices:
+            groups.append(("hidden", (len(self.hidden_choices) - 1,)))
         return tuple(groups)
 
     @property
     def names(self) -> tuple[str, ...]:
-        """One name a gene: ``depth`` or ``keep.<layer>``, ``mlp.<layer>``, ``kv.<layer>``, ``bits.<layer>``."""
+        """One name a gene: ``depth`` or ``keep.<layer>``, ``mlp.<layer>``, ``kv.<layer>``, ``bits.<layer>``,
+        ``hidden``."""
         return tuple(
-            group if group == "depth" else f"{group}.{i}"
+            group if group in ("depth", "hidden") else f"{group}.{i}"
             for group, top in self.layout
             for i in range(len(top))
         )
@@ -118,7 +123,8 @@ class Genes:
         if "keep" in genes:
             genes["keep"][...] = keep
         for group, top in self.layout[1:]:
-            genes[group][...] = np.where(keep, genes[group], np.array(top))
+            if group != "hidden":  # global: no layer to skip
+                genes[group][...] = np.where(keep, genes[group], np.array(top))
         return X
 
     def encode(self, cfg: SubnetConfig) -> np.ndarray:
@@ -131,6 +137,8 @@ class Genes:
         if self.bits_choices:
             for i, b in zip(cfg.layers, cfg.bits or (16,) * cfg.depth, strict=True):
                 genes["bits"][i] = self.bits_choices[i].index(b)
+        if self.hidden_choices:
+            genes["hidden"] = [self.hidden_choices.index(cfg.hidden or self.hidden_choices[-1])]
         if self.mode == "first_n":
             genes["depth"] = [self.depth_choices.index(cfg.depth)]
         else:
@@ -148,7 +156,15 @@ class Genes:
             tuple(self.mlp_choices[i][genes["mlp"][i]] for i in layers),
             tuple(self.kv_choices[i][genes["kv"][i]] for i in layers),
             tuple(self.bits_choices[i][genes["bits"][i]] for i in layers) if self.bits_choices else None,
+            self.hidden_of(genes),
         )
+
+    def hidden_of(self, genes: dict[str, np.ndarray]) -> int | None:
+        """``SubnetConfig.hidden`` of one vector's genes: None for the full width (or no hidden gene)."""
+        if not self.hidden_choices:
+            return None
+        h = self.hidden_choices[int(genes["hidden"][0])]
+        return None if h == self.hidden_choices[-1] else int(h)
 
     def repair(self, X: np.ndarray) -> np.ndarray:
         """A repaired copy of a vector, or of each row of X: clip to bounds; a layer whose genes skip both

@@ -72,9 +72,19 @@ class SearchSpace:
     mlp_choices: tuple[tuple[int, ...], ...] = ()  # one tuple of sizes per layer, ascending
     kv_choices: tuple[tuple[int, ...], ...] = ()  # one tuple of KV-group counts per layer, ascending
     bits_choices: tuple[tuple[int, ...], ...] = ()  # per layer, ascending; () = no precision search
+    hidden_choices: tuple[
+        int, ...
+    ] = ()  # residual-stream widths, ascending, the full one last; () = full only
 
     def __post_init__(self):
         a = self.arch
+        if self.hidden_choices:
+            hs = self.hidden_choices
+            if list(hs) != sorted(set(hs)) or hs[-1] != a.hidden_size or hs[0] < 1:
+                raise LlamanasError(
+                    f"hidden_choices {list(hs)} must be distinct sizes in 1..{a.hidden_size}, ascending, ending "
+                    f"with the model's hidden size {a.hidden_size}."
+                )
         if self.mode not in MODES:
             raise LlamanasError(f"Unknown search-space mode {self.mode!r}. Available: {', '.join(MODES)}.")
         if len(self.mlp_choices) != a.num_layers or len(self.kv_choices) != a.num_layers:
@@ -171,7 +181,12 @@ class SearchSpace:
             raise LlamanasError(f"Search-space file {path}: {e}") from None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if (
+            not self.hidden_choices
+        ):  # spaces saved before the hidden gene existed keep their form (store keys)
+            d.pop("hidden_choices")
+        return d
 
     @classmethod
     def from_saved(cls, d: dict) -> SearchSpace:
@@ -190,10 +205,10 @@ class SearchSpace:
     def validate(self, cfg: SubnetConfig) -> SubnetConfig:
         """Raise a clear error if ``cfg`` is not in this space."""
         cfg.check(self.arch)
-        if cfg.width(self.arch) != self.arch.hidden_size:
+        if cfg.width(self.arch) not in (self.hidden_choices or (self.arch.hidden_size,)):
             raise LlamanasError(
-                f"Sub-network has hidden {cfg.hidden}; search spaces have no hidden-size choice yet (eval, "
-                "measure, extract and export take such a config)."
+                f"hidden {cfg.hidden} is not a choice of this space; allowed: "
+                f"{list(self.hidden_choices or (self.arch.hidden_size,))} (hidden_choices in a space file)."
             )
         if cfg.depth < self.min_depth:
             raise LlamanasError(
@@ -266,7 +281,12 @@ class SearchSpace:
             tuple(pairs[i][0] for i in layers),
             tuple(pairs[i][1] for i in layers),
             self._bits_of(layers, min),
+            self._hidden(self.hidden_choices[0] if self.hidden_choices else None),
         )
+
+    def _hidden(self, h: int | None) -> int | None:
+        """``SubnetConfig.hidden`` of a width: None for the full stream."""
+        return None if h is None or h == self.arch.hidden_size else int(h)
 
     def _pairs(self, i: int) -> list[tuple[int, int]]:
         """Layer ``i``'s allowed (MLP size, KV groups) pairs when it is kept (not both blocks skipped)."""
@@ -304,6 +324,7 @@ class SearchSpace:
             tuple(int(pairs[i][0]) for i in layers),
             tuple(int(pairs[i][1]) for i in layers),
             self._bits_of(layers, rng.choice),
+            self._hidden(int(rng.choice(self.hidden_choices)) if self.hidden_choices else None),
         )
 
     def size(self) -> int:
@@ -313,8 +334,9 @@ class SearchSpace:
         nb = [len(b) for b in self.bits_choices] or [1] * n
         every = [len(self._pairs(i)) * nb[i] for i in range(n)]
         attn = [sum(1 for _, g in self._pairs(i) if g > 0) * nb[i] for i in range(n)]
+        widths = len(self.hidden_choices) or 1
         if self.mode == "first_n":
-            return sum(attn[0] * math.prod(every[1:d]) for d in self.depth_choices)
+            return widths * sum(attn[0] * math.prod(every[1:d]) for d in self.depth_choices)
         # by[k] = ways with k kept layers, before any layer is kept and after the first; always_keep
         # layers are forced on.
         before, after = [1], [0]
@@ -326,7 +348,7 @@ class SearchSpace:
                     new_after[k] += after[k]
                 new_after[k + 1] += before[k] * attn[i] + after[k] * every[i]
             before, after = new_before, new_after
-        return sum(after[self.min_depth :])
+        return widths * sum(after[self.min_depth :])
 
     # --- integer-vector encoding (for search algorithms): each method is the same-named ``Genes`` one ---
     @cached_property
@@ -341,6 +363,7 @@ class SearchSpace:
             mlp_choices=self.mlp_choices,
             kv_choices=self.kv_choices,
             bits_choices=self.bits_choices,
+            hidden_choices=self.hidden_choices,
         )
 
     @property

@@ -26,6 +26,7 @@ SPACE_KEYS = (
     "layers",
     "skip_attention",
     "skip_mlp",
+    "hidden_choices",
 )
 LAYER_KEYS = ("mlp_choices", "kv_groups", "bits", "skip_attention", "skip_mlp")  # under layers.<i>
 
@@ -92,7 +93,28 @@ def layer_choices(d: dict, arch: Arch) -> dict:
             mlp[i] = _skip(mlp[i], _flag(spec, "skip_mlp", f"layers.{i}."), True)
         if "skip_attention" in spec:
             kv[i] = _skip(kv[i], _flag(spec, "skip_attention", f"layers.{i}."), True)
-    return {"mlp_choices": tuple(mlp), "kv_choices": tuple(kv), "bits_choices": tuple(bits) if bits else ()}
+    return {
+        "mlp_choices": tuple(mlp),
+        "kv_choices": tuple(kv),
+        "bits_choices": tuple(bits) if bits else (),
+        "hidden_choices": _hidden(d["hidden_choices"], arch.hidden_size) if "hidden_choices" in d else (),
+    }
+
+
+def _hidden(spec, full: int) -> tuple[int, ...]:
+    """Residual-stream widths as fractions (<= 1.0) or sizes, rounded like MLP sizes (multiples of 64 where
+    the size allows: llama.cpp's quantized rows need multiples of 32); the full width is always a choice."""
+    if not isinstance(spec, list) or not spec:
+        raise LlamanasError(f"hidden_choices must be a non-empty list of fractions or sizes; got {spec!r}.")
+    out = {full}
+    for v in spec:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise LlamanasError(f"hidden_choices: {v!r} is not a fraction in (0, 1] or a size.")
+        size = round_size(float(v), full) if isinstance(v, float) and v <= 1.0 else int(v)
+        if size > full:
+            raise LlamanasError(f"hidden_choices: size {size} exceeds the model's hidden size {full}.")
+        out.add(size)
+    return tuple(sorted(out))
 
 
 def round_size(frac: float, full: int) -> int:
