@@ -479,3 +479,33 @@ def test_baselines_report_progress_and_resume_after_an_interruption(tmp_path, mo
     crash_at = [None]
     run_baselines(BaselineArgs(**{**args.__dict__, "sizes": (0.9,)}))
     assert len(calls) == 5 + 3
+
+
+@pytest.mark.parametrize("target", [0.9, 0.8, 0.7])
+def test_hidden_is_the_widest_residual_stream_within_the_target(target):
+    from llamanas.evidence.baselines import hidden_slice
+
+    cfg = hidden_slice(SMOL, target)
+    full = SubnetConfig.full(SMOL)
+    assert cfg.layers == full.layers and cfg.mlp == full.mlp and cfg.kv_groups == full.kv_groups
+    assert cfg.hidden % 64 == 0 and cfg.num_params(SMOL) <= target * _full(SMOL)
+    wider = SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups, hidden=cfg.hidden + 64)
+    assert wider.num_params(SMOL) > target * _full(SMOL)
+
+
+def test_run_baselines_orders_the_residual_stream_for_the_hidden_baseline(tmp_path, monkeypatch):
+    seen = {}
+
+    def loader(name, **kw):
+        seen.update(kw)
+        return SuperNet(tiny_model("llama", layers=4, hidden=128, inter=192)), tiny_tokenizer()
+
+    def evaluate_fn(model, tokenizer, tasks, questions):
+        return {t: FakeResult({"acc": 0.3}, {"acc": 0.01}) for t in tasks}
+
+    monkeypatch.setattr(baselines, "load_supernet", loader)
+    monkeypatch.setattr(baselines, "evaluate", evaluate_fn)
+    run = run_baselines(BaselineArgs(model="m", tasks=("taskA",), sizes=(0.8,), methods=("hidden",)))
+    assert seen["residual"] is True
+    row = run.rows[1]
+    assert row.method == "hidden" and row.config["hidden"] == 64 and row.params <= 0.8 * run.full_params

@@ -10,7 +10,7 @@ from llamanas.evaluation.questions import Questions
 from llamanas.supernet.importance import check_importance
 
 METHODS = ("depth", "shortgpt", "width")  # the default set
-ALL_METHODS = (*METHODS, "attention", "sensitivity")
+ALL_METHODS = (*METHODS, "attention", "sensitivity", "hidden")
 # Calibration windows (of 128 tokens) for block influence and sensitivity: they rank layers and widths, which
 # 16 windows do as well as 64 on the default model (docs/benchmarks.md, front vs baselines, disjoint re-run:
 # the sensitivity baseline measured on 16 was the strongest at 80% and 70%) at a quarter of the cost
@@ -33,7 +33,8 @@ class BaselineArgs:
     """Target sizes as fractions of the model's parameters, e.g. 0.9,0.8,0.7."""
     methods: tuple[str, ...] = METHODS
     """Of depth, shortgpt, width, attention (skip the attention blocks of least block influence, MLPs kept),
-    sensitivity (per-layer widths allocated by each layer's measured loss increase per parameter saved)."""
+    sensitivity (per-layer widths allocated by each layer's measured loss increase per parameter saved), hidden
+    (the residual stream cut to its most important channels, every layer whole: SliceGPT without its rotation)."""
     supernet: str | None = None
     """A fine-tuned super-network folder: run the same baselines on its weights too."""
     questions: Questions = Questions()

@@ -12,6 +12,10 @@
   ``supernet/sensitivity.py``): each (layer, MLP or KV width of the search space) is scored by the
   calibration loss increase when only that layer is sliced, then the cheapest loss increase per parameter
   saved is taken greedily until the size is within the target.
+- ``hidden`` (not run by default): the residual stream (embeddings, every layer's input and output, the LM
+  head) cut uniformly to its most important channels, every layer otherwise whole: SliceGPT (Ashkboos et
+  al. 2024) without its rotation, the channels ordered by ``importance.order_residual``; widths in multiples
+  of 64 (llama.cpp's quantized rows need 32).
 
 Each baseline is a ``SubnetConfig`` chosen for a target fraction of the full model's parameters: the
 largest config (most layers / widest MLP) whose ``num_params`` does not exceed the target, so a
@@ -114,6 +118,22 @@ def drop_attention(arch: Arch, attention_influence: Sequence[float], target: flo
     raise _too_small("attention", target, cfg, arch)
 
 
+HIDDEN_MULTIPLE = 64
+
+
+def hidden_slice(arch: Arch, target: float, multiple: int = HIDDEN_MULTIPLE) -> SubnetConfig:
+    """Every layer whole, the residual stream cut to the widest multiple of ``multiple`` within the target."""
+    full = SubnetConfig.full(arch)
+    budget = _budget(arch, target)
+    for h in [arch.hidden_size, *range((arch.hidden_size - 1) // multiple * multiple, 0, -multiple)]:
+        cfg = SubnetConfig(full.layers, full.mlp, full.kv_groups, hidden=None if h == arch.hidden_size else h)
+        if cfg.num_params(arch) <= budget:
+            return cfg
+    raise _too_small(
+        "hidden", target, SubnetConfig(full.layers, full.mlp, full.kv_groups, hidden=multiple), arch
+    )
+
+
 def uniform_width(arch: Arch, target: float, multiple: int = DEFAULT_WIDTH_MULTIPLE) -> SubnetConfig:
     """Every layer kept, every MLP cut to the same width (a multiple of ``multiple``) within the target."""
     if multiple < 1:
@@ -177,6 +197,8 @@ def baseline_configs(
                     if sensitivity is None:
                         raise LlamanasError("sensitivity needs per-layer sensitivity scores.")
                     cfg = allocate(arch, sensitivity, target)
+                elif method == "hidden":
+                    cfg = hidden_slice(arch, target)
                 else:
                     cfg = uniform_width(arch, target, width_multiple)
                 specs.append(BaselineSpec(method, float(target), cfg, source))
@@ -381,6 +403,7 @@ def run_baselines(args: BaselineArgs, progress: ProgressFn | None = None) -> Bas
             device=args.device,
             importance=args.importance,
             compensate=args.compensate,
+            residual="hidden" in args.methods,  # the hidden baseline keeps the most important channels
         )
 
     sources = [("base", args.model)] + ([("supernet", args.supernet)] if args.supernet else [])
