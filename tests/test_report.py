@@ -406,3 +406,16 @@ def test_report_renders_in_headless_chromium(tmp_path):
         timeout=120,
     )
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_config_cell_names_a_narrow_residual_stream():
+    from llamanas.evidence.report.data import Point
+    from llamanas.evidence.report.html import _config_cell
+
+    cfg = {"layers": [0, 1], "mlp": [64, 64], "kv_groups": [2, 2], "hidden": 48}
+    cell = _config_cell(Point("hidden baseline", "hidden", cfg, 1000.0, 0.5))
+    assert "depth 2" in cell and "hidden 48" in cell
+    assert (
+        "hidden"
+        not in _config_cell(Point("x", "width", {**cfg, "hidden": None}, 1000.0, 0.5)).split("<code>")[0]
+    )

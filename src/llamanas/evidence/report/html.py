@@ -82,6 +82,8 @@ def _config_cell(p: Point) -> str:
     short = f"depth {len(c['layers'])}, mlp {uniq(c['mlp'])}, kv {uniq(c['kv_groups'])}"
     if c.get("bits"):
         short += f", bits {uniq(c['bits'])}"
+    if c.get("hidden"):
+        short += f", hidden {c['hidden']}"
     return (
         f"<details><summary>{html.escape(short)}</summary><code>{html.escape(json.dumps(c))}</code></details>"
     )
