@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_instatune import paired  # noqa: E402
 from bench_recovery import evaluate_model  # noqa: E402
 
-
 PLAIN = elastic._narrow_norm_forward
 
 
