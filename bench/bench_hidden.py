@@ -16,7 +16,8 @@ the parameters:
 
 The rescaling is chosen on ``--val-limit`` ARC-Easy validation questions; every row is reported on
 ``--test-limit`` seeded ARC-Easy test questions (paired differences against ``uniform width``). Scores are
-cached in ``--out``.
+cached in ``--out``. With ``--timing-rounds N`` the first size's hidden and uniform-width sub-networks are also
+exported as F16 GGUF (Q8_0 would keep odd MLP widths in F16) and timed in llama.cpp alternately, N rounds.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
+from llamanas.deploy.gguf import export_subnet_gguf
 from llamanas.evaluation.evaluate import model_max_length, prepare
 from llamanas.evaluation.questions import Questions
 from llamanas.evidence.baselines import uniform_width
+from llamanas.pipeline.timing import time_abab
 from llamanas.supernet import elastic
 from llamanas.supernet.elastic import load_supernet
 from llamanas.supernet.space_file import round_size
@@ -54,6 +58,7 @@ def main() -> None:
     ap.add_argument("--val-limit", type=int, default=300)
     ap.add_argument("--test-limit", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timing-rounds", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_hidden.json"))
     a = ap.parse_args()
     scores = json.loads(a.out.read_text()) if a.out.is_file() else {}
@@ -97,6 +102,23 @@ def main() -> None:
         rows[f"{f}/hidden"] = score(f"hidden{h}", narrow, False)
         rows[f"{f}/hidden, rescaled"] = score(f"hidden{h}-rescaled", narrow, True)
         rows[f"{f}/uniform width"] = score(f"width{target:.3f}", uniform_width(arch, target), False)
+
+    if a.timing_rounds:
+        f = float(a.fractions.split(",")[0])
+        h = round_size(f, arch.hidden_size)
+        narrow = SubnetConfig(full.layers, full.mlp, full.kv_groups, hidden=h)
+        width = uniform_width(arch, narrow.num_params(arch) / full.num_params(arch))
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {k: Path(tmp) / f"{k}.gguf" for k in ("width", "hidden")}
+            for k, cfg in (("width", width), ("hidden", narrow)):
+                export_subnet_gguf(supernet, cfg, "default", paths[k], type="f16")
+            t = time_abab(paths["width"], paths["hidden"], a.timing_rounds, print)
+        scores[f"timing/{f}"] = t
+        a.out.write_text(json.dumps(scores))
+        d, p = t["decode_tokens_per_s"], t["prefill_tokens_per_s"]
+        print(f"llama.cpp F16, hidden {h} vs uniform width: decode {d['compressed']:.1f} vs {d['base']:.1f} tok/s "
+              f"({d['ratio']:.2f}x, rounds {d['ratio_range'][0]:.2f}-{d['ratio_range'][1]:.2f}); prefill "
+              f"{p['ratio']:.2f}x; load {t['load_average']}")  # fmt: skip
 
     print("\n| size | row | params | ARC-Easy val | ARC-Easy test | Δ test vs uniform width |")
     print("|---|---|---|---|---|---|")
