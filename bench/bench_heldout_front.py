@@ -6,8 +6,10 @@
    order seeded by ``--seed`` and parameters, ``--evaluations`` (48), population 8, warm-started:
      width   the width-only space of bench/instatune_space.yaml (every layer, MLP 50/75/100%, 2-3 KV
              groups), ``--warm-start sensitivity``
-     blocks  the default space (layer drops, attention and MLP block skips), ``--warm-start
+     blocks  the full space (layer drops, attention and MLP block skips), ``--warm-start
              sensitivity,attention``
+     hidden  the width-only space with a hidden-size gene (bench/hidden_space.yaml: 448, 512 or 576
+             residual channels), ``--warm-start sensitivity`` (not run by default)
    Each resumes from its store when re-run.
 2. Per size, the member is chosen on validation as ``llamanas compress`` chooses: the 4 most accurate
    evaluations no larger than the size plus the warm-start seeds that fit, re-scored on the next
@@ -57,6 +59,7 @@ from bench_recovery import evaluate_model  # noqa: E402
 FRONTS = {
     "width": (str(WIDTH_ONLY_SPACE), ("sensitivity",)),
     "blocks": ("full", ("sensitivity", "attention")),
+    "hidden": (str(Path(__file__).with_name("hidden_space.yaml")), ("sensitivity",)),
 }
 CONFIRM = 4  # compress's default --confirm
 
@@ -85,7 +88,7 @@ class Scores:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fronts", default=",".join(FRONTS), help=f"Comma-separated, of {', '.join(FRONTS)}.")
+    ap.add_argument("--fronts", default="width,blocks", help=f"Comma-separated, of {', '.join(FRONTS)}.")
     ap.add_argument("--sizes", default="0.9,0.8,0.7")
     ap.add_argument("--evaluations", type=int, default=48)
     ap.add_argument("--population", type=int, default=8)
@@ -132,7 +135,9 @@ def main() -> None:
             f"search {name}: {res.evaluations} evaluations, {len(res.front)} on the front, {search_s[name]:.0f} s"
         )
 
-    supernet, tok = load_supernet("default", dtype="float32", device="cpu")
+    # A hidden gene slices the residual stream, so the scoring model orders it as the search's did (the
+    # permutation leaves every other sub-network's function unchanged).
+    supernet, tok = load_supernet("default", dtype="float32", device="cpu", residual="hidden" in fronts)
     arch, full = supernet.arch, SubnetConfig.full(supernet.arch).num_params(supernet.arch)
     n = model_max_length(supernet.model, tok)
     scores = Scores(a.out / "scores.json")
