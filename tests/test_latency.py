@@ -483,3 +483,18 @@ def test_build_latency_table_smoke_in_llamacpp(exportable, tmp_path):
     )
     assert len(table.calibration) == 3 and table.holdout["latency"]["n"] == 1
     assert table.timing["prompt_tokens"] == 8 and set(table.cells) == {"prefill_ms", "decode_ms"}
+
+
+def test_throughput_range_survives_a_table_that_predicts_zero_ms():
+    """A latency table fitted on a few noisy timings may predict 0 ms for the cheapest member."""
+    import numpy as np
+
+    from llamanas.search.counts import Counts
+
+    counts = Counts(SPACE)
+    counts.speed_base = {"decode_ms": 0.0, "prefill_ms": 0.0}
+    n, cm, ck = SPACE.arch.num_layers, len(SPACE.mlp_choices[0]), len(SPACE.kv_choices[0])
+    counts.speed_tables = {k: np.zeros((n, cm, ck, 1)) for k in ("decode_ms", "prefill_ms")}
+    counts.latency_table = object()
+    lo, hi = counts.range("throughput")
+    assert lo > 0 and hi >= lo and np.isfinite(hi)

@@ -177,7 +177,9 @@ class Counts:
         lo_cost = np.array([self._valid(table, i).min() for i in range(self.n_layers)])
         hi_cost = np.array([self._valid(table, i).max() for i in range(self.n_layers)])
         lo, hi = self._extremes(self.speed_base[target], lo_cost, hi_cost)
-        return (lo, hi) if name == "latency" else (1000.0 / hi, 1000.0 / lo)
+        # A table fitted on a few noisy timings can predict 0 ms for the smallest member: its throughput is
+        # then unbounded, not a division error.
+        return (lo, hi) if name == "latency" else (1000.0 / max(hi, 1e-9), 1000.0 / max(lo, 1e-9))
 
     def _valid(self, table: np.ndarray, i: int) -> np.ndarray:
         """Layer ``i``'s cells a kept layer can be in (flattened): its choices, not both blocks skipped."""
