@@ -22,6 +22,10 @@
    Differences are paired (same questions), in points, against each baseline; the headline is against the
    baseline best *on these questions* (which favours the baselines).
 
+Each front's hypervolume is printed on its selection questions, with bounds every space shares (error and
+fraction of the parameters, both in [0, 1]), over all its evaluations and over the sizes every front
+reaches. A size no member of a front reaches (below 64% for ``width``) has no pick from it.
+
 Scores are cached in ``OUT/scores.json``: a re-run only scores what is missing.
 """
 
@@ -44,6 +48,7 @@ from llamanas.evidence.baselines import baseline_configs
 from llamanas.pipeline.pick import PICK_TOLERANCE, Scored, choose
 from llamanas.search.args import SearchArgs
 from llamanas.search.files import RunFiles
+from llamanas.search.objectives import hypervolume, pareto_mask
 from llamanas.search.run import load_run, search
 from llamanas.supernet.blocks import block_influence
 from llamanas.supernet.elastic import load_supernet
@@ -162,6 +167,28 @@ def main() -> None:
         print(f"baseline configs: {time.time() - t:.0f} s", flush=True)
     specs = json.loads(cfg_file.read_text())
 
+    # Hypervolume of each run's evaluations on its selection questions, on bounds every space shares
+    # (error 1 - accuracy in [0, 1], parameters / full in [0, 1], reference point (1, 1)); ``>= floor`` is
+    # the part of it where every front can go (parameters clipped up to the smallest a front reached).
+    pts = {}
+    for name in fronts:
+        ev = load_run(runs[name]).evaluated
+        pts[name] = np.array([[1 - e.values["accuracy"], e.values["params"] / full] for e in ev])
+    floor = max(p[:, 1].min() for p in pts.values())
+    hv = {}
+    for name, p in pts.items():
+        clipped = np.column_stack([p[:, 0], np.maximum(p[:, 1], floor)])
+        hv[name] = {
+            "all": hypervolume(p[pareto_mask(p)]),
+            "above_floor": hypervolume(clipped[pareto_mask(clipped)]),
+            "smallest": float(p[:, 1].min()),
+            "front": int(pareto_mask(p).sum()),
+        }
+        print(
+            f"hypervolume {name}: {hv[name]['all']:.4f} (>= {floor:.1%} of the parameters: "
+            f"{hv[name]['above_floor']:.4f}); smallest {hv[name]['smallest']:.1%}, {hv[name]['front']} on the front"
+        )
+
     # 3. the pick, on validation questions after the search's
     confirm = prepare(
         tok,
@@ -176,6 +203,9 @@ def main() -> None:
         seeded = [SubnetConfig.from_dict(d) for v in seeds.values() for d in v]
         for size in sizes:
             fits = [e for e in view.evaluated if e.values["params"] <= size * full]
+            if not fits:
+                print(f"pick {name} @ {size:.0%}: no evaluated member is that small")
+                continue
             top = sorted(fits, key=lambda e: (-e.values["accuracy"], e.seq))[:CONFIRM]
             found = top + [e for e in fits if e.config in seeded and e not in top]
             scored = {}
@@ -254,6 +284,7 @@ def main() -> None:
         "args": {k: str(v) for k, v in vars(a).items()},
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
         "search_s": search_s,
+        "hypervolume": {"floor": floor, **hv},
         "wall_s": round(time.time() - t0, 1),
         "picks": {f"{n}/{s}": {**p, "config": p["config"].to_dict()} for (n, s), p in picks.items()},
         "table": table,

@@ -78,13 +78,13 @@ def main() -> None:
             if key in scores:
                 continue
             elastic._narrow_norm_forward = rescaled_forward if rescale else plain
-            elastic._narrow_class.cache_clear()
+            elastic._switched_class.cache_clear()
             try:
                 with torch.no_grad(), supernet.subnet(cfg):
                     scores[key] = evaluate_model(supernet.model, prepared)["arc_easy"]
             finally:
                 elastic._narrow_norm_forward = plain
-                elastic._narrow_class.cache_clear()
+                elastic._switched_class.cache_clear()
             scores[key]["params"] = cfg.num_params(arch)
             a.out.parent.mkdir(parents=True, exist_ok=True)
             a.out.write_text(json.dumps(scores))

@@ -9,11 +9,11 @@ from transformers import AutoModelForCausalLM
 import llamanas  # noqa: F401 - registers the llamanas_* model types
 from llamanas.deploy.extract import extract
 from llamanas.errors import LlamanasError
-from llamanas.supernet.compensation import compute_compensation
+from llamanas.supernet.compensation import repair_weights
 from llamanas.supernet.elastic import SuperNet
 from llamanas.supernet.importance import order_residual, residual_scores
 from llamanas.supernet.subnet import SubnetConfig
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, tiny_tokenizer
 
 
 def _batches(n=3, seq=16, seed=0):
@@ -77,16 +77,49 @@ def test_narrow_subnet_runs_in_place_and_extracts_equal(family, ids, tmp_path, u
     assert sum(p.numel() for p in loaded.parameters()) == cfg.num_params(sn.arch)
 
 
-def test_full_width_hidden_is_the_full_network_and_compensation_refuses_narrow(ids):
+def test_full_width_hidden_is_the_full_network(ids):
     model = tiny_model("llama")
     sn = SuperNet(model)
     full = SubnetConfig.full(sn.arch)
     expected = model(ids).logits
     with sn.subnet(SubnetConfig(full.layers, full.mlp, full.kv_groups, hidden=64)):
         torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=0)
-    sn.set_compensation(compute_compensation(model, _batches()))
-    with pytest.raises(LlamanasError, match="narrower residual stream"):
-        sn.activate(SubnetConfig(full.layers, full.mlp, full.kv_groups, hidden=32))
+
+
+def test_compensation_and_repair_keep_the_narrow_streams_rows(family, ids, tmp_path):
+    """Bias compensation runs in place and extracts equal; least-squares repair of a narrow stream is the
+    full stream's repair cut to its first rows (each output row is its own fit)."""
+    model = tiny_model(family)
+    order_residual(model, _batches())
+    sn = SuperNet(model)
+    comp = sn.compensate(_batches())
+    cfg = SubnetConfig((0, 1, 2, 3), (24, 96, 0, 48), (2, 1, 2, 0), hidden=48)
+    with sn.subnet(cfg):
+        expected = model(ids).logits
+    path = extract(sn, cfg, tmp_path / "c")
+    config = json.loads((path / "config.json").read_text())
+    assert config["hidden_size"] == 48 and config["layer_output_bias"] is True
+    loaded = AutoModelForCausalLM.from_pretrained(path).eval()
+    torch.testing.assert_close(loaded(ids).logits, expected, rtol=0, atol=1e-4)
+    assert loaded.model.layers[0].mlp.down_proj.bias.shape == (48,)
+    assert loaded.model.layers[0].mlp.down_proj.bias.abs().sum() > 0  # compensated, not a zero bias
+
+    wide = SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups)
+    narrow_fit = repair_weights(model, cfg, _batches(), comp)
+    wide_fit = repair_weights(model, wide, _batches(), comp)
+    assert set(narrow_fit) == set(wide_fit) and len(narrow_fit) == 6  # 3 sliced blocks, weight and bias each
+    for name, t in narrow_fit.items():
+        assert t.shape[0] == 48
+        torch.testing.assert_close(t, wide_fit[name][:48], rtol=0, atol=1e-6)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n\n".join(" ".join(f"w{(i * j + j) % 126}" for j in range(60)) for i in range(1, 10)))
+    path = extract(sn, cfg, tmp_path / "r", tiny_tokenizer(), repair=True, calibration=calib)
+    repaired = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert repaired.config.hidden_size == 48 and torch.isfinite(repaired(ids).logits).all()
+    assert not torch.equal(
+        repaired.model.layers[0].mlp.down_proj.weight, loaded.model.layers[0].mlp.down_proj.weight
+    )
+    assert sum(p.numel() for p in repaired.parameters()) == sum(p.numel() for p in loaded.parameters())
 
 
 def test_narrow_subnet_bytes_and_int8_and_space_refusal(ids):

@@ -12,6 +12,8 @@ writes them as real biases. The full width needs no bias (None), so the full net
 of the kept ``down_proj`` (and ``o_proj``) columns, and of the bias when compensating, so the layer's output
 reproduces the full layer's output on calibration activations (closed form from the Gram matrix of the
 full inputs; the kept channels' activations are the full network's, as heads and channels are independent).
+With a narrower residual stream (``SubnetConfig.hidden``) both keep the first ``hidden`` output rows: the
+removed stream channels have nothing downstream to compensate.
 """
 
 from __future__ import annotations
@@ -234,16 +236,20 @@ def repair_weights(
     width = arch.heads_per_group * arch.head_dim
     jobs = {}
     for pos, (i, m, g) in enumerate(zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True)):
-        if m < arch.intermediate_size:
+        if 0 < m < arch.intermediate_size:  # a skipped block (0) has no weights to refit
             jobs[(i, "mlp")] = (pos, f"{family.mlp}.{mlp_out}", m)
-        if g < arch.num_kv_heads:
+        if 0 < g < arch.num_kv_heads:
             jobs[(i, "attn")] = (pos, f"{family.attention}.{attn_out}", g * width)
     grams = input_grams(model, batches, set(jobs))
     out: dict[str, torch.Tensor] = {}
     layers = model.get_decoder().layers
+    h = cfg.width(
+        arch
+    )  # a narrower residual stream keeps the first h output rows (each row's fit is its own)
     for (i, kind), (pos, path, keep) in jobs.items():
         lin = layers[i].get_submodule(path)
-        w, b = least_squares(grams[i, kind], lin.weight, lin.bias, keep, compensation is not None, ridge)
+        bias = lin.bias[:h] if lin.bias is not None else None
+        w, b = least_squares(grams[i, kind], lin.weight[:h], bias, keep, compensation is not None, ridge)
         name = f"model.layers.{pos}.{path}"
         out[f"{name}.weight"] = w.to(lin.weight.device)
         if b is not None:

@@ -67,8 +67,9 @@ class ElasticLinear(nn.Linear):
             b = b[: self.active_out] if b is not None else None
         if self.active_in is not None:
             w = w[:, : self.active_in]
-        if self.active_bias is not None:
-            b = self.active_bias if b is None else b + self.active_bias
+        if self.active_bias is not None:  # full rows; a narrower residual stream keeps its first ones
+            ab = self.active_bias if self.active_out is None else self.active_bias[: self.active_out]
+            b = ab if b is None else b + ab
         return linear(x, w, b)  # F.linear; float32 compute for 16-bit weights on the CPU
 
 
@@ -91,34 +92,30 @@ def _narrow_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _narrow_class(cls: type) -> type:
-    return type(f"Narrow{cls.__name__}", (cls,), {"forward": _narrow_norm_forward, "llamanas_narrow": True})
+def _switched_class(cls: type, forward, flag: str) -> type:
+    prefix = "Narrow" if flag == "llamanas_narrow" else "Skipped"
+    return type(f"{prefix}{cls.__name__}", (cls,), {"forward": forward, flag: True})
+
+
+def _switch_class(module: nn.Module, on: bool, forward, flag: str) -> None:
+    """Give ``module`` a subclass with another ``forward`` (marked by ``flag``) or its own class back, in
+    place: weights, names and the state dict are untouched."""
+    is_on = getattr(type(module), flag, False)
+    if on and not is_on:
+        module.__class__ = _switched_class(type(module), forward, flag)
+    elif not on and is_on:
+        module.__class__ = type(module).__bases__[0]
 
 
 def narrow_norm(module: nn.Module, narrow: bool) -> None:
-    """Switch an RMSNorm to normalise over (and scale) only the channels it is given, or back, in place."""
-    is_narrow = getattr(type(module), "llamanas_narrow", False)
-    if narrow and not is_narrow:
-        module.__class__ = _narrow_class(type(module))
-    elif not narrow and is_narrow:
-        module.__class__ = type(module).__bases__[0]
-
-
-@functools.cache
-def _skipped_class(cls: type, attention: bool) -> type:
-    # The forward of the extracted model's pass-through modules, on the super-network's own module.
-    forward = NoAttention.forward if attention else NoMLP.forward
-    return type(f"Skipped{cls.__name__}", (cls,), {"forward": forward, "llamanas_skipped": True})
+    """Switch an RMSNorm to normalise over (and scale) only the channels it is given, or back."""
+    _switch_class(module, narrow, _narrow_norm_forward, "llamanas_narrow")
 
 
 def skip_block(module: nn.Module, skipped: bool, attention: bool) -> None:
-    """Switch a decoder block (a layer's attention or MLP module) to skipped or back, in place: only its
-    class changes, so its weights, names and state dict are untouched."""
-    is_skipped = getattr(type(module), "llamanas_skipped", False)
-    if skipped and not is_skipped:
-        module.__class__ = _skipped_class(type(module), attention)
-    elif not skipped and is_skipped:
-        module.__class__ = type(module).__bases__[0]
+    """Switch a decoder block (a layer's attention or MLP module) to skipped or back: its forward becomes
+    the extracted model's pass-through module's."""
+    _switch_class(module, skipped, NoAttention.forward if attention else NoMLP.forward, "llamanas_skipped")
 
 
 def decoder_layers(model) -> nn.ModuleList:
@@ -192,11 +189,6 @@ class SuperNet:
         check_attention_skippable(self._layer_types, cfg.kv_groups)
         a, family, comp = self.arch, self.family, self.compensation
         h = None if cfg.width(a) == a.hidden_size else cfg.hidden  # the residual stream's slice
-        if h is not None and comp is not None:
-            raise LlamanasError(
-                "Bias compensation does not support a narrower residual stream ('hidden') yet; load the "
-                "super-network without --compensate."
-            )
         (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols
         # bits are None or all 16 here, so the architecture alone says whether this is the full network.
         full = SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups) == SubnetConfig.full(a) and h is None

@@ -56,10 +56,6 @@ def iter_sliced(
     overrides = overrides or {}
     biased = output_biased(model, cfg, compensation)
     h = cfg.width(arch)  # the residual stream: the embeddings' and LM head's columns, every norm's channels
-    if h < arch.hidden_size and (biased or overrides):
-        raise LlamanasError(
-            "Bias compensation and least-squares repair do not support a narrower residual stream ('hidden') yet."
-        )
     sd = model.state_dict()
     for name, t in sd.items():
         if not name.startswith(prefix):
@@ -103,7 +99,7 @@ def iter_sliced(
                     t = t[:, : cols[module]]
                 if rest in extra:
                     b = extra.pop(rest)
-                    t = t if b is None else t + b
+                    t = t if b is None else t + b[:h]
             elif t.ndim == 1:  # the blocks' RMSNorms
                 t = t[:h]
             out = f"{prefix}{pos}.{rest}"
@@ -113,7 +109,7 @@ def iter_sliced(
             if out not in overrides and b is None:
                 weight = sd[src + rest.removesuffix("bias") + "weight"]
                 b = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
-            yield out, overrides.get(out, b).detach()
+            yield out, (overrides[out] if out in overrides else b[:h]).detach()
 
 
 def sliced_state_dict(
