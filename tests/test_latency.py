@@ -15,6 +15,7 @@ from conftest import tiny_arch
 from test_search import SyntheticSpec, args_for
 
 from llamanas.errors import LlamanasError
+from llamanas.search import latency as latency_module
 from llamanas.search import objectives as objmod
 from llamanas.search.args import SearchArgs
 from llamanas.search.counts import Counts
@@ -492,9 +493,68 @@ def test_throughput_range_survives_a_table_that_predicts_zero_ms():
     from llamanas.search.counts import Counts
 
     counts = Counts(SPACE)
-    counts.speed_base = {"decode_ms": 0.0, "prefill_ms": 0.0}
+    counts.speed_base = {"decode_ms": np.zeros(1), "prefill_ms": np.zeros(1)}
     n, cm, ck = SPACE.arch.num_layers, len(SPACE.mlp_choices[0]), len(SPACE.kv_choices[0])
-    counts.speed_tables = {k: np.zeros((n, cm, ck, 1)) for k in ("decode_ms", "prefill_ms")}
+    counts.speed_tables = {k: np.zeros((1, n, cm, ck, 1)) for k in ("decode_ms", "prefill_ms")}
     counts.latency_table = object()
     lo, hi = counts.range("throughput")
     assert lo > 0 and hi >= lo and np.isfinite(hi)
+
+
+# --- a residual-stream (hidden size) gene -------------------------------------------------------------
+HIDDEN_SPACE = dataclasses.replace(SPACE, hidden_choices=(32, 48, 64))
+
+
+def _hidden_truth(space):
+    """Costs linear in width at each residual width, so interpolated cells are exact too."""
+    out = {}
+    for t, scale in (("prefill_ms", 10.0), ("decode_ms", 1.0)):
+        costs = {"fixed": 3.0 * scale}
+        for c in space_cells(space):
+            kind, width, _, h = latency_module._parse_cell(c)
+            share = (h or 64) / 64
+            costs[c] = (
+                scale * share * (2.0 if kind == "head" else (0.5 if kind == "mlp" else 0.3) * width / 64)
+            )
+        out[t] = costs
+    return out
+
+
+def _hidden_timed(cfgs, costs):
+    def time(cfg, t):
+        c, h = costs[t], latency_module.narrowed(cfg, 64)
+        base = c["fixed"] if h is None else c[f"head:{h}"]
+        return base + sum(c[m] + c[k] for m, k in layer_cells(cfg, 64))
+
+    return [Timed(cfg, time(cfg, "prefill_ms"), time(cfg, "decode_ms")) for cfg in cfgs]
+
+
+def test_hidden_widths_have_their_own_cells_and_fixed_cost():
+    assert {"head:32", "head:48", "mlp:64/32", "kv:2/48", "mlp:256", "kv:1"} <= set(space_cells(HIDDEN_SPACE))
+    assert "head:64" not in space_cells(HIDDEN_SPACE) and not any(
+        "/64" in c for c in space_cells(HIDDEN_SPACE)
+    )
+    cfgs = calibration_configs(HIDDEN_SPACE, 40, seed=0)
+    assert {c.hidden for c in cfgs[:12]} == {None, 32, 48}  # the ends of every narrower width come first
+    costs = _hidden_truth(HIDDEN_SPACE)
+    timed = _hidden_timed(cfgs, costs)
+    table = fit_latency_table(timed[:30], HIDDEN_SPACE, timed[30:], compare_predictors=False)
+    rng = np.random.default_rng(3)
+    samples = [HIDDEN_SPACE.sample(rng) for _ in range(60)]
+    assert {c.hidden for c in samples} == {None, 32, 48}
+    for cfg, truth in zip(samples, _hidden_timed(samples, costs), strict=True):
+        assert table.time_ms(cfg)["decode_ms"] == pytest.approx(truth.decode_ms, rel=1e-6)
+        assert table.time_ms(cfg)["prefill_ms"] == pytest.approx(truth.prefill_ms, rel=1e-6)
+    # Counts read the same table per residual width; the range spans the narrowest to the widest.
+    counts = Counts(HIDDEN_SPACE, latency_table=table)
+    out = counts(np.array([HIDDEN_SPACE.encode(c) for c in samples]))
+    np.testing.assert_allclose(out["latency"], [table.values(c)["latency"] for c in samples], rtol=1e-9)
+    np.testing.assert_allclose(out["throughput"], [table.values(c)["throughput"] for c in samples], rtol=1e-9)
+    smallest = dataclasses.replace(HIDDEN_SPACE.smallest(), hidden=32)
+    assert counts.range("latency") == pytest.approx(
+        (table.values(smallest)["latency"], table.values(HIDDEN_SPACE.largest())["latency"])
+    )
+    # A table timed without a narrower width cannot cost it, and says which.
+    full_only = [t for t in timed if t.config.hidden is None]
+    with pytest.raises(LlamanasError, match="No timed config had 32 residual channels"):
+        fit_latency_table(full_only, HIDDEN_SPACE, compare_predictors=False)

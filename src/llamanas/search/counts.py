@@ -34,14 +34,10 @@ class Counts:
     def __init__(self, space: SearchSpace, dtype_bytes: int = 4, seq_len: int = 128, latency_table=None):
         self.space, self.dtype_bytes, self.seq_len = space, dtype_bytes, seq_len
         self.latency_table = latency_table
-        self.speed_base: dict[str, float] = {}
+        # Per target: fixed ms per residual width, and [width, layer, mlp, kv, bits] ms of a kept layer.
+        self.speed_base: dict[str, np.ndarray] = {}
         self.speed_tables: dict[str, np.ndarray] = {}
         if latency_table is not None:
-            if space.hidden_choices:
-                raise LlamanasError(
-                    "Latency tables do not cover a search space with hidden choices yet; search on params, "
-                    "bytes or MACs, or leave hidden_choices out."
-                )
             self.speed_base, self.speed_tables = latency_table.layer_costs(space)
         a = space.arch
         self.hidden = tuple(space.hidden_choices or (a.hidden_size,))
@@ -123,7 +119,7 @@ class Counts:
         out["bytes"] = self.base["bytes"][hi] + (per_layer * keep).sum(axis=1)
         if self.latency_table is not None:
             ms = {
-                t: self.speed_base[t] + (table[layer, mi, ki, bi] * keep).sum(axis=1)
+                t: self.speed_base[t][hi] + (table[hi[:, None], layer, mi, ki, bi] * keep).sum(axis=1)
                 for t, table in self.speed_tables.items()
             }
             out["latency"] = ms["prefill_ms"]
@@ -173,10 +169,14 @@ class Counts:
         """Range of ``latency`` (prefill ms) or ``throughput`` (1000 / decode ms) under the latency table:
         per layer the cheapest and dearest cell combination (layer costs are never negative)."""
         target = "prefill_ms" if name == "latency" else "decode_ms"
-        table = self.speed_tables[target]
-        lo_cost = np.array([self._valid(table, i).min() for i in range(self.n_layers)])
-        hi_cost = np.array([self._valid(table, i).max() for i in range(self.n_layers)])
-        lo, hi = self._extremes(self.speed_base[target], lo_cost, hi_cost)
+        lows, highs = [], []
+        for h, table in enumerate(self.speed_tables[target]):  # each residual width
+            lo_cost = np.array([self._valid(table, i).min() for i in range(self.n_layers)])
+            hi_cost = np.array([self._valid(table, i).max() for i in range(self.n_layers)])
+            lo, hi = self._extremes(float(self.speed_base[target][h]), lo_cost, hi_cost)
+            lows.append(lo)
+            highs.append(hi)
+        lo, hi = min(lows), max(highs)
         # A table fitted on a few noisy timings can predict 0 ms for the smallest member: its throughput is
         # then unbounded, not a division error.
         return (lo, hi) if name == "latency" else (1000.0 / max(hi, 1e-9), 1000.0 / max(lo, 1e-9))

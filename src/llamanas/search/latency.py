@@ -6,6 +6,11 @@ overhead) plus one cost per kept layer, looked up by the layer's kind and width:
 
     time_ms = fixed + sum over kept layers of (mlp[<MLP size>(@bits)] + kv[<KV groups>(@bits)])
 
+A space with a hidden-size gene (``hidden_choices``) adds cells per narrower residual width ``h``:
+``mlp:<size>/<h>``, ``kv:<groups>/<h>``, and ``head:<h>``, the fixed cost at that width (embeddings and
+LM head shrink with it), which replaces ``fixed``. Cells of different widths are never interpolated into
+each other: every width is timed (``calibration_configs`` times the largest and smallest config at each).
+
 Two such tables are fitted, one per target: ``prefill_ms`` (the whole prompt of ``prompt_tokens``) and
 ``decode_ms`` (one generated token). The cells are fitted by non-negative least squares on relative
 errors over a few dozen timed configs (``fit_latency_table``), so no layer ever has a negative cost;
@@ -29,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,48 +69,67 @@ class Timed:
         return cls(SubnetConfig.from_dict(d["config"]), float(d["prefill_ms"]), float(d["decode_ms"]))
 
 
-def cell(kind: str, width: int, bits: int | None = None) -> str:
-    """A table cell's name: ``mlp:256``, ``kv:2``; ``mlp:256@8`` with a layer precision."""
-    return f"{kind}:{int(width)}" + (f"@{int(bits)}" if bits is not None else "")
+def cell(kind: str, width: int, bits: int | None = None, hidden: int | None = None) -> str:
+    """A table cell's name: ``mlp:256``, ``kv:2``; ``mlp:256@8`` with a layer precision; ``mlp:256/448`` in a
+    residual stream narrowed to 448 channels; ``head:448``, the fixed cost at that width."""
+    return (
+        f"{kind}:{int(width)}"
+        + (f"@{int(bits)}" if bits is not None else "")
+        + (f"/{int(hidden)}" if hidden is not None else "")
+    )
 
 
-def _parse_cell(name: str) -> tuple[str, int, int | None]:
+def _parse_cell(name: str) -> tuple[str, int, int | None, int | None]:
     kind, _, rest = name.partition(":")
+    rest, _, hidden = rest.partition("/")
     width, _, bits = rest.partition("@")
-    return kind, int(width), int(bits) if bits else None
+    return kind, int(width), int(bits) if bits else None, int(hidden) if hidden else None
 
 
-def layer_cells(cfg: SubnetConfig) -> list[tuple[str, str]]:
-    """(MLP cell, KV cell) of each kept layer."""
+def narrowed(cfg: SubnetConfig, full: int | None) -> int | None:
+    """``cfg``'s residual width when narrower than ``full`` (the model's), else None."""
+    return cfg.hidden if cfg.hidden is not None and cfg.hidden != full else None
+
+
+def layer_cells(cfg: SubnetConfig, full: int | None = None) -> list[tuple[str, str]]:
+    """(MLP cell, KV cell) of each kept layer; ``full`` is the model's hidden size."""
     bits = cfg.bits or (None,) * cfg.depth
+    h = narrowed(cfg, full)
     return [
-        (cell("mlp", m, b), cell("kv", g, b)) for m, g, b in zip(cfg.mlp, cfg.kv_groups, bits, strict=True)
+        (cell("mlp", m, b, h), cell("kv", g, b, h))
+        for m, g, b in zip(cfg.mlp, cfg.kv_groups, bits, strict=True)
     ]
 
 
 def space_cells(space: SearchSpace) -> list[str]:
     """Every cell a config of ``space`` can use, sorted."""
     out = set()
-    for i in range(space.arch.num_layers):
-        bits = space.bits_choices[i] if space.bits_choices else (None,)
-        for b in bits:
-            out.update(cell("mlp", m, b) for m in space.mlp_choices[i])
-            out.update(cell("kv", g, b) for g in space.kv_choices[i])
+    full = space.arch.hidden_size
+    for h in [None] + [h for h in space.hidden_choices if h != full]:
+        if h is not None:
+            out.add(cell("head", h))
+        for i in range(space.arch.num_layers):
+            bits = space.bits_choices[i] if space.bits_choices else (None,)
+            for b in bits:
+                out.update(cell("mlp", m, b, h) for m in space.mlp_choices[i])
+                out.update(cell("kv", g, b, h) for g in space.kv_choices[i])
     return sorted(out, key=_parse_cell_sort)
 
 
 def _parse_cell_sort(name: str):
-    kind, w, b = _parse_cell(name)
-    return (kind, -1 if b is None else b, w)
+    kind, w, b, h = _parse_cell(name)
+    return (kind, -1 if h is None else h, -1 if b is None else b, w)
 
 
-def _design(cfgs: Sequence[SubnetConfig], cells: list[str]) -> np.ndarray:
-    """Rows: [1, count of kept layers using each cell...]."""
+def _design(cfgs: Sequence[SubnetConfig], cells: list[str], full: int) -> np.ndarray:
+    """Rows: [1 at the full residual width, count of kept layers using each cell..., 1 in the row's
+    ``head:<h>`` column at a narrower width]."""
     col = {c: j + 1 for j, c in enumerate(cells)}
     A = np.zeros((len(cfgs), len(cells) + 1))
-    A[:, 0] = 1.0
     for r, cfg in enumerate(cfgs):
-        for mc, kc in layer_cells(cfg):
+        h = narrowed(cfg, full)
+        A[r, 0 if h is None else col[cell("head", h)]] = 1.0
+        for mc, kc in layer_cells(cfg, full):
             A[r, col[mc]] += 1
             A[r, col[kc]] += 1
     return A
@@ -126,7 +150,10 @@ class LatencyTable:
     # --- values -----------------------------------------------------------------------------------
     def time_ms(self, cfg: SubnetConfig) -> dict[str, float]:
         """Predicted ``prefill_ms`` and ``decode_ms`` of one config."""
-        missing = sorted({c for pair in layer_cells(cfg) for c in pair} - set(self.cells[TARGETS[0]]))
+        full = self.arch.get("hidden_size")
+        h = narrowed(cfg, full)
+        wanted = {c for pair in layer_cells(cfg, full) for c in pair} | ({cell("head", h)} if h else set())
+        missing = sorted(wanted - set(self.cells[TARGETS[0]]))
         if missing:
             raise LlamanasError(
                 f"The latency table has no cost for {missing} (it covers {self.describe_cells()}); "
@@ -135,7 +162,8 @@ class LatencyTable:
         out = {}
         for t in TARGETS:
             costs = self.cells[t]
-            out[t] = self.fixed[t] + sum(costs[m] + costs[k] for m, k in layer_cells(cfg))
+            base = self.fixed[t] if h is None else costs[cell("head", h)]
+            out[t] = base + sum(costs[m] + costs[k] for m, k in layer_cells(cfg, full))
         return out
 
     def values(self, cfg: SubnetConfig) -> dict[str, float]:
@@ -164,25 +192,32 @@ class LatencyTable:
                 f"{self.describe_cells()}); build a table for this space."
             )
 
-    def layer_costs(self, space: SearchSpace) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """Vectorised form for ``Counts``: (fixed ms per target, per target an array
-        [layer, MLP choice index, KV choice index, bits choice index] of a kept layer's ms)."""
+    def layer_costs(self, space: SearchSpace) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Vectorised form for ``Counts``: per target, (fixed ms per residual width, an array
+        [residual width index, layer, MLP choice index, KV choice index, bits choice index] of a kept
+        layer's ms); the widths are ``space.hidden_choices``, or the model's alone."""
         self.check_space(space)
+        full = space.arch.hidden_size
+        widths = [None if h == full else h for h in (space.hidden_choices or (full,))]
         n = space.arch.num_layers
         cm = max(len(m) for m in space.mlp_choices)
         ck = max(len(k) for k in space.kv_choices)
         cb = max((len(b) for b in space.bits_choices), default=1)
-        tables = {}
+        fixed, tables = {}, {}
         for t in TARGETS:
-            costs, arr = self.cells[t], np.zeros((n, cm, ck, cb))
-            for i in range(n):
-                bits = space.bits_choices[i] if space.bits_choices else (None,)
-                for j, m in enumerate(space.mlp_choices[i]):
-                    for k, g in enumerate(space.kv_choices[i]):
-                        for b, bb in enumerate(bits):
-                            arr[i, j, k, b] = costs[cell("mlp", m, bb)] + costs[cell("kv", g, bb)]
+            costs, arr = self.cells[t], np.zeros((len(widths), n, cm, ck, cb))
+            for hi, h in enumerate(widths):
+                for i in range(n):
+                    bits = space.bits_choices[i] if space.bits_choices else (None,)
+                    for j, m in enumerate(space.mlp_choices[i]):
+                        for k, g in enumerate(space.kv_choices[i]):
+                            for b, bb in enumerate(bits):
+                                arr[hi, i, j, k, b] = (
+                                    costs[cell("mlp", m, bb, h)] + costs[cell("kv", g, bb, h)]
+                                )
+            fixed[t] = np.array([self.fixed[t] if h is None else costs[cell("head", h)] for h in widths])
             tables[t] = arr
-        return dict(self.fixed), tables
+        return fixed, tables
 
     # --- files ------------------------------------------------------------------------------------
     @property
@@ -277,6 +312,11 @@ def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Subne
     anchors += [uniform(mlp_j=j) for j in range(max(len(m) for m in space.mlp_choices))]
     anchors += [uniform(kv_j=j) for j in range(max(len(k) for k in space.kv_choices))]
     anchors += [uniform(bits_j=j) for j in range(max((len(b) for b in space.bits_choices), default=0))]
+    full = space.arch.hidden_size
+    for h in (
+        h for h in space.hidden_choices if h != full
+    ):  # every narrower stream: its largest and smallest
+        anchors += [replace(big, hidden=h), replace(space.smallest(), hidden=h)]
     out, seen = [], set()
     for cfg in anchors:
         if cfg.key() not in seen:
@@ -302,17 +342,29 @@ def _nnls_relative(A: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _interpolate(costs: dict[str, float], seen: set[str], wanted: list[str]) -> list[str]:
     """Fill the cells in ``wanted`` that no timed config used, by linear interpolation in width among the
-    seen cells of the same kind and precision (flat beyond them). Returns the filled ones."""
+    seen cells of the same kind, precision and residual width (flat beyond them). Returns the filled ones."""
     filled = []
     for c in wanted:
         if c in seen:
             continue
-        kind, width, bits = _parse_cell(c)
-        pts = sorted((w, costs[s]) for s in seen for (k, w, b) in [_parse_cell(s)] if k == kind and b == bits)
-        if not pts:
+        kind, width, bits, hidden = _parse_cell(c)
+        pts = sorted(
+            (w, costs[s])
+            for s in seen
+            for (k, w, b, h) in [_parse_cell(s)]
+            if (k, b, h) == (kind, bits, hidden)
+        )
+        if not pts or kind == "head":
+            what = (
+                f"had {width} residual channels"
+                if kind == "head"
+                else f"used a {kind} layer"
+                + (f" at {bits} bits" if bits else "")
+                + (f" with {hidden} residual channels" if hidden else "")
+            )
             raise LlamanasError(
-                f"No timed config used a {kind} layer{f' at {bits} bits' if bits else ''}, so the cost of "
-                f"{c!r} cannot be estimated; time configs that cover it (calibration_configs does)."
+                f"No timed config {what}, so the cost of {c!r} cannot be estimated; time configs that "
+                f"cover it (calibration_configs does)."
             )
         costs[c] = float(np.interp(width, [w for w, _ in pts], [v for _, v in pts]))
         filled.append(c)
@@ -334,8 +386,11 @@ def fit_latency_table(
         if not (t.prefill_ms > 0 and t.decode_ms > 0 and math.isfinite(t.prefill_ms + t.decode_ms)):
             raise LlamanasError(f"Timed config {t.config.key()} has a non-positive or non-finite time: {t}.")
     cfgs = [t.config for t in train]
-    seen = sorted({c for cfg in cfgs for pair in layer_cells(cfg) for c in pair}, key=_parse_cell_sort)
-    A = _design(cfgs, seen)
+    full = space.arch.hidden_size
+    seen = {c for cfg in cfgs for pair in layer_cells(cfg, full) for c in pair}
+    seen |= {cell("head", h) for cfg in cfgs if (h := narrowed(cfg, full))}
+    seen = sorted(seen, key=_parse_cell_sort)
+    A = _design(cfgs, seen, full)
     fixed, cells = {}, {}
     filled: list[str] = []
     for target in TARGETS:
@@ -346,7 +401,7 @@ def fit_latency_table(
         kv = [c for c in seen if c.startswith("kv:")]
         shift = min(costs[c] for c in kv)
         for c in seen:
-            costs[c] += shift if c.startswith("mlp:") else -shift
+            costs[c] += shift if c.startswith("mlp:") else -shift if c.startswith("kv:") else 0.0
         filled = _interpolate(costs, set(seen), space_cells(space))
         fixed[target], cells[target] = float(x[0]), costs
     a = space.arch
