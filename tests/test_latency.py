@@ -430,6 +430,25 @@ def test_build_latency_table_exports_and_times_each_config(exportable, tmp_path)
     table.check_space(space)
 
 
+def test_latency_table_times_narrower_residual_streams(exportable, tmp_path):
+    """A space with a hidden gene: each narrower width is exported and timed, and the table covers it."""
+    from llamanas.deploy.speed import build_latency_table
+
+    supernet, space, tok_dir = exportable
+    h = space.arch.hidden_size // 2
+    hidden = dataclasses.replace(space, hidden_choices=(h, space.arch.hidden_size))
+    log = []
+    table = build_latency_table(
+        supernet, hidden, tok_dir, n_configs=10, holdout=0, type="f32", time_fn=fake_time(log)
+    )
+    timed = [SubnetConfig.from_dict(s) for s in log]
+    assert timed == calibration_configs(hidden, 10, 0) and {c.hidden for c in timed} == {None, h}
+    table.check_space(hidden)
+    assert f"head:{h}" in table.cells["decode_ms"]
+    narrow = dataclasses.replace(hidden.largest(), hidden=h)
+    assert table.values(narrow)["throughput"] > table.values(hidden.largest())["throughput"]  # a smaller file
+
+
 def test_time_front_writes_front_llamacpp(exportable, tmp_path):
     from llamanas.deploy.speed import build_latency_table, time_front
 
