@@ -163,6 +163,10 @@ def test_tune_args_round_trip_and_unknown_keys():
             {"min_params": 1.2},
             "min_params is a fraction of the full network's parameters in [0, 1); got 1.2.",
         ),
+        ({"routing": "moe"}, "Unknown routing 'moe'. Available: none, split, mixture."),
+        ({"routing": "split", "lora": True}, "routing 'split' trains its own adapters: drop --lora."),
+        ({"routing": "mixture", "experts": 1}, "A mixture needs experts >= 2; got 1."),
+        ({"routing": "mixture", "strategy": "full"}, "routing 'mixture' routes sub-networks"),
     ],
 )
 def test_bad_arguments_name_the_value(kw, message):
@@ -511,6 +515,46 @@ def test_lora_finetune_saves_merged_plain_weights(tiny, tmp_path, before):
     assert (sd_new[q] - sd_old[q]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("routing", ["split", "mixture"])
+def test_routed_finetune_trains_adapters_and_saves_them_beside_plain_weights(
+    tiny, tmp_path, before, routing, ids
+):
+    model_dir, data = tiny
+    args = args_for(
+        tiny,
+        tmp_path / routing,
+        routing=routing,
+        strategy="sandwich",
+        num_random=1,
+        lora_r=8,
+        lora_alpha=16,
+        lr=5e-2,
+        experts=2,
+    )
+    result = finetune(args, progress=False)
+    routing_spec = result.record["routing"]
+    assert routing_spec["router"] == routing
+    if routing == "split":  # the split follows the gene whose gradients disagree most
+        scores = routing_spec["split_scores"]
+        assert routing_spec["gene"] == max(scores, key=scores.get) and routing_spec["experts"] == len(
+            routing_spec["choices"]
+        )
+    after = subnet_losses(result.supernet, result.tokenizer, data)
+    assert after["largest"] < before["largest"] - 1.0 and after["smallest"] < before["smallest"] - 0.5
+    # The base is frozen and saved plain; the adapters and their rule are files of their own.
+    saved = load_file(str(result.out / "model.safetensors"))
+    ordered, _ = load_supernet(str(model_dir), calibration=str(data))
+    assert set(saved) <= set(ordered.model.state_dict())  # no adapter tensors (a tied head is not saved)
+    for name, t in saved.items():
+        torch.testing.assert_close(t, ordered.model.state_dict()[name], msg=name)
+    assert (result.out / "llamanas_routing.safetensors").is_file()
+    reloaded, _ = load_supernet(str(result.out))
+    x = ids % len(result.tokenizer)
+    for cfg in (reloaded.space.largest(), reloaded.space.smallest()):
+        with torch.no_grad(), reloaded.subnet(cfg), result.supernet.subnet(cfg):
+            torch.testing.assert_close(reloaded.model(x).logits, result.supernet.model(x).logits)
+
+
 # --- checkpoints, resume, and the saved super-network ------------------------------------------------
 
 
@@ -523,8 +567,10 @@ class Interrupt(Exception):
     [
         {"strategy": "sandwich", "schedule": "complexity", "distill": True, "num_random": 1},
         {"strategy": "alternate", "lora": True, "lora_dropout": 0.1, "lr": 3e-2},
+        {"strategy": "sandwich", "num_random": 1, "routing": "mixture", "experts": 2, "lr": 3e-2},
+        {"strategy": "alternate", "routing": "split", "split_samples": 4, "split_batches": 1, "lr": 3e-2},
     ],
-    ids=["sandwich-complexity-distill", "alternate-lora"],
+    ids=["sandwich-complexity-distill", "alternate-lora", "sandwich-mixture", "alternate-split"],
 )
 def test_resume_equals_an_uninterrupted_run(tiny, tmp_path, kw):
     if kw.get("lora"):
@@ -551,6 +597,9 @@ def test_resume_equals_an_uninterrupted_run(tiny, tmp_path, kw):
     assert seen == [4, 5, 6, 7, 8]
     assert not ckpt.exists()  # removed once training finished
     a, b = whole.supernet.model.state_dict(), resumed.supernet.model.state_dict()
+    if kw.get("routing"):  # the base is frozen: what trained are the routed adapters
+        a, b = whole.supernet.routing.state_dict(), resumed.supernet.routing.state_dict()
+        assert resumed.supernet.routing.spec == whole.supernet.routing.spec
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=1e-5, msg=name)
     rows_whole, rows_resumed = read_rows(whole.out / "losses.csv"), read_rows(resumed.out / "losses.csv")

@@ -83,12 +83,8 @@ def extract(
             quantize_model(new, quantize, group_size or DEFAULT_GROUP_SIZE, backend="cpu")
         save_quantized(new, out, tokenizer, metadata=info)
     else:
-        previous = supernet.active
-        supernet.reset()  # slices are taken from the full weights
-        try:
-            write_sliced(supernet.model, cfg, out, compensation=supernet.compensation, overrides=overrides)
-        finally:
-            supernet.activate(previous)
+        with supernet.full_weights(cfg) as model:  # slices are taken from the full weights
+            write_sliced(model, cfg, out, compensation=supernet.compensation, overrides=overrides)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
     (out / SUBNET_FILE).write_text(json.dumps(info, indent=2))
@@ -98,12 +94,8 @@ def extract(
 def _repair(supernet, cfg: SubnetConfig, tokenizer, calibration, ridge: float) -> dict[str, torch.Tensor]:
     """The least-squares refits of ``cfg``'s sliced layers, measured on the full network."""
     batches = calibration_batches(tokenizer, calibration_texts(calibration))
-    previous = supernet.active
-    supernet.reset()
-    try:
-        return repair_weights(supernet.model, cfg, batches, supernet.compensation, ridge)
-    finally:
-        supernet.activate(previous)
+    with supernet.full_weights(cfg) as model:
+        return repair_weights(model, cfg, batches, supernet.compensation, ridge)
 
 
 def write_sliced(

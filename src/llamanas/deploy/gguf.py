@@ -389,16 +389,12 @@ def export_subnet_gguf(
     The float sub-network is sliced out (``supernet.slicing.build_extracted``) and ``cfg.bits``, when
     present, picks each layer's GGUF type (16 -> F16, 8 -> Q8_0, 4 -> Q4_0) instead of ``type``.
     """
-    is_supernet = hasattr(supernet_or_model, "activate") and hasattr(supernet_or_model, "reset")
+    is_supernet = hasattr(supernet_or_model, "full_weights")
     if not is_supernet:
         sub = build_extracted(supernet_or_model, cfg)
     else:
-        previous = supernet_or_model.active
-        supernet_or_model.reset()  # slices come from the full weights
-        try:
-            sub = build_extracted(supernet_or_model.model, cfg)
-        finally:
-            supernet_or_model.activate(previous)
+        with supernet_or_model.full_weights(cfg) as model:  # slices come from the full weights
+            sub = build_extracted(model, cfg)
     return export_gguf(
         sub,
         tokenizer_source,

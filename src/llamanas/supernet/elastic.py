@@ -36,6 +36,7 @@ from llamanas.supernet.importance import (
     order_model,
     order_residual,
 )
+from llamanas.supernet.routing import RoutedAdapters
 from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig
 
@@ -51,6 +52,7 @@ class ElasticLinear(nn.Linear):
     active_in: int | None = None
     active_out: int | None = None
     active_bias: torch.Tensor | None = None
+    routed = None  # routing.Experts: low-rank experts mixed per sub-network (a reference, not a submodule)
 
     @classmethod
     def convert(cls, linear: nn.Linear) -> ElasticLinear:
@@ -70,7 +72,10 @@ class ElasticLinear(nn.Linear):
         if self.active_bias is not None:  # full rows; a narrower residual stream keeps its first ones
             ab = self.active_bias if self.active_out is None else self.active_bias[: self.active_out]
             b = ab if b is None else b + ab
-        return linear(x, w, b)  # F.linear; float32 compute for 16-bit weights on the CPU
+        y = linear(x, w, b)  # F.linear; float32 compute for 16-bit weights on the CPU
+        if self.routed is not None and self.routed.mix is not None:
+            y = y + self.routed(x, self.active_in, self.active_out)
+        return y
 
 
 class ElasticEmbedding(nn.Embedding):
@@ -148,6 +153,7 @@ class SuperNet:
         self.active: SubnetConfig = SubnetConfig.full(self.arch)
         self.ordered_by: str | None = None  # the importance score the channels were ordered by, if known
         self.compensation: Compensation | None = None
+        self.routing = None  # routing.RoutedAdapters, when the sub-networks have their own experts
         if compensation is not None:
             self.set_compensation(compensation)
 
@@ -232,6 +238,8 @@ class SuperNet:
             # layer kinds): the same list when every layer has one type, which skipping attention needs.
             self.model.config.layer_types = [self._layer_types[i] for i in cfg.layers]
         self.active = cfg
+        if self.routing is not None:
+            self.routing.route(cfg)
 
     def reset(self) -> None:
         """Back to the full network (required before saving or training the whole model)."""
@@ -240,6 +248,21 @@ class SuperNet:
             getattr(layer, self.family.attention).layer_idx = i
         if self._layer_types is not None:
             self.model.config.layer_types = list(self._layer_types)
+
+    @contextmanager
+    def full_weights(self, cfg: SubnetConfig):
+        """The full network to slice ``cfg`` out of (extraction, repair, export): switched to full width,
+        with ``cfg``'s routed experts folded into the weights; the previous state comes back after."""
+        previous = self.active
+        self.reset()
+        try:
+            if self.routing is None:
+                yield self.model
+            else:
+                with self.routing.merged(self, cfg):
+                    yield self.model
+        finally:
+            self.activate(previous)
 
     @contextmanager
     def subnet(self, cfg: SubnetConfig):
@@ -331,10 +354,18 @@ def load_supernet(
     if order and ordered_by is None:
         order_model(model, tokenizer, calibration, importance=importance)
         ordered_by = importance
+    routing = RoutedAdapters.load(resolve(name), model)
     if order and residual:
+        if routing is not None:
+            raise LlamanasError(
+                f"{name} has routed adapters ({routing.spec.router}), trained on its residual stream as it is: "
+                "a narrower 'hidden' would need them re-ordered too, which is not supported."
+            )
         order_residual(model, calibration_batches(tokenizer, calibration_texts(calibration)))
     supernet = SuperNet(model, space)
     supernet.ordered_by = ordered_by
+    if routing is not None:
+        routing.attach(supernet)
     if compensate:
         saved = Compensation.load(resolve(name))
         if saved is not None:

@@ -205,12 +205,8 @@ def standalone(
     A config with per-layer ``bits`` below 16 (joint precision search) comes out quantized at those
     bits: the super-network's elastic slices only run in 16/32 bits, so this is how such a config runs.
     """
-    previous = supernet.active
-    supernet.reset()  # slices are taken from the full weights
-    try:
-        new = build_extracted(supernet.model, cfg, supernet.compensation, overrides)
-    finally:
-        supernet.activate(previous)
+    with supernet.full_weights(cfg) as model:  # slices are taken from the full weights
+        new = build_extracted(model, cfg, supernet.compensation, overrides)
     if cfg.quantized:
         apply_precision(new, cfg.bits, group_size or DEFAULT_GROUP_SIZE)
     return new

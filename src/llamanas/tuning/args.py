@@ -10,10 +10,12 @@ from llamanas.config import from_dict_strict, resumable
 from llamanas.errors import LlamanasError, unknown
 from llamanas.model.device import DTYPE_CHOICES
 from llamanas.supernet.importance import check_importance
+from llamanas.supernet.routing import ROUTERS
 from llamanas.tuning.sampling import SCHEDULES, STRATEGIES, Strategy
 
 DISTILL_TOKENS = ("all", "response")
 PRECISIONS = ("auto", "fp32", "bf16")
+ROUTINGS = ("none", *ROUTERS)
 
 
 @dataclass
@@ -51,6 +53,18 @@ class TuneArgs:
     """LoRA alpha (scale = alpha / r)."""
     lora_dropout: float = 0.05
     """LoRA dropout."""
+    routing: str = "none"
+    """Sub-networks get their own low-rank adapters on the frozen base (``supernet/routing.py``): none |
+    split (few-shot NAS: one adapter per choice of the gene whose sub-networks' gradients disagree most) |
+    mixture (Mixture-of-Supernets: a router from the architecture to a mixture of ``experts`` adapters).
+    Rank and scale are ``lora_r`` and ``lora_alpha``; extraction merges what a sub-network selects."""
+    experts: int = 4
+    """``mixture``: the number of adapters the router mixes."""
+    split_samples: int = 8
+    """``split``: sampled sub-networks whose gradients (on ``split_batches`` training batches, before the
+    first step) decide the split."""
+    split_batches: int = 2
+    """``split``: training batches per sampled sub-network for the gradient matching."""
     steps: int = 200
     """Optimizer steps. On the default model with the 999-record Alpaca demo (batch 8), 140 steps (1.2
     epochs) gave better 80-100% sub-networks than 280 (2.4 epochs over-fit; docs/benchmarks.md)."""
@@ -134,10 +148,30 @@ class TuneArgs:
             raise LlamanasError(f"distill_temperature must be > 0; got {self.distill_temperature}.")
         if self.distill and self.strategy == Strategy.FULL:
             raise LlamanasError("distill needs sub-networks to teach: use strategy alternate or sandwich.")
+        if self.routing not in ROUTINGS:
+            raise unknown("routing", self.routing, ROUTINGS)
+        if self.routing != "none":
+            if self.lora:
+                raise LlamanasError(f"routing {self.routing!r} trains its own adapters: drop --lora.")
+            if self.strategy == Strategy.FULL:
+                raise LlamanasError(
+                    f"routing {self.routing!r} routes sub-networks: use strategy alternate or sandwich."
+                )
+        if self.experts < 2 and self.routing == "mixture":
+            raise LlamanasError(f"A mixture needs experts >= 2; got {self.experts}.")
+        if self.split_samples < 2 or self.split_batches < 1:
+            raise LlamanasError(
+                f"split_samples must be >= 2 and split_batches >= 1; got {self.split_samples} and {self.split_batches}."
+            )
 
     @property
     def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else (2e-4 if self.lora else 2e-5)
+        return self.lr if self.lr is not None else (2e-4 if self.adapters else 2e-5)
+
+    @property
+    def adapters(self) -> bool:
+        """Only low-rank adapters train (``lora`` or ``routing``): the base stays frozen."""
+        return self.lora or self.routing != "none"
 
     def to_dict(self) -> dict:
         return asdict(self)

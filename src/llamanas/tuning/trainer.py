@@ -13,7 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +21,17 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from llamanas.errors import LlamanasError
 from llamanas.model.data import load_alpaca
 from llamanas.model.device import dtype_name, resolve_device
 from llamanas.model.load import resolve
 from llamanas.supernet.elastic import SuperNet, load_supernet, read_supernet_meta, write_supernet_meta
 from llamanas.supernet.importance import Ordering, order_model
+from llamanas.supernet.routing import RoutedAdapters, RoutingSpec
 from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig
 from llamanas.tuning.args import TuneArgs
@@ -46,6 +49,7 @@ from llamanas.tuning.curves import write_loss_curves
 from llamanas.tuning.lora import attach_lora, merge_lora
 from llamanas.tuning.losses import SoftTargets, distill_loss, eval_loss, response_logits, token_logits
 from llamanas.tuning.sampling import Role, Sampler, Strategy
+from llamanas.tuning.split import split_spec
 
 
 @dataclass
@@ -127,9 +131,6 @@ class Trainer:
         if a.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.params, lr=a.peak_lr, weight_decay=a.weight_decay)
-        self.scheduler = get_cosine_schedule_with_warmup(optimizer, round(a.warmup * a.steps), a.steps)
         self.sampler = Sampler(
             space,
             a.schedule,
@@ -141,10 +142,57 @@ class Trainer:
             complexity_power=a.complexity_power,
             min_params=a.min_params,
         )
+        self.routing, self.split_scores = None, {}
+        if a.routing != "none":
+            self.routing = self._attach_routing(state)
+        # What trains: the model's trainable parameters, and the routed adapters.
+        extra = list(self.routing.parameters()) if self.routing is not None else []
+        self.params = [p for p in model.parameters() if p.requires_grad] + extra
+        optimizer = torch.optim.AdamW(self.params, lr=a.peak_lr, weight_decay=a.weight_decay)
+        self.scheduler = get_cosine_schedule_with_warmup(optimizer, round(a.warmup * a.steps), a.steps)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.step, self.records, self.wall, self.tokens, self.forward_tokens = 0, [], 0.0, 0, 0
         if state is not None:
             self._load_checkpoint(state)
+
+    def _attach_routing(self, state: dict | None) -> RoutedAdapters:
+        """Freeze the base and attach the routed adapters: a resumed run's, else a new set (``split``: where
+        to split decided now, by gradient matching)."""
+        a, supernet = self.args, self.supernet
+        if self.acc.num_processes > 1:
+            raise LlamanasError(
+                "--routing runs in one process (its adapters are not synchronised across them)."
+            )
+        for p in supernet.model.parameters():
+            p.requires_grad_(False)
+        if state is not None:
+            spec = RoutingSpec(**json.loads((self.ckpt / "routing.json").read_text()))
+            self.split_scores = state.get("split_scores", {})
+        elif a.routing == "split":
+            batches = [
+                {k: v.to(self.acc.device) for k, v in self.train_batches[j].items()}
+                for j in range(a.split_batches)
+            ]
+
+            def forward(batch):
+                return supernet.model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+                ).logits
+
+            spec, self.split_scores = split_spec(
+                supernet, batches, self.sampler, a.split_samples, a.lora_r, a.lora_alpha, forward
+            )
+            top = sorted(self.split_scores.items(), key=lambda kv: -kv[1])[:3]
+            self.acc.print(
+                f"few-shot split on {spec.gene} ({len(spec.choices)} parts: {list(spec.choices)}); gradient "
+                "disagreement " + ", ".join(f"{g} {v:.3f}" for g, v in top)
+            )
+        else:
+            spec = RoutingSpec("mixture", experts=a.experts, rank=a.lora_r, alpha=a.lora_alpha)
+        torch.manual_seed(a.seed)  # the experts' initial weights, the same on a resumed run's rebuild
+        routing = RoutedAdapters(supernet.model, spec)
+        routing.attach(supernet)
+        return routing
 
     # --- the loop ------------------------------------------------------------------------------
     def plan(self, step: int) -> list[tuple[Role, SubnetConfig]]:
@@ -295,15 +343,24 @@ class Trainer:
                 "wall": self.wall,
                 "tokens": self.tokens,
                 "forward_tokens": self.forward_tokens,
+                "split_scores": self.split_scores,
             }
             files = {"args.json": json.dumps(self.args.to_dict(), indent=2, sort_keys=True)}
             if self.ordering is not None:
                 files["ordering.json"] = json.dumps(self.ordering.to_dict())
-            write_checkpoint(self.ckpt, self.acc.unwrap_model(self.model), state, files, self.records)
+            if self.routing is not None:
+                files["routing.json"] = json.dumps(asdict(self.routing.spec))
+            write_checkpoint(self.ckpt, self._trainable(), state, files, self.records)
         self.acc.wait_for_everyone()
 
+    def _trainable(self) -> nn.Module:
+        """The module whose trainable parameters a checkpoint holds: the model (unwrapped), with the routed
+        adapters beside it when there are any."""
+        model = self.acc.unwrap_model(self.model)
+        return model if self.routing is None else nn.ModuleDict({"model": model, "routing": self.routing})
+
     def _load_checkpoint(self, state: dict) -> None:
-        load_params(self.ckpt, self.acc.unwrap_model(self.model))
+        load_params(self.ckpt, self._trainable())
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -350,12 +407,16 @@ class Trainer:
             "mixed_precision": self.mixed,
             "final_losses": self.final_losses(),
         }
+        if self.routing is not None:
+            record["routing"] = {**asdict(self.routing.spec), "split_scores": self.split_scores}
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(self.out)
             self.tokenizer.save_pretrained(self.out)
             write_loss_curves(self.records, self.out / "losses.csv", self.out / "losses.png")
             write_supernet_meta(self.out, self.supernet.space, record, ordered_by=self.ordered_by)
+            if self.routing is not None:
+                self.routing.save(self.out)
             if not a.keep_checkpoint:
                 shutil.rmtree(self.ckpt, ignore_errors=True)
         self.acc.wait_for_everyone()
