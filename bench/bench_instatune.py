@@ -14,6 +14,13 @@ questions = all of it), with standard errors; differences between super-networks
 questions), with paired standard errors. Goal: InstaTune lifts the 80% sub-network by >= 5 points over
 ordering only, and the full network loses <= 1 point. Re-running reuses finished fine-tunings and
 evaluations in --out (and resumes interrupted fine-tunings).
+
+``--variants lora,split,mixture`` adds InstaTune runs with the same strategy, batches, steps, learning
+rate and questions that train low-rank adapters on the frozen base instead of all weights: ``lora`` (one
+shared adapter), ``split`` (few-shot NAS: one adapter per choice of the gene whose gradients disagree most)
+and ``mixture`` (Mixture-of-Supernets: an architecture-routed mixture of ``--experts`` adapters), each
+paired against the full-weight InstaTune and against ``lora``, with its cost per step. ``--skip-full-ft``
+leaves plain fine-tuning out.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ TARGETS = (1.0, 0.9, 0.8, 0.7, 0.6)
 DROP_PENALTY = 0.003  # per dropped layer: prefer narrowing to dropping when sizes are within ~1%
 KV_PENALTY = 0.002  # per KV group removed: prefer narrowing the MLPs when sizes are within ~0.5%
 WIDTH_ONLY_SPACE = Path(__file__).with_name("instatune_space.yaml")
+VARIANTS = {"lora", "split", "mixture"}
 
 
 def spread(n: int, j: int) -> set[int]:
@@ -202,6 +210,10 @@ def main() -> None:
         "student pass goes to that one sub-network.",
     )
     ap.add_argument("--distill-tokens", default="all", help="all | response (see TuneArgs.distill_tokens).")
+    ap.add_argument("--variants", default="", help="Comma-separated, of lora, split, mixture (see above).")
+    ap.add_argument("--experts", type=int, default=4, help="Adapters the mixture routes between.")
+    ap.add_argument("--lora-r", type=int, default=16, help="Rank of every adapter of the variants.")
+    ap.add_argument("--skip-full-ft", action="store_true", help="Leave plain fine-tuning out.")
     ap.add_argument("--eval-size", type=int, default=64, help="Held-out Alpaca examples for final losses.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_instatune"))
@@ -240,6 +252,20 @@ def main() -> None:
         ),
         "full-ft": TuneArgs(out=str(args.out / "full-ft"), strategy="full", **common),
     }
+    if args.skip_full_ft:
+        del runs["full-ft"]
+    variants = [v for v in args.variants.split(",") if v]
+    if set(variants) - VARIANTS:
+        raise SystemExit(
+            f"unknown variant(s) {sorted(set(variants) - VARIANTS)}; allowed: {sorted(VARIANTS)}"
+        )
+    for v in variants:  # the InstaTune run's settings, with adapters on the frozen base
+        adapters = (
+            {"lora": True, "lora_dropout": 0.0} if v == "lora" else {"routing": v, "experts": args.experts}
+        )
+        runs[v] = dataclasses.replace(
+            runs["instatune"], out=str(args.out / v), lora_r=args.lora_r, **adapters
+        )
     t_start = time.time()
     # Ordering only: the same ordering the fine-tunings start from (calibrated on the same data).
     base, tokenizer = load_supernet(args.model, space_file=args.space, calibration=args.calibration or data)
@@ -262,13 +288,19 @@ def main() -> None:
     print("ordering", flush=True)
     results["ordering"] = cached_eval(args.out / "ordering", base, prepared, subnets, args)
     del base
-    results_order = ["ordering", "full-ft", "instatune"]
+    results_order = ["ordering", *runs]
     for name, tune_args in runs.items():
         print(f"{name}: fine-tuning {tune_args.strategy}/{tune_args.schedule}", flush=True)
         result = finetune(tune_args)
         rec = result.record
         training[name] = {k: rec[k] for k in ("steps", "tokens", "forward_tokens", "wall_time_s", "epochs")}
         training[name]["final_losses"] = rec["final_losses"]
+        training[name]["trainable"] = sum(
+            p.numel() for p in result.supernet.model.parameters() if p.requires_grad
+        )
+        if rec.get("routing"):
+            training[name]["routing"] = rec["routing"]
+            training[name]["trainable"] = sum(p.numel() for p in result.supernet.routing.parameters())
         print(
             f"  {rec['steps']} steps, {rec['tokens']:,} tokens ({rec['epochs']:.2f} epochs), "
             f"{rec['forward_tokens']:,} forward tokens, {rec['wall_time_s']:.0f} s",
@@ -282,22 +314,47 @@ def main() -> None:
         f"\nARC-Easy ({args.split}, {n_docs} questions) accuracy ± standard error; "
         "Δ = InstaTune − peer, paired ± paired standard error\n"
     )
+    main_cols = [k for k in ("ordering", "full-ft", "instatune") if k in results]
+    peers = [k for k in ("ordering", "full-ft") if k in results]
+    titles = {"ordering": "ordering only", "full-ft": "plain fine-tuning", "instatune": "InstaTune"}
     print(
-        "| sub-network | params | ordering only | plain fine-tuning | InstaTune | Δ InstaTune vs ordering "
-        "| Δ InstaTune vs plain |"
+        "| sub-network | params | "
+        + " | ".join(titles[k] for k in main_cols)
+        + "".join(f" | Δ InstaTune vs {titles[p]}" for p in peers)
+        + " |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|" + "---|" * (len(main_cols) + len(peers)))
     for name, cfg in subnets.items():
-        cells = [f"{results[k][name]['acc']:.3f} ± {results[k][name]['stderr']:.3f}" for k in results]
-        for peer in ("ordering", "full-ft"):
+        cells = [f"{results[k][name]['acc']:.3f} ± {results[k][name]['stderr']:.3f}" for k in main_cols]
+        for peer in peers:
             d, se = paired(results[peer][name]["correct"], results["instatune"][name]["correct"])
             cells.append(f"{d:+.1f} ± {se:.1f} pts")
         params = cfg.num_params(arch)
         print(f"| {name} | {params / 1e6:.1f}M | {' | '.join(cells)} |")
+    if variants:
+        print(
+            "\nAdapters on the frozen base, paired against the full-weight InstaTune and against one shared LoRA:\n"
+        )
+        print("| sub-network | " + " | ".join(f"{v} | Δ vs InstaTune | Δ vs lora" for v in variants) + " |")
+        print("|---|" + "---|---|---|" * len(variants))
+        for name in subnets:
+            cells = []
+            for v in variants:
+                r = results[v][name]
+                cells.append(f"{r['acc']:.3f} ± {r['stderr']:.3f}")
+                for peer in ("instatune", "lora"):
+                    if peer in results and peer != v:
+                        d, se = paired(results[peer][name]["correct"], r["correct"])
+                        cells.append(f"{d:+.1f} ± {se:.1f}")
+                    else:
+                        cells.append("")
+            print(f"| {name} | {' | '.join(cells)} |")
     for name, t in training.items():
         print(
             f"\n{name}: {t['steps']} steps, {t['tokens']:,} tokens, {t['forward_tokens']:,} forward tokens, "
-            f"{t['wall_time_s']:.0f} s; held-out loss {t['final_losses']['held_out']}"
+            f"{t['wall_time_s']:.0f} s ({t['wall_time_s'] / max(1, t['steps']):.1f} s/step); "
+            f"held-out loss {t['final_losses']['held_out']}"
+            + (f"; split on {t['routing']['gene']}" if t.get("routing", {}).get("gene") else "")
         )
     meta = {
         "args": {k: str(v) for k, v in vars(args).items()},
