@@ -62,7 +62,7 @@ def spread(n: int, j: int) -> set[int]:
     return {min(n - 1, int((k + 0.5) * n / j)) for k in range(j)} if j else set()
 
 
-def fixed_subnets(space: SearchSpace) -> dict[str, SubnetConfig]:
+def fixed_subnets(space: SearchSpace, targets=TARGETS) -> dict[str, SubnetConfig]:
     """For each target fraction of the parameters, the closest config of a fixed family of rules.
 
     Candidates: one KV-group count for all layers; MLP widths mixing two adjacent choices (``j`` layers
@@ -76,7 +76,7 @@ def fixed_subnets(space: SearchSpace) -> dict[str, SubnetConfig]:
     pairs = [(w, w) for w in widths] + list(zip(widths, widths[1:], strict=False))
     kvs = sorted(set.intersection(*(set(c) for c in space.kv_choices)))
     out = {}
-    for target in TARGETS:
+    for target in targets:
         best, best_cost = None, float("inf")
         for kv in kvs:
             for lo, hi in pairs:
@@ -214,6 +214,9 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=4, help="Adapters the mixture routes between.")
     ap.add_argument("--lora-r", type=int, default=16, help="Rank of every adapter of the variants.")
     ap.add_argument("--skip-full-ft", action="store_true", help="Leave plain fine-tuning out.")
+    ap.add_argument(
+        "--targets", default=",".join(map(str, TARGETS)), help="Sizes of the fixed sub-networks (fractions)."
+    )
     ap.add_argument("--eval-size", type=int, default=64, help="Held-out Alpaca examples for final losses.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_instatune"))
@@ -275,10 +278,11 @@ def main() -> None:
         questions=Questions(split=args.split, limit=args.limit, seed=args.seed),
         max_length=model_max_length(base.model),
     )
-    subnets = fixed_subnets(base.space)
+    targets = tuple(float(t) for t in args.targets.split(","))
+    subnets = fixed_subnets(base.space, targets)
     arch = base.arch
     if args.focus is not None:
-        target = dict(zip(TARGETS, subnets.values(), strict=True))[args.focus]
+        target = dict(zip(targets, subnets.values(), strict=True))[args.focus]
         space = str(focus_space(target, arch, args.out / "focus_space.json"))
         runs["instatune"] = dataclasses.replace(runs["instatune"], space=space)
     n_docs = prepared.n_docs
