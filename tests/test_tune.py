@@ -18,6 +18,7 @@ from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.data import load_alpaca
 from llamanas.supernet.elastic import SUPERNET_FILE, SuperNet, load_supernet
+from llamanas.supernet.slicing import standalone
 from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig
 from llamanas.tuning.args import TuneArgs
@@ -25,6 +26,7 @@ from llamanas.tuning.batches import IGNORE, Batches, collate, encode
 from llamanas.tuning.lora import attach_lora, merge_lora
 from llamanas.tuning.losses import SoftTargets, distill_loss, eval_loss, response_logits, token_logits
 from llamanas.tuning.sampling import SCHEDULES, STRATEGIES, Sampler, Schedule, SizeBuckets, restrict
+from llamanas.tuning.tickets import cubic_sparsity
 from llamanas.tuning.tune import finetune
 
 COLORS = ["red", "green", "blue", "yellow"]
@@ -167,6 +169,9 @@ def test_tune_args_round_trip_and_unknown_keys():
         ({"routing": "split", "lora": True}, "routing 'split' trains its own adapters: drop --lora."),
         ({"routing": "mixture", "experts": 1}, "A mixture needs experts >= 2; got 1."),
         ({"routing": "mixture", "strategy": "full"}, "routing 'mixture' routes sub-networks"),
+        ({"ticket_sparsity": 1.0}, "ticket_sparsity is a fraction in [0, 1); got 1.0."),
+        ({"ticket_start": 0.9, "ticket_end": 0.5}, "ticket_start and ticket_end must satisfy"),
+        ({"ticket_sparsity": 0.5, "lora": True}, "ticket_sparsity prunes the weights that train"),
     ],
 )
 def test_bad_arguments_name_the_value(kw, message):
@@ -555,6 +560,43 @@ def test_routed_finetune_trains_adapters_and_saves_them_beside_plain_weights(
             torch.testing.assert_close(reloaded.model(x).logits, result.supernet.model(x).logits)
 
 
+def test_cubic_sparsity_schedule():
+    assert [round(cubic_sparsity(s, 10, 0.5, 0.2, 0.8), 4) for s in (0, 2, 5, 8, 10)] == [
+        0.0,
+        0.0,
+        0.4375,
+        0.5,
+        0.5,
+    ]
+
+
+def test_tickets_prune_on_schedule_and_keep_the_mask(tiny, tmp_path, before):
+    model_dir, data = tiny
+    args = args_for(
+        tiny, tmp_path / "t", strategy="sandwich", num_random=1, ticket_sparsity=0.5, ticket_start=0.25,
+        ticket_end=0.5, ticket_every=2,
+    )  # fmt: skip
+    result = finetune(args, progress=False)
+    assert result.record["tickets"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    after = subnet_losses(result.supernet, result.tokenizer, data)
+    assert after["largest"] < before["largest"] - 1.0 and after["smallest"] < before["smallest"] - 0.5
+    # The ticket is in the saved weights: half of every decoder linear is zero, nothing else is pruned.
+    saved = load_file(str(result.out / "model.safetensors"))
+    for name, w in saved.items():
+        zeros = float((w == 0).float().mean())
+        if ".layers." in name and name.endswith("proj.weight"):
+            assert zeros == pytest.approx(0.5, abs=0.01), name
+        else:
+            assert zeros < 0.01, name
+    # A sub-network extracted from it keeps the zeros where its slice has them.
+    reloaded, _ = load_supernet(str(result.out))
+    cfg = reloaded.space.smallest()
+    small = standalone(reloaded, cfg)
+    w = small.model.layers[0].mlp.down_proj.weight
+    torch.testing.assert_close(w, saved["model.layers.0.mlp.down_proj.weight"][:, : cfg.mlp[0]])
+    assert float((w == 0).float().mean()) > 0.3
+
+
 # --- checkpoints, resume, and the saved super-network ------------------------------------------------
 
 
@@ -569,8 +611,15 @@ class Interrupt(Exception):
         {"strategy": "alternate", "lora": True, "lora_dropout": 0.1, "lr": 3e-2},
         {"strategy": "sandwich", "num_random": 1, "routing": "mixture", "experts": 2, "lr": 3e-2},
         {"strategy": "alternate", "routing": "split", "split_samples": 4, "split_batches": 1, "lr": 3e-2},
+        {
+            "strategy": "sandwich",
+            "num_random": 1,
+            "ticket_sparsity": 0.5,
+            "ticket_start": 0.0,
+            "ticket_every": 2,
+        },
     ],
-    ids=["sandwich-complexity-distill", "alternate-lora", "sandwich-mixture", "alternate-split"],
+    ids=["sandwich-complexity-distill", "alternate-lora", "sandwich-mixture", "alternate-split", "tickets"],
 )
 def test_resume_equals_an_uninterrupted_run(tiny, tmp_path, kw):
     if kw.get("lora"):

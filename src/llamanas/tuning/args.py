@@ -65,6 +65,16 @@ class TuneArgs:
     first step) decide the split."""
     split_batches: int = 2
     """``split``: training batches per sampled sub-network for the gradient matching."""
+    ticket_sparsity: float = 0.0
+    """SuperTickets: the fraction of every decoder linear's weights pruned by magnitude while the
+    super-network trains (0: none); the pruned weights are saved as zeros, so every sub-network keeps the
+    ticket (``tuning/tickets.py``)."""
+    ticket_start: float = 0.2
+    """Fraction of the steps before pruning starts."""
+    ticket_end: float = 0.8
+    """Fraction of the steps at which the full ``ticket_sparsity`` is reached (cubic schedule between)."""
+    ticket_every: int = 10
+    """Steps between pruning rounds."""
     steps: int = 200
     """Optimizer steps. On the default model with the 999-record Alpaca demo (batch 8), 140 steps (1.2
     epochs) gave better 80-100% sub-networks than 280 (2.4 epochs over-fit; docs/benchmarks.md)."""
@@ -157,6 +167,19 @@ class TuneArgs:
                 raise LlamanasError(
                     f"routing {self.routing!r} routes sub-networks: use strategy alternate or sandwich."
                 )
+        if not 0.0 <= self.ticket_sparsity < 1.0:
+            raise LlamanasError(f"ticket_sparsity is a fraction in [0, 1); got {self.ticket_sparsity}.")
+        if not 0.0 <= self.ticket_start <= self.ticket_end <= 1.0:
+            raise LlamanasError(
+                f"ticket_start and ticket_end must satisfy 0 <= start <= end <= 1; got {self.ticket_start} and "
+                f"{self.ticket_end}."
+            )
+        if self.ticket_every < 1:
+            raise LlamanasError(f"ticket_every must be >= 1; got {self.ticket_every}.")
+        if self.ticket_sparsity and self.adapters:
+            raise LlamanasError(
+                "ticket_sparsity prunes the weights that train; with --lora or --routing the base is frozen."
+            )
         if self.experts < 2 and self.routing == "mixture":
             raise LlamanasError(f"A mixture needs experts >= 2; got {self.experts}.")
         if self.split_samples < 2 or self.split_batches < 1:

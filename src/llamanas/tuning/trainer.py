@@ -50,6 +50,7 @@ from llamanas.tuning.lora import attach_lora, merge_lora
 from llamanas.tuning.losses import SoftTargets, distill_loss, eval_loss, response_logits, token_logits
 from llamanas.tuning.sampling import Role, Sampler, Strategy
 from llamanas.tuning.split import split_spec
+from llamanas.tuning.tickets import Tickets
 
 
 @dataclass
@@ -145,6 +146,11 @@ class Trainer:
         self.routing, self.split_scores = None, {}
         if a.routing != "none":
             self.routing = self._attach_routing(state)
+        self.tickets = None
+        if a.ticket_sparsity:
+            self.tickets = Tickets(
+                model, a.steps, a.ticket_sparsity, a.ticket_start, a.ticket_end, a.ticket_every
+            )
         # What trains: the model's trainable parameters, and the routed adapters.
         extra = list(self.routing.parameters()) if self.routing is not None else []
         self.params = [p for p in model.parameters() if p.requires_grad] + extra
@@ -267,6 +273,8 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.tickets is not None:  # prune on schedule; pruned weights back to zero after the update
+            self.tickets.step(step + 1)
         # Every process must see the same losses, or their samplers (complexity) would diverge.
         losses = acc.reduce(torch.tensor(sums, device=acc.device), reduction="mean").tolist()
         counts = acc.reduce(torch.tensor([tokens, forward_tokens], device=acc.device), reduction="sum")
@@ -344,6 +352,7 @@ class Trainer:
                 "tokens": self.tokens,
                 "forward_tokens": self.forward_tokens,
                 "split_scores": self.split_scores,
+                "tickets": self.tickets.state_dict() if self.tickets is not None else None,
             }
             files = {"args.json": json.dumps(self.args.to_dict(), indent=2, sort_keys=True)}
             if self.ordering is not None:
@@ -366,6 +375,8 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.records, self.wall = state["step"], state["records"], state["wall"]
         self.tokens, self.forward_tokens = state["tokens"], state["forward_tokens"]
+        if self.tickets is not None:
+            self.tickets.load_state_dict(state["tickets"])
         set_rng_states(state["rng"])
 
     # --- the end -------------------------------------------------------------------------------
@@ -409,6 +420,8 @@ class Trainer:
         }
         if self.routing is not None:
             record["routing"] = {**asdict(self.routing.spec), "split_scores": self.split_scores}
+        if self.tickets is not None:
+            record["tickets"] = {"sparsity": self.tickets.achieved(), "target": a.ticket_sparsity}
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(self.out)
