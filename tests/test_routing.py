@@ -141,3 +141,27 @@ def test_candidate_genes_follow_the_space():
     genes = candidate_genes(sn.space)
     assert Gene("mlp", 1) in genes and Gene("kv", 1) in genes
     assert Gene("mlp", 1).choices(sn.space)[0] == 0  # the default space may drop the layer
+
+
+def test_precision_adapters_follow_each_layers_bits_and_extract_equal(family, ids):
+    """LLM-QFA's decoupled adapters: the layer's bits pick its expert; the fake-quantized super-network
+    equals the extracted, really quantized sub-network (the merged weight is what is quantized)."""
+    spec = RoutingSpec("precision", experts=3, rank=4, choices=(4, 8, 16))
+    sn, routed = _routed(family, spec)
+    cfg = SubnetConfig(A.layers, A.mlp, A.kv_groups, bits=(4, 8, 16, 4))
+    m = routed.mix(cfg)
+    assert m[:, 0].tolist() == [1, 0, 0, 1] and m[:, 1].tolist() == [0, 1, 0, 0] and m[2, 2] == 1
+    with pytest.raises(LlamanasError, match="cannot switch on in place"):
+        sn.activate(cfg)
+    sn.fake_quant = True
+    expected = _logits(sn, cfg, ids)
+    sn.fake_quant = False
+    extracted = standalone(sn, cfg)  # real INT4/INT8 layers (QuantLinear), adapters merged first
+    assert type(extracted.model.layers[0].mlp.down_proj).__name__ == "QuantLinear"
+    torch.testing.assert_close(extracted(ids).logits, expected, rtol=0, atol=1e-4)
+    # Another precision for layer 0: another expert, another output.
+    sn.fake_quant = True
+    other = _logits(sn, SubnetConfig(A.layers, A.mlp, A.kv_groups, bits=(8, 8, 16, 4)), ids)
+    assert not torch.allclose(other, expected, atol=1e-3)
+    with pytest.raises(LlamanasError, match=r"bits 16 has no adapter; the adapters are for \[4, 8\]"):
+        RoutedAdapters(sn.model, RoutingSpec("precision", experts=2, rank=2, choices=(4, 8))).mix(A)

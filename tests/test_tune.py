@@ -165,7 +165,7 @@ def test_tune_args_round_trip_and_unknown_keys():
             {"min_params": 1.2},
             "min_params is a fraction of the full network's parameters in [0, 1); got 1.2.",
         ),
-        ({"routing": "moe"}, "Unknown routing 'moe'. Available: none, split, mixture."),
+        ({"routing": "moe"}, "Unknown routing 'moe'. Available: none, split, mixture, precision."),
         ({"routing": "split", "lora": True}, "routing 'split' trains its own adapters: drop --lora."),
         ({"routing": "mixture", "experts": 1}, "A mixture needs experts >= 2; got 1."),
         ({"routing": "mixture", "strategy": "full"}, "routing 'mixture' routes sub-networks"),
@@ -558,6 +558,38 @@ def test_routed_finetune_trains_adapters_and_saves_them_beside_plain_weights(
     for cfg in (reloaded.space.largest(), reloaded.space.smallest()):
         with torch.no_grad(), reloaded.subnet(cfg), result.supernet.subnet(cfg):
             torch.testing.assert_close(reloaded.model(x).logits, result.supernet.model(x).logits)
+
+
+def test_precision_adapters_train_each_precision_fake_quantized(tiny, tmp_path, ids):
+    """LLM-QFA: one adapter per precision on the frozen base, each layer's bits picking its adapter; the
+    sub-networks train fake-quantized, so their quantized extraction is what trained."""
+    model_dir, data = tiny
+    space = tmp_path / "bits.yaml"
+    space.write_text("skip_attention: false\nskip_mlp: false\nbits: [4, 8, 16]\n")
+    with pytest.raises(LlamanasError, match="no precision genes"):
+        finetune(args_for(tiny, tmp_path / "nobits", routing="precision", steps=2), progress=False)
+    args = args_for(
+        tiny, tmp_path / "p", routing="precision", space=str(space), strategy="sandwich", num_random=1,
+        lora_r=8, lora_alpha=16, lr=5e-2, schedule="complexity",
+    )  # fmt: skip
+    supernet, tok = load_supernet(str(model_dir), space_file=str(space), calibration=str(data))
+    before = subnet_losses(supernet, tok, data)  # the smallest is at 4 bits: its quantized copy runs
+    result = finetune(args, progress=False)
+    assert list(result.record["routing"]["choices"]) == [4, 8, 16] and result.record["routing"]["experts"] == 3
+    after = subnet_losses(result.supernet, result.tokenizer, data)
+    assert after["largest"] < before["largest"] - 1.0 and after["smallest"] < before["smallest"] - 0.5
+    # The complexity schedule balances decoder bytes in a precision space (LLM-QFA's resource).
+    rows = read_rows(result.out / "losses.csv")
+    assert any(r["series"].endswith("bytes") for r in rows)
+    # Reloaded, the 4-bit smallest sub-network extracts with its own adapter merged, then quantized.
+    reloaded, _ = load_supernet(str(result.out))
+    small = reloaded.space.smallest()
+    x = ids % len(result.tokenizer)
+    reloaded.fake_quant = True
+    with torch.no_grad(), reloaded.subnet(small):
+        expected = reloaded.model(x).logits
+    reloaded.fake_quant = False
+    torch.testing.assert_close(standalone(reloaded, small)(x).logits, expected, rtol=0, atol=1e-4)
 
 
 def test_cubic_sparsity_schedule():

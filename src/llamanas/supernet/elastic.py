@@ -36,6 +36,7 @@ from llamanas.supernet.importance import (
     order_model,
     order_residual,
 )
+from llamanas.supernet.precision import fake_quantize
 from llamanas.supernet.routing import RoutedAdapters
 from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig
@@ -52,6 +53,9 @@ class ElasticLinear(nn.Linear):
     active_in: int | None = None
     active_out: int | None = None
     active_bias: torch.Tensor | None = None
+    active_bits: int | None = (
+        None  # 8 or 4: fake-quantized as extraction will store it (``SuperNet.fake_quant``)
+    )
     routed = None  # routing.Experts: low-rank experts mixed per sub-network (a reference, not a submodule)
 
     @classmethod
@@ -72,8 +76,15 @@ class ElasticLinear(nn.Linear):
         if self.active_bias is not None:  # full rows; a narrower residual stream keeps its first ones
             ab = self.active_bias if self.active_out is None else self.active_bias[: self.active_out]
             b = ab if b is None else b + ab
+        routed = self.routed is not None and self.routed.mix is not None
+        if self.active_bits is not None:  # the merged weight is what gets quantized at extraction
+            if routed:  # the full delta sliced, as extraction merges it (bit for bit the same weight)
+                w = w + self.routed.delta()[: w.shape[0], : w.shape[1]].to(w.dtype)
+            if b is not None:  # a quantized layer keeps its bias in float16 (``QuantLinear``)
+                b = b + (b.half().to(b.dtype) - b).detach()
+            return linear(x, fake_quantize(w, self.active_bits), b)
         y = linear(x, w, b)  # F.linear; float32 compute for 16-bit weights on the CPU
-        if self.routed is not None and self.routed.mix is not None:
+        if routed:
             y = y + self.routed(x, self.active_in, self.active_out)
         return y
 
@@ -154,6 +165,9 @@ class SuperNet:
         self.ordered_by: str | None = None  # the importance score the channels were ordered by, if known
         self.compensation: Compensation | None = None
         self.routing = None  # routing.RoutedAdapters, when the sub-networks have their own experts
+        # Switch configs with per-layer bits below 16 on in place, their linears fake-quantized (training);
+        # off, such a config runs extracted (``slicing.subnet_model``), as every evaluation does.
+        self.fake_quant = False
         if compensation is not None:
             self.set_compensation(compensation)
 
@@ -187,7 +201,7 @@ class SuperNet:
     def activate(self, cfg: SubnetConfig) -> None:
         """Switch ``cfg`` on (cheap: sets slice sizes and swaps the layer list)."""
         cfg.check(self.arch)
-        if cfg.quantized:
+        if cfg.quantized and not self.fake_quant:
             raise LlamanasError(
                 "This sub-network has layers below 16 bits, which the super-network cannot switch on in place; "
                 "extract it (extract.standalone, or `llamanas extract`)."
@@ -196,10 +210,11 @@ class SuperNet:
         a, family, comp = self.arch, self.family, self.compensation
         h = None if cfg.width(a) == a.hidden_size else cfg.hidden  # the residual stream's slice
         (attn_out,), (mlp_out,) = family.attention_cols, family.mlp_cols
-        # bits are None or all 16 here, so the architecture alone says whether this is the full network.
         full = SubnetConfig(cfg.layers, cfg.mlp, cfg.kv_groups) == SubnetConfig.full(a) and h is None
+        full = full and not cfg.quantized
+        bits = cfg.bits or (16,) * cfg.depth
         kept, attn_pos = [], 0
-        for i, m, g in zip(cfg.layers, cfg.mlp, cfg.kv_groups, strict=True):
+        for i, m, g, b in zip(cfg.layers, cfg.mlp, cfg.kv_groups, bits, strict=True):
             layer = self._all_layers[i]
             # Slice sizes; None (no slicing) where the whole dimension is kept.
             q = None if g == a.num_kv_heads else g * a.heads_per_group * a.head_dim
@@ -210,6 +225,7 @@ class SuperNet:
                     lin.active_out, lin.active_in = rows[name], h
                 else:  # writes it
                     lin.active_in, lin.active_out = cols[name], h
+                lin.active_bits = None if b == 16 else b
             for norm in (family.attention_norm, family.mlp_norm):
                 narrow_norm(getattr(layer, norm), h is not None)
             if comp is not None:  # the removed channels' mean contribution, None at full width
@@ -229,6 +245,8 @@ class SuperNet:
             layer = self._all_layers[i]
             skip_block(getattr(layer, family.attention), False, attention=True)
             skip_block(getattr(layer, family.mlp), False, attention=False)
+            for lin in family.linears_of(layer).values():
+                lin.active_bits = None
         self._embed.active_dim = self._head.active_in = h
         narrow_norm(self._final_norm, h is not None)
         decoder = self.model.get_decoder()

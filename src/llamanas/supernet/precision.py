@@ -129,22 +129,13 @@ class QuantLinear(nn.Module):
             bias=linear.bias is not None,
             device=w.device,
         )
+        codes, scale, lo = quantize_codes(w, bits, q.group_size)
         if bits == 8:
-            scale = (w.abs().amax(dim=1) / 127).half()
-            scale[scale == 0] = 1  # an all-zero row: any scale reproduces it
-            s = scale.float()[:, None]
-            q.qweight.copy_(torch.round(w / s).clamp(-127, 127).to(torch.int8))
-            q.scale.copy_(scale)
+            q.qweight.copy_(codes.to(torch.int8))
         else:
-            out, inn, g = w.shape[0], w.shape[1], q.group_size
-            wg = w.reshape(out, inn // g, g)
-            lo = wg.amin(-1).half()
-            scale = ((wg.amax(-1) - lo.float()) / 15).half()
-            scale[scale == 0] = 1  # a constant group: q = 0 and the minimum reproduce it
-            codes = torch.round((wg - lo.float()[..., None]) / scale.float()[..., None]).clamp(0, 15)
-            q.qweight.copy_(_pack4(codes.reshape(out, inn).to(torch.uint8)))
-            q.scale.copy_(scale)
+            q.qweight.copy_(_pack4(codes.reshape(w.shape).to(torch.uint8)))
             q.zero.copy_(lo)
+        q.scale.copy_(scale)
         if linear.bias is not None:
             q.bias.copy_(linear.bias.detach().half())
         return q
@@ -202,6 +193,36 @@ class QuantLinear(nn.Module):
             y = y.reshape(*shape[:-1], self.out_features)
             return y + bias if bias is not None else y
         return F.linear(x, self.dequantize(x.dtype), bias)
+
+
+def quantize_codes(w: torch.Tensor, bits: int, group: int):
+    """(codes, float16 scale, float16 minimum or None) of a float32 weight [out, in]: INT8 per row
+    (codes [out, in]), INT4 per group of ``group`` input columns (codes [out, groups, group])."""
+    if bits == 8:
+        scale = (w.abs().amax(dim=1) / 127).half()
+        scale[scale == 0] = 1  # an all-zero row: any scale reproduces it
+        return torch.round(w / scale.float()[:, None]).clamp(-127, 127), scale, None
+    out, inn = w.shape
+    wg = w.reshape(out, inn // group, group)
+    lo = wg.amin(-1).half()
+    scale = ((wg.amax(-1) - lo.float()) / 15).half()
+    scale[scale == 0] = 1  # a constant group: q = 0 and the minimum reproduce it
+    codes = torch.round((wg - lo.float()[..., None]) / scale.float()[..., None]).clamp(0, 15)
+    return codes, scale, lo
+
+
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int = DEFAULT_GROUP_SIZE) -> torch.Tensor:
+    """``w`` rounded as ``QuantLinear.from_linear`` stores it at ``bits`` (8 or 4) and de-quantized, with a
+    straight-through gradient: how a super-network trains a sub-network at its precision (the weights a
+    training step sees are the ones the extracted, quantized model has)."""
+    with torch.no_grad():
+        wf = w.detach().float()
+        codes, scale, lo = quantize_codes(wf, bits, effective_group_size(w.shape[1], group_size))
+        if bits == 8:
+            deq = codes * scale.float()[:, None]
+        else:
+            deq = (codes * scale.float()[..., None] + lo.float()[..., None]).reshape(wf.shape)
+    return w + (deq.to(w.dtype) - w).detach()
 
 
 def _pack4(codes: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,11 @@ Routers (``ROUTERS``):
   gene whose sub-networks' gradients disagree most (``choose_split``); ``m`` is one-hot.
 - ``mixture`` (Mixture-of-Supernets, Jawahar et al. 2023): ``m = softmax(MLP(architecture features))``, a
   router trained with the experts, so nearby architectures share weights and distant ones need not.
-
-The mixing weights are per layer, so a per-layer rule (LLM-QFA's one adapter per precision) fits the same
-frame; it is not built yet.
+- ``precision`` (LLM-QFA's decoupled adapters, 2024): one expert per weight precision, chosen per layer
+  by that layer's ``bits``, so the precisions of a joint architecture + precision search stop sharing (and
+  fighting over) one adapter; ``m`` is one-hot per layer. Trained with the layer fake-quantized
+  (``SuperNet.fake_quant``): the merged weight ``W + s B A`` is what gets quantized, in training as at
+  extraction.
 
 The experts live outside the HF model (the linears hold a plain reference), so the model's state dict and
 checkpoints are unchanged. ``RoutedAdapters.merged(cfg)`` folds ``cfg``'s mixture into the weights for
@@ -40,7 +42,7 @@ from llamanas.model.families import decoder_linears
 from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig
 
-ROUTERS = ("split", "mixture")
+ROUTERS = ("split", "mixture", "precision")
 ROUTING_FILE = "llamanas_routing.safetensors"
 ROUTING_META = "llamanas_routing.json"
 
@@ -96,7 +98,7 @@ class RoutingSpec:
     rank: int = 16
     alpha: int = 32
     gene: str | None = None  # split: the gene it follows, "mlp[3]"
-    choices: tuple[int, ...] = ()  # split: that gene's values, one expert each
+    choices: tuple[int, ...] = ()  # split: that gene's values, one expert each; precision: the bits
     router_hidden: int = 32  # mixture: the router MLP's width
 
     def __post_init__(self):
@@ -135,9 +137,15 @@ class Experts(nn.Module):
         z = torch.einsum("...i,kri->...kr", x.to(A.dtype), A) * m[used][:, None]
         return (self.scale * torch.einsum("...kr,kor->...o", z, B)).to(x.dtype)
 
-    def delta(self, mix_row: torch.Tensor) -> torch.Tensor:
-        """The full-size weight this linear gains under mixing weights ``mix_row`` (K,)."""
-        return self.scale * torch.einsum("k,kor,kri->oi", mix_row.to(self.A.dtype), self.B, self.A)
+    def delta(
+        self, active_in: int | None = None, active_out: int | None = None, mix_row=None
+    ) -> torch.Tensor:
+        """The weight this linear gains (sliced like it) under mixing weights ``mix_row`` (K,; default: the
+        routed ones): what extraction merges, and what a fake-quantized layer quantizes with its own."""
+        m = self.mix[self.layer] if mix_row is None else mix_row
+        A = self.A if active_in is None else self.A[:, :, :active_in]
+        B = self.B if active_out is None else self.B[:, :active_out]
+        return self.scale * torch.einsum("k,kor,kri->oi", m.to(A.dtype), B, A)
 
 
 class MixtureRouter(nn.Module):
@@ -185,12 +193,22 @@ class RoutedAdapters(nn.Module):
         if spec.router == "mixture":
             row = self.router(arch_features(self.arch, cfg).to(device))
             return row.expand(L, -1)
+        m = torch.zeros(L, spec.experts, device=device)
+        if spec.router == "precision":  # each kept layer's bits (the widest where a layer is left out)
+            bits = dict(zip(cfg.layers, cfg.bits or (16,) * cfg.depth, strict=True))
+            for i in range(L):
+                b = bits.get(i, max(spec.choices))
+                if b not in spec.choices:
+                    raise LlamanasError(
+                        f"bits {b} has no adapter; the adapters are for {list(spec.choices)}."
+                    )
+                m[i, spec.choices.index(b)] = 1.0
+            return m
         value = spec.gene_of().value(cfg)  # split
         if value not in spec.choices:
             raise LlamanasError(
                 f"{spec.gene} = {value} is not one of the split's parts {list(spec.choices)}."
             )
-        m = torch.zeros(L, spec.experts, device=device)
         m[:, spec.choices.index(value)] = 1.0
         return m
 
@@ -227,7 +245,7 @@ class RoutedAdapters(nn.Module):
             for path in self.paths:
                 lin, e = sites[path], self.experts[path.replace(".", "/")]
                 saved[path] = lin.weight.detach().clone()
-                lin.weight += e.delta(m[e.layer]).to(lin.weight.dtype)
+                lin.weight += e.delta(mix_row=m[e.layer]).to(lin.weight.dtype)
                 object.__setattr__(lin, "routed", None)
             yield
         finally:

@@ -56,7 +56,9 @@ class TuneArgs:
     routing: str = "none"
     """Sub-networks get their own low-rank adapters on the frozen base (``supernet/routing.py``): none |
     split (few-shot NAS: one adapter per choice of the gene whose sub-networks' gradients disagree most) |
-    mixture (Mixture-of-Supernets: a router from the architecture to a mixture of ``experts`` adapters).
+    mixture (Mixture-of-Supernets: a router from the architecture to a mixture of ``experts`` adapters) |
+    precision (LLM-QFA: one adapter per weight precision, picked by each layer's bits; needs a space with
+    precision genes, trained fake-quantized).
     Rank and scale are ``lora_r`` and ``lora_alpha``; extraction merges what a sub-network selects."""
     experts: int = 4
     """``mixture``: the number of adapters the router mixes."""

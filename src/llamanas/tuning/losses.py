@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from llamanas.supernet.elastic import SuperNet
+from llamanas.supernet.slicing import subnet_model
 from llamanas.supernet.subnet import SubnetConfig
 from llamanas.tuning.batches import IGNORE, Batches
 
@@ -70,7 +71,7 @@ def eval_loss(supernet: SuperNet, batches: Batches, cfg: SubnetConfig) -> float:
     model.eval()
     total, count = 0.0, 0
     try:
-        with supernet.subnet(cfg):
+        with subnet_model(supernet, cfg) as model:  # a config with bits below 16: its quantized copy
             for b in batches:
                 b = {k: v.to(device) for k, v in b.items()}
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)

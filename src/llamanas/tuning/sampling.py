@@ -10,8 +10,9 @@ visits each size, changes over training:
 - ``delayed``: delayed shrinking (DεpS). Only the full network trains for the first
   ``delay_fraction`` of the steps (it adapts to the data first), then the whole space is sampled.
 - ``complexity``: complexity-aware sampling (ShiftNAS / QuantLLM's non-parametric scheduler). Sizes
-  are grouped into buckets of decoder parameters; a running loss is kept per bucket and buckets are
-  drawn with probability increasing with their loss, so steps go to the sizes that need them.
+  are grouped into buckets of decoder parameters (of decoder bytes in a space with precision genes, as
+  LLM-QFA balances its resource); a running loss is kept per bucket and buckets are drawn with
+  probability increasing with their loss, so steps go to the sizes that need them.
 
 ``min_params`` narrows any schedule to the sizes a user will search (say 0.75: sub-networks with at least
 75% of the full network's parameters): sampled sub-networks are drawn by rejection inside that band, and
@@ -31,6 +32,7 @@ from enum import Enum
 import numpy as np
 
 from llamanas.errors import LlamanasError, unknown
+from llamanas.supernet.precision import fixed_bytes, policy_bytes
 from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig
 
@@ -75,7 +77,8 @@ class Role(str, Enum):
 
 
 class SizeBuckets:
-    """Buckets of decoder parameter count, with edges at quantiles of uniform sampling.
+    """Buckets of decoder parameter count (in a space with precision genes: decoder bytes at each layer's
+    precision, the resource LLM-QFA's scheduler balances), with edges at quantiles of uniform sampling.
 
     Quantile edges make every bucket equally likely under uniform sampling, so drawing inside a bucket
     by rejection takes about ``num_buckets`` tries, and no bucket is empty.
@@ -95,7 +98,8 @@ class SizeBuckets:
         if num_buckets < 1:
             raise LlamanasError(f"The number of size buckets must be >= 1; got {num_buckets}.")
         self.arch = space.arch
-        self.full = space.largest().num_params(self.arch, embeddings=False)
+        self.unit = "bytes" if space.bits_choices else "params"
+        self.full = self.params(space.largest())
         rng = np.random.default_rng(seed)
         draw = draw or space.sample
         sizes = np.array([self.params(draw(rng)) for _ in range(samples)])
@@ -110,6 +114,9 @@ class SizeBuckets:
         return len(self.edges) + 1
 
     def params(self, cfg: SubnetConfig) -> int:
+        """The size a bucket holds: decoder parameters, or decoder bytes in a space with precision genes."""
+        if self.unit == "bytes":
+            return policy_bytes(self.arch, cfg) - fixed_bytes(self.arch, cfg.hidden)
         return cfg.num_params(self.arch, embeddings=False)
 
     def index(self, cfg: SubnetConfig) -> int:
@@ -118,7 +125,7 @@ class SizeBuckets:
     def label(self, b: int) -> str:
         """E.g. ``"52-64% params"`` (of the full network's decoder parameters)."""
         bounds = [self.lo, *self.edges.tolist(), self.hi]
-        return f"{bounds[b] / self.full:.0%}-{bounds[b + 1] / self.full:.0%} params"
+        return f"{bounds[b] / self.full:.0%}-{bounds[b + 1] / self.full:.0%} {self.unit}"
 
 
 def restrict(space: SearchSpace, frac: float) -> SearchSpace:

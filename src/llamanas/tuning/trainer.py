@@ -143,6 +143,8 @@ class Trainer:
             complexity_power=a.complexity_power,
             min_params=a.min_params,
         )
+        # A space with precision genes trains each sub-network at its precision (fake-quantized, in place).
+        supernet.fake_quant = bool(space.bits_choices)
         self.routing, self.split_scores = None, {}
         if a.routing != "none":
             self.routing = self._attach_routing(state)
@@ -192,6 +194,16 @@ class Trainer:
             self.acc.print(
                 f"few-shot split on {spec.gene} ({len(spec.choices)} parts: {list(spec.choices)}); gradient "
                 "disagreement " + ", ".join(f"{g} {v:.3f}" for g, v in top)
+            )
+        elif a.routing == "precision":
+            bits = sorted({b for bs in supernet.space.bits_choices for b in bs})
+            if not bits:
+                raise LlamanasError(
+                    "routing 'precision' gives each weight precision its own adapter, but the search space has "
+                    "no precision genes: pass a space file with bits choices, e.g. `bits: [4, 8, 16]`."
+                )
+            spec = RoutingSpec(
+                "precision", experts=len(bits), rank=a.lora_r, alpha=a.lora_alpha, choices=bits
             )
         else:
             spec = RoutingSpec("mixture", experts=a.experts, rank=a.lora_r, alpha=a.lora_alpha)
@@ -422,6 +434,7 @@ class Trainer:
             record["routing"] = {**asdict(self.routing.spec), "split_scores": self.split_scores}
         if self.tickets is not None:
             record["tickets"] = {"sparsity": self.tickets.achieved(), "target": a.ticket_sparsity}
+        self.supernet.fake_quant = False  # from here on a quantized config runs extracted, as everywhere
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(self.out)
