@@ -307,7 +307,8 @@ def read_supernet_meta(folder: str | Path) -> dict:
     ``ordered_by`` (the importance score, ``importance.IMPORTANCES``; absent in folders written before it
     was recorded, which were ordered by ``rms``), ``space`` (the search space, ``SearchSpace.to_dict``)
     and ``training`` (``finetune``'s record). A folder may also hold ``compensation.COMPENSATION_FILE``
-    (bias compensation, ``Compensation.save``).
+    (bias compensation, ``Compensation.save``) and ``routing.ROUTING_FILE`` / ``ROUTING_META`` (routed
+    adapters, ``RoutedAdapters.save``; ``load_supernet`` attaches them).
     """
     path = Path(folder) / SUPERNET_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
