@@ -35,17 +35,20 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from llamanas.deploy.gguf import export_subnet_gguf
 from llamanas.evaluation.evaluate import model_max_length, prepare
 from llamanas.evaluation.questions import Questions
 from llamanas.evidence.args import METHODS
 from llamanas.evidence.baselines import baseline_configs
 from llamanas.pipeline.pick import PICK_TOLERANCE, Scored, choose
+from llamanas.pipeline.timing import time_abab
 from llamanas.search.args import SearchArgs
 from llamanas.search.files import RunFiles
 from llamanas.search.objectives import hypervolume, pareto_mask
@@ -104,6 +107,13 @@ def main() -> None:
     ap.add_argument("--warm-windows", default="width=16,blocks=8", help="Warm-start windows per front.")
     ap.add_argument("--calibration-samples", type=int, default=16, help="Baselines' calibration windows.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--time-rounds",
+        type=int,
+        default=0,
+        help="Time the hidden front's pick at the smallest size against uniform width of the same size, F16 "
+        "GGUF in llama.cpp, alternately, this many rounds (0: no timing).",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/bench_heldout_front"))
     a = ap.parse_args()
     fronts = [f for f in a.fronts.split(",") if f]
@@ -280,8 +290,30 @@ def main() -> None:
             cells = [f"{d[t][0]:+.1f} ± {d[t][1]:.1f} ({best_m})" if d else "" for t in tasks]
             print(f"| {size:.0%} | {m} | {r['params'] / 1e6:.1f}M ({r['params'] / full:.1%}) | {acc(r, 'arc_easy')} | "
                   f"{acc(r, 'piqa')} | {cells[0]} | {cells[1]} |")  # fmt: skip
+    timing = None
+    size = min(sizes)
+    if a.time_rounds and ("hidden", size) in picks:
+        pick = picks["hidden", size]["config"]
+        width = next(
+            SubnetConfig.from_dict(s["config"])
+            for s in specs
+            if (s["method"], s["target"]) == ("width", size)
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {k: Path(tmp) / f"{k}.gguf" for k in ("width", "hidden")}
+            for k, cfg in (("width", width), ("hidden", pick)):
+                export_subnet_gguf(supernet, cfg, "default", paths[k], type="f16")
+            timing = time_abab(paths["width"], paths["hidden"], a.time_rounds, print)
+        d, p = timing["decode_tokens_per_s"], timing["prefill_tokens_per_s"]
+        print(
+            f"llama.cpp F16 at {size:.0%}: hidden pick ({pick.width(arch)} channels, {pick.num_params(arch) / full:.1%}) "
+            f"vs uniform width ({width.num_params(arch) / full:.1%}): decode {d['compressed']:.1f} vs {d['base']:.1f} "
+            f"tok/s ({d['ratio']:.2f}x, rounds {d['ratio_range'][0]:.2f}-{d['ratio_range'][1]:.2f}); prefill "
+            f"{p['ratio']:.2f}x (rounds {p['ratio_range'][0]:.2f}-{p['ratio_range'][1]:.2f}); load {timing['load_average']}"
+        )
     out = {
         "args": {k: str(v) for k, v in vars(a).items()},
+        "timing": timing,
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
         "search_s": search_s,
         "hypervolume": {"floor": floor, **hv},
