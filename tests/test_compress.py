@@ -208,8 +208,13 @@ def test_a_speed_target_searches_on_llama_cpp_speed(tiny_bpe, tmp_path, monkeypa
         pytest.skip("task data not available offline")
     from llamanas.deploy.speed import build_latency_table_for
 
+    from test_latency import fake_time
+
     def small_table(args, space, path):  # fewer timed configs than the default 32 + 8: a test budget
-        return build_latency_table_for(args, space, path, n_configs=6, holdout=2, repeats=1)
+        # Speeds from the file sizes, not the clock: a busy machine cannot make the table predict 0 ms.
+        return build_latency_table_for(
+            args, space, path, n_configs=6, holdout=2, repeats=1, time_fn=fake_time([])
+        )
 
     monkeypatch.setattr(C, "build_latency_table_for", small_table)
     out = tmp_path / "fast"

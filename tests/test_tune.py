@@ -575,7 +575,9 @@ def test_precision_adapters_train_each_precision_fake_quantized(tiny, tmp_path, 
     supernet, tok = load_supernet(str(model_dir), space_file=str(space), calibration=str(data))
     before = subnet_losses(supernet, tok, data)  # the smallest is at 4 bits: its quantized copy runs
     result = finetune(args, progress=False)
-    assert list(result.record["routing"]["choices"]) == [4, 8, 16] and result.record["routing"]["experts"] == 3
+    assert (
+        list(result.record["routing"]["choices"]) == [4, 8, 16] and result.record["routing"]["experts"] == 3
+    )
     after = subnet_losses(result.supernet, result.tokenizer, data)
     assert after["largest"] < before["largest"] - 1.0 and after["smallest"] < before["smallest"] - 0.5
     # The complexity schedule balances decoder bytes in a precision space (LLM-QFA's resource).
