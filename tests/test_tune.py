@@ -553,6 +553,8 @@ def test_routed_finetune_trains_adapters_and_saves_them_beside_plain_weights(
     for name, t in saved.items():
         torch.testing.assert_close(t, ordered.model.state_dict()[name], msg=name)
     assert (result.out / "llamanas_routing.safetensors").is_file()
+    with pytest.raises(LlamanasError, match="has routed adapters"):
+        finetune(args_for(tiny, tmp_path / "again", model=str(result.out), steps=2), progress=False)
     reloaded, _ = load_supernet(str(result.out))
     x = ids % len(result.tokenizer)
     for cfg in (reloaded.space.largest(), reloaded.space.smallest()):

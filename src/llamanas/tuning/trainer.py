@@ -106,6 +106,11 @@ class Trainer:
             work="finetune-lora" if a.lora else "finetune",
             say=self.acc.print,
         )
+        if supernet.routing is not None:
+            raise LlamanasError(
+                f"{a.model} has routed adapters ({supernet.routing.spec.router}); fine-tuning it again would drop "
+                "them: fine-tune the model it was made from instead."
+            )
         source_meta = read_supernet_meta(resolve(a.model))
         already_ordered = source_meta.get("ordered", False)
         self.ordered_by = source_meta.get("ordered_by", "rms") if already_ordered else a.importance
