@@ -103,7 +103,7 @@ class Trainer:
             order=False,
             dtype=a.dtype,
             device=str(self.acc.device),
-            work="finetune-lora" if a.lora else "finetune",
+            work="finetune-lora" if a.adapters else "finetune",
             say=self.acc.print,
         )
         if supernet.routing is not None:
