@@ -20,7 +20,15 @@ rate and questions that train low-rank adapters on the frozen base instead of al
 shared adapter), ``split`` (few-shot NAS: one adapter per choice of the gene whose gradients disagree most)
 and ``mixture`` (Mixture-of-Supernets: an architecture-routed mixture of ``--experts`` adapters), each
 paired against the full-weight InstaTune and against ``lora``, with its cost per step. ``--skip-full-ft``
-leaves plain fine-tuning out.
+leaves plain fine-tuning out. Two more variants answer other questions, so they have peers of their own:
+
+- ``tickets`` (SuperTickets): the full-weight InstaTune run with ``--ticket-sparsity`` of the decoder
+  weights pruned while it trains, against the same InstaTune run pruned to the same sparsity afterwards
+  (magnitude, per linear: what a user would do without tickets).
+- ``precision`` (LLM-QFA): one adapter per weight precision, trained on the space plus ``bits: [4, 8, 16]``
+  with fake quantization, against one shared adapter trained the same way (``lora-bits``) and against
+  ``lora`` (trained at 16 bits). Besides the sizes at 16 bits, each is evaluated at every size with all
+  layers at ``--bits`` (fake-quantized exactly as extraction stores them).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from llamanas.evaluation.evaluate import (
     loglikelihoods,
@@ -48,13 +57,15 @@ from llamanas.supernet.elastic import SuperNet, load_supernet
 from llamanas.supernet.space import SearchSpace
 from llamanas.supernet.subnet import SubnetConfig
 from llamanas.tuning.args import TuneArgs
+from llamanas.tuning.tickets import Tickets
 from llamanas.tuning.tune import finetune
 
 TARGETS = (1.0, 0.9, 0.8, 0.7, 0.6)
 DROP_PENALTY = 0.003  # per dropped layer: prefer narrowing to dropping when sizes are within ~1%
 KV_PENALTY = 0.002  # per KV group removed: prefer narrowing the MLPs when sizes are within ~0.5%
 WIDTH_ONLY_SPACE = Path(__file__).with_name("instatune_space.yaml")
-VARIANTS = {"lora", "split", "mixture"}
+VARIANTS = {"lora", "split", "mixture", "tickets", "precision"}
+BITS_SPACE = (4, 8, 16)
 
 
 def spread(n: int, j: int) -> set[int]:
@@ -141,11 +152,13 @@ def evaluate_supernet(supernet: SuperNet, prepared, subnets: dict[str, SubnetCon
     return rows
 
 
-def cached_eval(folder: Path, supernet: SuperNet, prepared, subnets: dict[str, SubnetConfig], args) -> dict:
+def cached_eval(
+    folder: Path, supernet: SuperNet, prepared, subnets: dict[str, SubnetConfig], args, tag: str = ""
+) -> dict:
     """``evaluate_supernet``, kept in ``folder`` so that a re-run after an interruption skips it."""
     key = {"task": args.task, "split": args.split, "limit": args.limit, "seed": args.seed}
     key["subnets"] = {k: v.to_dict() for k, v in subnets.items()}
-    path = folder / f"eval_{args.task}.json"
+    path = folder / f"eval_{args.task}{tag}.json"
     if path.exists():
         saved = json.loads(path.read_text())
         if saved["key"] == key:
@@ -155,6 +168,33 @@ def cached_eval(folder: Path, supernet: SuperNet, prepared, subnets: dict[str, S
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"key": key, "rows": rows}))
     return rows
+
+
+def quantized(subnets: dict[str, SubnetConfig], bits: int) -> dict[str, SubnetConfig]:
+    """The same sub-networks with every kept layer at ``bits``."""
+    return {
+        f"{name} @ {bits} bits": dataclasses.replace(cfg, bits=(bits,) * cfg.depth)
+        for name, cfg in subnets.items()
+    }
+
+
+def bits_space(space: str | None, path: Path) -> Path:
+    """``space`` (a YAML file) with the weight-precision gene ``bits: [4, 8, 16]`` added."""
+    if space is None:
+        raise SystemExit("the precision variant needs a space file (--space), not the default space.")
+    spec = yaml.safe_load(Path(space).read_text())
+    spec["bits"] = list(BITS_SPACE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def prune_magnitude(supernet: SuperNet, sparsity: float) -> float:
+    """Zero the smallest-magnitude ``sparsity`` of every decoder linear's weights (post hoc, no training);
+    the same masks ``Tickets`` makes, in one step."""
+    tickets = Tickets(supernet.model, steps=1, sparsity=sparsity, start=0.0, end=0.0, every=1)
+    tickets.step(1)
+    return tickets.achieved()
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -210,7 +250,17 @@ def main() -> None:
         "student pass goes to that one sub-network.",
     )
     ap.add_argument("--distill-tokens", default="all", help="all | response (see TuneArgs.distill_tokens).")
-    ap.add_argument("--variants", default="", help="Comma-separated, of lora, split, mixture (see above).")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="Comma-separated, of lora, split, mixture, tickets, precision (see above).",
+    )
+    ap.add_argument(
+        "--ticket-sparsity", type=float, default=0.3, help="Decoder weights the tickets variant prunes."
+    )
+    ap.add_argument(
+        "--bits", type=int, default=4, help="The precision variant's evaluation precision (4 or 8)."
+    )
     ap.add_argument("--experts", type=int, default=4, help="Adapters the mixture routes between.")
     ap.add_argument("--lora-r", type=int, default=16, help="Rank of every adapter of the variants.")
     ap.add_argument("--skip-full-ft", action="store_true", help="Leave plain fine-tuning out.")
@@ -262,13 +312,26 @@ def main() -> None:
         raise SystemExit(
             f"unknown variant(s) {sorted(set(variants) - VARIANTS)}; allowed: {sorted(VARIANTS)}"
         )
-    for v in variants:  # the InstaTune run's settings, with adapters on the frozen base
-        adapters = (
-            {"lora": True, "lora_dropout": 0.0} if v == "lora" else {"routing": v, "experts": args.experts}
-        )
+    if args.bits not in (4, 8):
+        raise SystemExit(f"--bits {args.bits}: allowed are 4 and 8.")
+    lora = {"lora": True, "lora_dropout": 0.0}
+    for v in variants:  # the InstaTune run's settings, with adapters on the frozen base (or tickets)
+        if v == "tickets":
+            runs[v] = dataclasses.replace(
+                runs["instatune"], out=str(args.out / v), ticket_sparsity=args.ticket_sparsity
+            )
+            continue
+        if v == "precision":
+            space_q = str(bits_space(args.space, args.out / "bits_space.yaml"))
+            runs["lora-bits"] = dataclasses.replace(
+                runs["instatune"], out=str(args.out / "lora-bits"), lora_r=args.lora_r, space=space_q, **lora
+            )
+        adapters = lora if v == "lora" else {"routing": v, "experts": args.experts}
         runs[v] = dataclasses.replace(
             runs["instatune"], out=str(args.out / v), lora_r=args.lora_r, **adapters
         )
+        if v == "precision":
+            runs[v] = dataclasses.replace(runs[v], space=space_q)
     t_start = time.time()
     # Ordering only: the same ordering the fine-tunings start from (calibrated on the same data).
     base, tokenizer = load_supernet(args.model, space_file=args.space, calibration=args.calibration or data)
@@ -293,6 +356,14 @@ def main() -> None:
     results["ordering"] = cached_eval(args.out / "ordering", base, prepared, subnets, args)
     del base
     results_order = ["ordering", *runs]
+    low_bits = quantized(subnets, args.bits)
+    quant: dict[str, dict] = {}  # at --bits: the precision comparison
+    if "precision" in variants:
+        base, _ = load_supernet(args.model, space_file=args.space, calibration=args.calibration or data)
+        base.fake_quant = True
+        print(f"ordering at {args.bits} bits", flush=True)
+        quant["ordering"] = cached_eval(args.out / "ordering", base, prepared, low_bits, args, "_bits")
+        del base
     for name, tune_args in runs.items():
         print(f"{name}: fine-tuning {tune_args.strategy}/{tune_args.schedule}", flush=True)
         result = finetune(tune_args)
@@ -311,6 +382,17 @@ def main() -> None:
             flush=True,
         )
         results[name] = cached_eval(args.out / name, result.supernet, prepared, subnets, args)
+        if "precision" in variants and name in ("lora", "lora-bits", "precision"):
+            result.supernet.fake_quant = True
+            print(f"{name} at {args.bits} bits", flush=True)
+            quant[name] = cached_eval(args.out / name, result.supernet, prepared, low_bits, args, "_bits")
+        if name == "instatune" and "tickets" in variants:  # the peer: InstaTune, pruned afterwards
+            achieved = prune_magnitude(result.supernet, args.ticket_sparsity)
+            print(f"instatune pruned afterwards to {achieved:.1%} sparsity", flush=True)
+            results["instatune-pruned"] = cached_eval(
+                args.out / "instatune-pruned", result.supernet, prepared, subnets, args
+            )
+            results_order.insert(results_order.index("instatune") + 1, "instatune-pruned")
         del result
     results = {k: results[k] for k in results_order}
 
@@ -353,6 +435,35 @@ def main() -> None:
                     else:
                         cells.append("")
             print(f"| {name} | {' | '.join(cells)} |")
+    if "tickets" in variants:
+        print(
+            f"\nSuperTickets: InstaTune pruning {args.ticket_sparsity:.0%} of the decoder weights while it trains, "
+            "against the same InstaTune run pruned as much afterwards (Δ paired):\n"
+        )
+        print(
+            "| sub-network | InstaTune (dense) | InstaTune, pruned afterwards | tickets | Δ tickets vs pruned afterwards |"
+        )
+        print("|---|---|---|---|---|")
+        for name in subnets:
+            a, b, c = (results[k][name] for k in ("instatune", "instatune-pruned", "tickets"))
+            d, se = paired(b["correct"], c["correct"])
+            cells = [f"{r['acc']:.3f} ± {r['stderr']:.3f}" for r in (a, b, c)]
+            print(f"| {name} | {' | '.join(cells)} | {d:+.1f} ± {se:.1f} pts |")
+    if "precision" in variants:
+        cols = [k for k in ("ordering", "lora", "lora-bits", "precision") if k in quant]
+        print(
+            f"\nPer-precision adapters (LLM-QFA): every layer at {args.bits} bits, and at 16 bits; Δ precision − "
+            "peer, paired:\n"
+        )
+        print("| sub-network | " + " | ".join(cols) + " | Δ vs lora-bits | Δ vs lora |")
+        print("|---|" + "---|" * (len(cols) + 2))
+        rows = [(n, quant) for n in low_bits] + [(n, results) for n in subnets]
+        for name, table in rows:
+            cells = [f"{table[k][name]['acc']:.3f} ± {table[k][name]['stderr']:.3f}" for k in cols]
+            for peer in ("lora-bits", "lora"):
+                d, se = paired(table[peer][name]["correct"], table["precision"][name]["correct"])
+                cells.append(f"{d:+.1f} ± {se:.1f}")
+            print(f"| {name} | {' | '.join(cells)} |")
     for name, t in training.items():
         print(
             f"\n{name}: {t['steps']} steps, {t['tokens']:,} tokens, {t['forward_tokens']:,} forward tokens, "
@@ -368,6 +479,7 @@ def main() -> None:
         "subnets": {k: v.to_dict() for k, v in subnets.items()},
         "training": training,
         "results": results,
+        "results_at_bits": quant,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(meta, indent=2))

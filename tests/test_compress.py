@@ -8,10 +8,12 @@ import json
 import pytest
 from conftest import arc_available
 from test_gguf import bpe_tokenizer, model_of
+from test_latency import fake_time
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from llamanas.cli.app import app
+from llamanas.deploy.speed import build_latency_table_for
 from llamanas.errors import LlamanasError
 from llamanas.model.arch import Arch
 from llamanas.model.load import load_config
@@ -206,9 +208,6 @@ def test_a_speed_target_searches_on_llama_cpp_speed(tiny_bpe, tmp_path, monkeypa
     pytest.importorskip("llama_cpp")
     if not arc_available():
         pytest.skip("task data not available offline")
-    from llamanas.deploy.speed import build_latency_table_for
-
-    from test_latency import fake_time
 
     def small_table(args, space, path):  # fewer timed configs than the default 32 + 8: a test budget
         # Speeds from the file sizes, not the clock: a busy machine cannot make the table predict 0 ms.
