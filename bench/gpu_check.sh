@@ -9,7 +9,8 @@
 # 4. compress on the GPU (demo budget).
 # 5. (optional, about an hour on one GPU: RUN_INSTATUNE=1) the InstaTune yardstick at the scale of the
 #    sandwich recipe (140 steps, all 570 ARC-Easy validation questions) with the routed-adapter variants:
-#    one shared LoRA, few-shot split, mixture of super-networks; docs/benchmarks.md has the CPU run at 20 steps.
+#    one shared LoRA, few-shot split, mixture of super-networks, per-precision adapters, and tickets;
+#    docs/benchmarks.md has the CPU run at 20 steps.
 # Results land in OUT_DIR (default runs/gpu): pytest.log, scale.json, scale.log, eval_*.json.
 set -uo pipefail
 out=${1:-runs/gpu}
@@ -35,6 +36,6 @@ $py -m llamanas.cli compress --model default --tasks arc_easy --target 0.8 --eva
   --device cuda --out "$out/compress" 2>&1 | tail -30
 if [ "${RUN_INSTATUNE:-0}" = 1 ]; then
   $py bench/bench_instatune.py --steps 140 --batch-size 8 --max-length 256 --limit 570 --lr 3e-4 \
-    --strategy sandwich --variants lora,split,mixture --experts 4 --lora-r 16 --skip-full-ft \
+    --strategy sandwich --variants lora,split,mixture,tickets,precision --experts 4 --lora-r 16 --skip-full-ft \
     --out "$out/instatune_routing" 2>&1 | tail -30
 fi
