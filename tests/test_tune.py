@@ -242,6 +242,39 @@ def test_cli_finetune_end_to_end(tiny, tmp_path, monkeypatch):
     assert set(meta["training"]["final_losses"]["held_out"]) == {"largest", "smallest"}
 
 
+@pytest.mark.parametrize(
+    "flags, expect",
+    [
+        (["--routing", "split", "--split-samples", "4", "--split-batches", "1"], {"router": "split"}),
+        (["--routing", "mixture", "--experts", "3"], {"router": "mixture", "experts": 3}),
+        (["--routing", "precision", "--space", "BITS"], {"router": "precision", "experts": 3}),
+        (
+            ["--ticket-sparsity", "0.5", "--ticket-start", "0", "--ticket-end", "0.5", "--ticket-every", "1"],
+            {},
+        ),
+    ],
+    ids=["split", "mixture", "precision", "tickets"],
+)
+def test_cli_finetune_runs_each_variant(tiny, tmp_path, monkeypatch, flags, expect):
+    """The README's variants run from `llamanas finetune` and are recorded in the super-network's file."""
+    model_dir, data = tiny
+    bits = tmp_path / "bits.yaml"
+    bits.write_text("skip_attention: false\nskip_mlp: false\nbits: [4, 8, 16]\n")
+    out = tmp_path / "sn"
+    argv = ["llamanas", "finetune", "--model", str(model_dir), "--data", str(data), "--out", str(out)]
+    argv += ["--steps", "2", "--batch-size", "4", "--eval-size", "0", "--strategy", "sandwich"]
+    monkeypatch.setattr("sys.argv", argv + [str(bits) if f == "BITS" else f for f in flags])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 0
+    training = json.loads((out / SUPERNET_FILE).read_text())["training"]
+    if expect:
+        assert expect.items() <= training["routing"].items()
+        assert (out / "llamanas_routing.safetensors").is_file()
+    else:
+        assert training["tickets"] == {"sparsity": pytest.approx(0.5, abs=0.01), "target": 0.5}
+
+
 # --- data --------------------------------------------------------------------------------------------
 
 

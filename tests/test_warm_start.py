@@ -134,7 +134,7 @@ def test_sensitivity_is_the_default_and_a_cold_run_folder_resumes_cold(tmp_path)
     from dataclasses import replace
 
     from llamanas.search.args import SearchArgs
-    from llamanas.search.run import adopt_run_settings
+    from llamanas.search.run import adopt_run
     from llamanas.search.warm_start import DEFAULT_WARM_START
 
     assert SearchArgs().warm_start == DEFAULT_WARM_START == ("sensitivity",)
@@ -142,11 +142,11 @@ def test_sensitivity_is_the_default_and_a_cold_run_folder_resumes_cold(tmp_path)
     cold = args_for(tmp_path, "linas", name="old", evaluations=12)  # warm_start=(): a run made before
     search(cold, SyntheticSpec(), SPACE)
     today = replace(cold, warm_start=DEFAULT_WARM_START, evaluations=18)  # the same command, today's default
-    assert adopt_run_settings(today).warm_start == ()
+    assert adopt_run(today)[0].warm_start == ()
     longer = search(today, SyntheticSpec(), SPACE)  # no warm start asked of an evaluator that has none
     assert longer.evaluations == 18 and not (longer.run_dir / WARM_START_FILE).exists()
     # A warm start named on the command line is not overridden: the store refuses the other settings.
     with pytest.raises(LlamanasError, match="different settings"):
         search(replace(today, warm_start=("attention",)), SyntheticSpec(), SPACE)
     # A new folder takes today's default.
-    assert adopt_run_settings(replace(today, out=str(tmp_path / "new"))).warm_start == DEFAULT_WARM_START
+    assert adopt_run(replace(today, out=str(tmp_path / "new")))[0].warm_start == DEFAULT_WARM_START

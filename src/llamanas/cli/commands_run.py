@@ -24,7 +24,7 @@ from llamanas.search.algorithms import ALGORITHMS
 from llamanas.search.args import SearchArgs
 from llamanas.search.objectives import RUNTIMES
 from llamanas.search.predictors import KINDS as PREDICTORS
-from llamanas.search.run import adopt_run_settings, load_run
+from llamanas.search.run import adopt_run, load_run
 from llamanas.search.run import search as search_fn
 from llamanas.search.warm_start import WARM_STARTS
 from llamanas.supernet.importance import IMPORTANCES
@@ -127,7 +127,7 @@ def search(args: SearchArgs):
             bar.start()
         bar.update(task, completed=traj.live.done, front=len(traj.live.points), hv=traj.live.hv)
 
-    kept = adopt_run_settings(args)
+    kept, _ = adopt_run(args)
     if kept.warm_start != args.warm_start:
         console.print(
             f"Resuming {out_dir} with its own warm start ({', '.join(kept.warm_start) or 'none'}); "

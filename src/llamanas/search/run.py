@@ -60,14 +60,16 @@ class SearchResult:
 
 
 def resolve_space(args: SearchArgs) -> SearchSpace:
-    """The space of the search: --space > the run folder's own (a run made before the default was width
-    resumes in its space) > a saved super-network's > ``DEFAULT_SEARCH_SPACE``."""
+    """The space of the search: --space > the run folder's own (``adopt_run``) > a saved super-network's >
+    ``DEFAULT_SEARCH_SPACE``."""
+    return adopt_run(args)[1] or new_space(args)
+
+
+def new_space(args: SearchArgs) -> SearchSpace:
+    """The space of a new run: --space > a saved super-network's > ``DEFAULT_SEARCH_SPACE``."""
     arch = Arch.from_hf(load_config(args.model))
     if args.space:
         return SearchSpace.from_file(args.space, arch)
-    files = RunFiles(args.run_dir)
-    if files.has_info():
-        return SearchSpace.from_saved(files.info()["space"])
     meta = read_supernet_meta(resolve(args.model))
     return (
         SearchSpace.from_saved(meta["space"])
@@ -183,23 +185,28 @@ def open_run(
 
 # Options whose default changed after runs had been made with the old one (warm_start: () until 2026-12-06). A
 # run folder resumes with its own value where the option is left at today's default, so the command that made
-# it still resumes it; the store keys stay as they were.
+# it still resumes it; the store keys stay as they were. The space is kept the same way (width became the
+# default after runs had been made in the full space).
 RUN_KEEPS = ("warm_start",)
 
 
-def adopt_run_settings(args: SearchArgs) -> SearchArgs:
-    """``args`` with the run folder's own value of each ``RUN_KEEPS`` option that is left at its default."""
+def adopt_run(args: SearchArgs) -> tuple[SearchArgs, SearchSpace | None]:
+    """What a run folder being resumed keeps of its own, read from its run.json once: ``args`` with its value
+    of each ``RUN_KEEPS`` option left at today's default, and its space unless --space names one.
+    ``(args, None)`` for a new folder."""
     files = RunFiles(args.run_dir)
     if not files.has_info():
-        return args
-    stored = files.info()["args"]
+        return args, None
+    info = files.info()
+    stored = info["args"]
     defaults = {f.name: f.default for f in dataclasses.fields(SearchArgs)}
     keep = {
         k: tuple(stored.get(k) or ())
         for k in RUN_KEEPS
         if getattr(args, k) == defaults[k] and tuple(stored.get(k) or ()) != defaults[k]
     }
-    return dataclasses.replace(args, **keep) if keep else args
+    space = None if args.space else SearchSpace.from_saved(info["space"])
+    return (dataclasses.replace(args, **keep) if keep else args), space
 
 
 def warm_start_seeds(args: SearchArgs, pool) -> list[SubnetConfig]:
@@ -230,8 +237,9 @@ def search(
     t0 = time.time()
     deadline = clock() + 60 * args.minutes if args.minutes else None
     args.check()
-    args = resolve_dtype(adopt_run_settings(args), custom_evaluator=evaluator is not None)
-    space = space or resolve_space(args)
+    args, run_space = adopt_run(args)
+    args = resolve_dtype(args, custom_evaluator=evaluator is not None)
+    space = space or run_space or new_space(args)
     table = resolve_latency_table(args, space, latency_table_builder)
     objectives, constraints, counts = prepare_goals(args, space, table)
     timing = any(o.source == objmod.TIMING for o in [*objectives, *(c.objective for c in constraints)])
