@@ -680,6 +680,7 @@ class Interrupt(Exception):
         {"strategy": "alternate", "lora": True, "lora_dropout": 0.1, "lr": 3e-2},
         {"strategy": "sandwich", "num_random": 1, "routing": "mixture", "experts": 2, "lr": 3e-2},
         {"strategy": "alternate", "routing": "split", "split_samples": 4, "split_batches": 1, "lr": 3e-2},
+        {"strategy": "sandwich", "num_random": 1, "routing": "precision", "space": "BITS", "lr": 3e-2},
         {
             "strategy": "sandwich",
             "num_random": 1,
@@ -688,11 +689,22 @@ class Interrupt(Exception):
             "ticket_every": 2,
         },
     ],
-    ids=["sandwich-complexity-distill", "alternate-lora", "sandwich-mixture", "alternate-split", "tickets"],
+    ids=[
+        "sandwich-complexity-distill",
+        "alternate-lora",
+        "sandwich-mixture",
+        "alternate-split",
+        "sandwich-precision",
+        "tickets",
+    ],
 )
 def test_resume_equals_an_uninterrupted_run(tiny, tmp_path, kw):
     if kw.get("lora"):
         pytest.importorskip("peft")
+    if kw.get("space") == "BITS":  # a precision space: the tiny model's widths at 4, 8 or 16 bits
+        bits = tmp_path / "bits.yaml"
+        bits.write_text("skip_attention: false\nskip_mlp: false\nbits: [4, 8, 16]\n")
+        kw = {**kw, "space": str(bits)}
     whole = finetune(args_for(tiny, tmp_path / "whole", steps=8, save_every=3, **kw), progress=False)
 
     args = args_for(tiny, tmp_path / "cut", steps=8, save_every=3, **kw)
