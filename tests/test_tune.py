@@ -113,6 +113,13 @@ def args_for(tiny, out, **kw) -> TuneArgs:
     return TuneArgs(**base)
 
 
+def bits_space(folder: Path) -> Path:
+    """A precision space file in ``folder``: the tiny model's widths and depths, each layer at 4, 8 or 16 bits."""
+    path = folder / "bits.yaml"
+    path.write_text("skip_attention: false\nskip_mlp: false\nbits: [4, 8, 16]\n")
+    return path
+
+
 def read_rows(path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -258,8 +265,7 @@ def test_cli_finetune_end_to_end(tiny, tmp_path, monkeypatch):
 def test_cli_finetune_runs_each_variant(tiny, tmp_path, monkeypatch, flags, expect):
     """The README's variants run from `llamanas finetune` and are recorded in the super-network's file."""
     model_dir, data = tiny
-    bits = tmp_path / "bits.yaml"
-    bits.write_text("skip_attention: false\nskip_mlp: false\nbits: [4, 8, 16]\n")
+    bits = bits_space(tmp_path)
     out = tmp_path / "sn"
     argv = ["llamanas", "finetune", "--model", str(model_dir), "--data", str(data), "--out", str(out)]
     argv += ["--steps", "2", "--batch-size", "4", "--eval-size", "0", "--strategy", "sandwich"]
@@ -599,8 +605,7 @@ def test_precision_adapters_train_each_precision_fake_quantized(tiny, tmp_path, 
     """LLM-QFA: one adapter per precision on the frozen base, each layer's bits picking its adapter; the
     sub-networks train fake-quantized, so their quantized extraction is what trained."""
     model_dir, data = tiny
-    space = tmp_path / "bits.yaml"
-    space.write_text("skip_attention: false\nskip_mlp: false\nbits: [4, 8, 16]\n")
+    space = bits_space(tmp_path)
     with pytest.raises(LlamanasError, match="no precision genes"):
         finetune(args_for(tiny, tmp_path / "nobits", routing="precision", steps=2), progress=False)
     args = args_for(
@@ -701,10 +706,8 @@ class Interrupt(Exception):
 def test_resume_equals_an_uninterrupted_run(tiny, tmp_path, kw):
     if kw.get("lora"):
         pytest.importorskip("peft")
-    if kw.get("space") == "BITS":  # a precision space: the tiny model's widths at 4, 8 or 16 bits
-        bits = tmp_path / "bits.yaml"
-        bits.write_text("skip_attention: false\nskip_mlp: false\nbits: [4, 8, 16]\n")
-        kw = {**kw, "space": str(bits)}
+    if kw.get("space") == "BITS":
+        kw = {**kw, "space": str(bits_space(tmp_path))}
     whole = finetune(args_for(tiny, tmp_path / "whole", steps=8, save_every=3, **kw), progress=False)
 
     args = args_for(tiny, tmp_path / "cut", steps=8, save_every=3, **kw)
